@@ -1,0 +1,116 @@
+// The one place that reads process.env. Everything else receives a Config.
+import { randomBytes } from 'node:crypto'
+import { envSchema } from 'env-schema'
+
+const schema = {
+  type: 'object',
+  properties: {
+    NODE_ENV: { type: 'string', default: 'development' },
+    PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3000 },
+    HOST: { type: 'string', default: '127.0.0.1' },
+    LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    // Empty means: use 127.0.0.1:6379, or start a local redis-server when nothing listens there.
+    REDIS_URL: { type: 'string', default: '' },
+    // Keys look like `${REDIS_PREFIX}coupon:{42}:stock`; braces would break the per-coupon hash tag.
+    REDIS_PREFIX: { type: 'string', pattern: '^[^{}]*$', default: 'couponrush:' },
+    // Empty means: embedded Postgres (PGlite) with its data under DATA_DIR.
+    DATABASE_URL: { type: 'string', default: '' },
+    DATA_DIR: { type: 'string', default: './data' },
+    // Empty outside production means: a random token is generated and logged at startup.
+    ADMIN_TOKEN: { type: 'string', default: '' },
+    // Comma-separated shop API keys; when any is set, shop routes require one.
+    API_KEYS: { type: 'string', default: '' },
+    TRUST_PROXY: { type: 'boolean', default: false },
+    RATE_LIMIT_PER_IP: { type: 'integer', minimum: 0, default: 0 },
+    RATE_LIMIT_PER_USER: { type: 'integer', minimum: 0, default: 0 },
+    RATE_LIMIT_WINDOW_MS: { type: 'integer', minimum: 1, default: 1000 },
+    STRICT_REDIS: { type: 'boolean', default: false },
+    CONSUMER_ENABLED: { type: 'boolean', default: true },
+    CONSUMER_BATCH_SIZE: { type: 'integer', minimum: 1, maximum: 10000, default: 1000 },
+    CONSUMER_BLOCK_MS: { type: 'integer', minimum: 1, default: 1000 },
+    RECLAIM_MIN_IDLE_MS: { type: 'integer', minimum: 0, default: 30000 },
+    RECLAIM_CRON: { type: 'string', default: '*/15 * * * * *' },
+    MAX_DELIVERIES: { type: 'integer', minimum: 1, default: 5 },
+    BACKLOG_CAP: { type: 'integer', minimum: 0, default: 200000 },
+    IDEMPOTENCY_TTL_SECONDS: { type: 'integer', minimum: 1, default: 86400 },
+    REDIS_COMMAND_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 2000 },
+    SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 }
+  }
+} as const
+
+export interface Config {
+  nodeEnv: string
+  port: number
+  host: string
+  logLevel: string
+  redisUrl: string
+  redisPrefix: string
+  databaseUrl: string
+  dataDir: string
+  adminToken: string
+  adminTokenGenerated: boolean
+  apiKeys: string[]
+  trustProxy: boolean
+  rateLimit: { perIp: number, perUser: number, windowMs: number }
+  strictRedis: boolean
+  consumer: {
+    enabled: boolean
+    batchSize: number
+    blockMs: number
+    reclaimMinIdleMs: number
+    reclaimCron: string
+    maxDeliveries: number
+  }
+  backlogCap: number
+  idempotencyTtlSeconds: number
+  redisCommandTimeoutMs: number
+  shutdownTimeoutMs: number
+}
+
+export class ConfigError extends Error {}
+
+/** Validates the environment and returns a typed config; throws ConfigError with a readable message. */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  let raw: Record<string, any>
+  try {
+    raw = envSchema({ schema, data: env, dotenv: false }) as Record<string, any>
+  } catch (err) {
+    throw new ConfigError(`Invalid configuration: ${(err as Error).message}`)
+  }
+  const production = raw.NODE_ENV === 'production'
+  if (production && raw.ADMIN_TOKEN === '') {
+    throw new ConfigError('Invalid configuration: ADMIN_TOKEN must be set in production (e.g. `openssl rand -hex 24`)')
+  }
+  if (raw.ADMIN_TOKEN !== '' && raw.ADMIN_TOKEN.length < 12) {
+    throw new ConfigError('Invalid configuration: ADMIN_TOKEN must be at least 12 characters long')
+  }
+  const adminToken = raw.ADMIN_TOKEN !== '' ? raw.ADMIN_TOKEN : randomBytes(18).toString('base64url')
+  return {
+    nodeEnv: raw.NODE_ENV,
+    port: raw.PORT,
+    host: raw.HOST,
+    logLevel: raw.LOG_LEVEL,
+    redisUrl: raw.REDIS_URL,
+    redisPrefix: raw.REDIS_PREFIX,
+    databaseUrl: raw.DATABASE_URL,
+    dataDir: raw.DATA_DIR,
+    adminToken,
+    adminTokenGenerated: raw.ADMIN_TOKEN === '',
+    apiKeys: String(raw.API_KEYS).split(',').map((k) => k.trim()).filter((k) => k !== ''),
+    trustProxy: raw.TRUST_PROXY,
+    rateLimit: { perIp: raw.RATE_LIMIT_PER_IP, perUser: raw.RATE_LIMIT_PER_USER, windowMs: raw.RATE_LIMIT_WINDOW_MS },
+    strictRedis: raw.STRICT_REDIS,
+    consumer: {
+      enabled: raw.CONSUMER_ENABLED,
+      batchSize: raw.CONSUMER_BATCH_SIZE,
+      blockMs: raw.CONSUMER_BLOCK_MS,
+      reclaimMinIdleMs: raw.RECLAIM_MIN_IDLE_MS,
+      reclaimCron: raw.RECLAIM_CRON,
+      maxDeliveries: raw.MAX_DELIVERIES
+    },
+    backlogCap: raw.BACKLOG_CAP,
+    idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
+    redisCommandTimeoutMs: raw.REDIS_COMMAND_TIMEOUT_MS,
+    shutdownTimeoutMs: raw.SHUTDOWN_TIMEOUT_MS
+  }
+}

@@ -1,0 +1,69 @@
+// Opens the database: Postgres over node-postgres when DATABASE_URL is set, else embedded PGlite.
+import { mkdirSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { sql } from 'drizzle-orm'
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import * as schema from './schema.js'
+
+export type Db = PgDatabase<PgQueryResultHKT, typeof schema>
+
+export interface Database {
+  db: Db
+  kind: 'postgres' | 'pglite'
+  /** Applies pending migrations from migrations/ (safe to run from several processes at once). */
+  migrate (): Promise<void>
+  close (): Promise<void>
+}
+
+const migrationsFolder = fileURLToPath(new URL('../../migrations', import.meta.url))
+// Any constant works; it only has to be the same for every instance of this service.
+const MIGRATION_LOCK = 7305_2026
+
+export interface OpenDatabaseOptions {
+  url: string
+  dataDir: string
+  poolSize?: number
+}
+
+export async function openDatabase ({ url, dataDir, poolSize = 10 }: OpenDatabaseOptions): Promise<Database> {
+  if (url !== '') {
+    const { default: pg } = await import('pg')
+    const { drizzle } = await import('drizzle-orm/node-postgres')
+    const { migrate } = await import('drizzle-orm/node-postgres/migrator')
+    const pool = new pg.Pool({ connectionString: url, max: poolSize, connectionTimeoutMillis: 5000 })
+    // An idle client losing its server (Postgres restart) must not crash the process.
+    pool.on('error', () => {})
+    const db = drizzle(pool, { schema }) as unknown as Db
+    return {
+      db,
+      kind: 'postgres',
+      async migrate () {
+        const client = await pool.connect()
+        try {
+          await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK])
+          await migrate(drizzle(client, { schema }), { migrationsFolder })
+        } finally {
+          await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => {})
+          client.release()
+        }
+      },
+      close: () => pool.end()
+    }
+  }
+  const { PGlite } = await import('@electric-sql/pglite')
+  const { drizzle } = await import('drizzle-orm/pglite')
+  const { migrate } = await import('drizzle-orm/pglite/migrator')
+  mkdirSync(dataDir, { recursive: true })
+  const client = new PGlite(`${dataDir}/pglite`)
+  const db = drizzle(client, { schema }) as unknown as Db
+  return {
+    db,
+    kind: 'pglite',
+    migrate: () => migrate(db as any, { migrationsFolder }),
+    close: () => client.close()
+  }
+}
+
+export async function pingDatabase (db: Db): Promise<void> {
+  await db.execute(sql`SELECT 1`)
+}

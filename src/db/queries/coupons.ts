@@ -1,0 +1,66 @@
+import { and, asc, eq, gt, inArray, isNull, sql } from 'drizzle-orm'
+import type { Db } from '../client.js'
+import { couponIssues, coupons } from '../schema.js'
+
+export type Coupon = typeof coupons.$inferSelect
+
+export interface NewCoupon {
+  name: string
+  totalQuantity: number
+  perUserLimit?: number
+  startsAt?: Date
+  endsAt?: Date | null
+}
+
+export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
+  const [row] = await db.insert(coupons).values({
+    name: input.name,
+    totalQuantity: input.totalQuantity,
+    perUserLimit: input.perUserLimit ?? 1,
+    ...(input.startsAt ? { startsAt: input.startsAt } : {}),
+    endsAt: input.endsAt ?? null
+  }).returning()
+  return row!
+}
+
+export async function findCoupon (db: Db, id: number): Promise<Coupon | undefined> {
+  const [row] = await db.select().from(coupons).where(eq(coupons.id, id))
+  return row
+}
+
+export interface CouponChanges {
+  totalQuantity?: number
+  startsAt?: Date
+  endsAt?: Date | null
+}
+
+export async function updateCoupon (db: Db, id: number, changes: CouponChanges): Promise<Coupon | undefined> {
+  const [row] = await db.update(coupons).set({ ...changes, updatedAt: new Date() }).where(eq(coupons.id, id)).returning()
+  return row
+}
+
+/** Ids among `ids` that exist; the consumer uses it to tell an unknown coupon from a database fault. */
+export async function existingCouponIds (db: Db, ids: number[]): Promise<Set<number>> {
+  if (ids.length === 0) return new Set()
+  const rows = await db.select({ id: coupons.id }).from(coupons).where(inArray(coupons.id, ids))
+  return new Set(rows.map((r) => r.id))
+}
+
+export interface CouponWithCounts extends Coupon {
+  persistedIssued: number
+}
+
+export async function listCoupons (db: Db, { afterId, limit }: { afterId: number, limit: number }): Promise<CouponWithCounts[]> {
+  const rows = await db.select({
+    coupon: coupons,
+    persistedIssued: sql<number>`(SELECT count(*)::int FROM ${couponIssues} WHERE ${couponIssues.couponId} = ${coupons.id} AND ${couponIssues.revokedAt} IS NULL)`
+  }).from(coupons).where(gt(coupons.id, afterId)).orderBy(asc(coupons.id)).limit(limit)
+  return rows.map((r) => ({ ...r.coupon, persistedIssued: Number(r.persistedIssued) }))
+}
+
+/** Units of a coupon currently held according to Postgres. */
+export async function countActiveIssues (db: Db, couponId: number): Promise<number> {
+  const [row] = await db.select({ n: sql<number>`count(*)::int` }).from(couponIssues)
+    .where(and(eq(couponIssues.couponId, couponId), isNull(couponIssues.revokedAt)))
+  return Number(row?.n ?? 0)
+}

@@ -1,0 +1,64 @@
+import { sql } from 'drizzle-orm'
+import { bigint, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
+
+const moment = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
+
+export const coupons = pgTable('coupons', {
+  id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+  name: text('name').notNull(),
+  totalQuantity: integer('total_quantity').notNull(),
+  perUserLimit: integer('per_user_limit').notNull().default(1),
+  startsAt: moment('starts_at').notNull().defaultNow(),
+  endsAt: moment('ends_at'),
+  createdAt: moment('created_at').notNull().defaultNow(),
+  updatedAt: moment('updated_at').notNull().defaultNow()
+}, (t) => [
+  check('coupons_total_quantity_positive', sql`${t.totalQuantity} > 0`),
+  check('coupons_per_user_limit_positive', sql`${t.perUserLimit} > 0`),
+  check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`)
+])
+
+/**
+ * One row per unit handed out. `claim` is the user's n-th claim of this coupon (1 unless the coupon
+ * allows more per user or the user cancelled and claimed again), so (coupon_id, user_id, claim) is the
+ * identity of an issue and a redelivered event inserts nothing.
+ */
+export const couponIssues = pgTable('coupon_issues', {
+  id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+  couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
+  userId: text('user_id').notNull(),
+  claim: integer('claim').notNull().default(1),
+  /** The moment of issue, taken from Redis TIME inside the issue script. */
+  createdAt: moment('created_at').notNull(),
+  persistedAt: moment('persisted_at').notNull().defaultNow(),
+  streamId: text('stream_id').notNull(),
+  revokedAt: moment('revoked_at')
+}, (t) => [
+  uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
+  index('coupon_issues_user').on(t.userId)
+])
+
+/** Cancellations as facts, so a revoke persisted before its issue still marks that issue. */
+export const couponRevocations = pgTable('coupon_revocations', {
+  couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
+  userId: text('user_id').notNull(),
+  revokedAt: moment('revoked_at').notNull(),
+  streamId: text('stream_id').notNull()
+}, (t) => [
+  uniqueIndex('coupon_revocations_coupon_stream').on(t.couponId, t.streamId),
+  index('coupon_revocations_coupon_user').on(t.couponId, t.userId)
+])
+
+/** Stream entries that could not be persisted; kept with their payload so an admin can retry them. */
+export const failedIssueEvents = pgTable('failed_issue_events', {
+  id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+  streamKey: text('stream_key').notNull(),
+  streamId: text('stream_id').notNull(),
+  payload: jsonb('payload').notNull(),
+  error: text('error').notNull(),
+  deliveries: integer('deliveries').notNull(),
+  failedAt: moment('failed_at').notNull().defaultNow(),
+  retriedAt: moment('retried_at')
+}, (t) => [
+  uniqueIndex('failed_issue_events_stream_entry').on(t.streamKey, t.streamId)
+])

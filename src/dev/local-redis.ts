@@ -1,0 +1,40 @@
+// For `npm start` on a laptop: with no REDIS_URL and nothing on 127.0.0.1:6379, run a redis-server
+// from PATH with its data under DATA_DIR, so the service needs nothing set up by hand.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync } from 'node:fs'
+import { connect } from 'node:net'
+import { resolve } from 'node:path'
+
+const DEFAULT_PORT = 6379
+
+function listening (port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((done) => {
+    const socket = connect({ port, host })
+    socket.once('connect', () => { socket.destroy(); done(true) })
+    socket.once('error', () => done(false))
+  })
+}
+
+export interface LocalRedis {
+  url: string
+  process: ChildProcess | null
+}
+
+export async function ensureLocalRedis (dataDir: string): Promise<LocalRedis> {
+  const url = `redis://127.0.0.1:${DEFAULT_PORT}`
+  if (await listening(DEFAULT_PORT)) return { url, process: null }
+  const dir = resolve(dataDir, 'redis')
+  mkdirSync(dir, { recursive: true })
+  const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(DEFAULT_PORT), '--dir', dir,
+    '--appendonly', 'yes', '--maxmemory-policy', 'noeviction', '--save', ''], { stdio: 'ignore' })
+  const failed = new Promise<never>((_, reject) => child.once('error', (err) => reject(err)))
+  failed.catch(() => {})
+  for (let i = 0; i < 50; i++) {
+    if (child.exitCode !== null) break
+    if (await Promise.race([listening(DEFAULT_PORT), failed])) return { url, process: child }
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  child.kill()
+  throw new Error('No REDIS_URL is set, nothing listens on 127.0.0.1:6379, and redis-server could not be started. ' +
+    'Install Redis (e.g. `apt-get install redis-server` or `brew install redis`), run `docker compose up redis`, or set REDIS_URL.')
+}

@@ -1,0 +1,27 @@
+// The error catalog: every error a client can see, with its code, status and a message that says what to do.
+import createError from '@fastify/error'
+
+export const CouponNotFound = createError('COUPON_NOT_FOUND', 'Coupon %s does not exist. Check the coupon id.', 404)
+export const IssueNotFound = createError('ISSUE_NOT_FOUND', 'User %s holds no unit of coupon %s.', 404)
+export const AlreadyIssued = createError('ALREADY_ISSUED', 'User %s already holds coupon %s (limit %s per user). Do not retry.', 409)
+export const SoldOut = createError('SOLD_OUT', 'Coupon %s is sold out. Do not retry.', 409)
+export const NotStarted = createError('NOT_STARTED', 'Coupon %s opens at %s. Retry after that moment.', 409)
+export const Ended = createError('ENDED', 'Coupon %s closed at %s.', 409)
+export const IdempotencyKeyReused = createError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body. Use a new key for a new request.', 422)
+export const StockBelowIssued = createError('STOCK_BELOW_ISSUED', 'totalQuantity %s is below the %s units already issued. Stock can be raised, never lowered below what went out.', 409)
+export const InvalidWindow = createError('INVALID_WINDOW', 'endsAt must be later than startsAt.', 400)
+export const Unauthorized = createError('UNAUTHORIZED', 'Missing or invalid credentials. Send `Authorization: Bearer <token>`.', 401)
+export const Forbidden = createError('FORBIDDEN', 'This key may not use this route. Admin routes need the ADMIN_TOKEN.', 403)
+export const RedisUnavailable = createError('REDIS_UNAVAILABLE', 'The coupon store (Redis) is unavailable. Retry shortly with the same Idempotency-Key.', 503)
+export const DatabaseUnavailable = createError('DATABASE_UNAVAILABLE', 'The database is unavailable. Retry shortly.', 503)
+export const BacklogFull = createError('BACKLOG_FULL', 'Too many issues are waiting to be persisted for coupon %s. Retry in a few seconds.', 503)
+export const Restoring = createError('RESTORING', 'Stock of coupon %s is being rebuilt. Retry in a moment.', 503)
+export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon store rejected the operation; nothing was changed. Retry later or contact the operator.', 503)
+export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503)
+
+/** True for errors from this catalog (they carry a code and status for the client). */
+export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {
+  return err instanceof Error && err.name === 'FastifyError' && typeof (err as { statusCode?: unknown }).statusCode === 'number'
+}
+export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist.', 404)
+export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)

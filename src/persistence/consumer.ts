@@ -1,0 +1,290 @@
+// The consumer-group loop that moves issue events from the coupons' streams into Postgres.
+// read (XREADGROUP, blocking, own connection) -> persist (one transaction) -> ack + trim (one script per stream).
+// Reading the next batch overlaps with writing the current one. Nothing is acknowledged before its commit.
+import { hostname } from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Redis } from 'ioredis'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Db } from '../db/client.js'
+import type { FailedEntry } from '../db/queries/issues.js'
+import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
+import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
+import { PersistBatch, type BatchOutcome } from './persist-batch.js'
+
+export interface ConsumerOptions {
+  /** connection for acks, claims and group management */
+  redis: Redis
+  /** dedicated connection for the blocking XREADGROUP */
+  blockingRedis: Redis
+  db: Db
+  keys: Keys
+  log: FastifyBaseLogger
+  batchSize: number
+  blockMs: number
+  reclaimMinIdleMs: number
+  maxDeliveries: number
+  name?: string
+}
+
+export interface ConsumerStats {
+  batches: number
+  inserted: number
+  duplicates: number
+  failed: number
+  /** pending entries that were deleted from the stream before they were persisted (reported by XAUTOCLAIM) */
+  deletedWhilePending: number
+}
+
+export interface DrainReport {
+  /** per coupon id: entries handled */
+  perCoupon: Record<string, number>
+  stats: ConsumerStats
+}
+
+type StreamReply = [key: string, entries: [id: string, fields: string[] | null][]][]
+
+interface Batch {
+  /** stream key -> ids to acknowledge once the batch is committed, ascending */
+  ids: Map<string, string[]>
+  events: CouponEvent[]
+  poison: FailedEntry[]
+}
+
+const STREAM_LIST_TTL_MS = 1000
+const MAX_BACKOFF_MS = 5000
+
+function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T | null> {
+  if (signal.aborted) return promise
+  return new Promise((resolve, reject) => {
+    const onAbort = () => setTimeout(() => resolve(null), 100)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
+export function defaultConsumerName () {
+  return `${hostname()}-${process.pid}`
+}
+
+export class IssueEventConsumer {
+  readonly name: string
+  readonly stats: ConsumerStats = { batches: 0, inserted: 0, duplicates: 0, failed: 0, deletedWhilePending: 0 }
+  readonly #o: ConsumerOptions
+  readonly #persister: PersistBatch
+  #streams: string[] = []
+  #streamsReadAt = 0
+  #abort = new AbortController()
+  #running: Promise<void> | null = null
+  #blockingClientId: number | null = null
+  /** aborted by wake() to cut short the idle wait when there is no stream yet */
+  #idle = new AbortController()
+
+  constructor (options: ConsumerOptions) {
+    this.#o = options
+    this.name = options.name ?? defaultConsumerName()
+    this.#persister = new PersistBatch(options.db)
+  }
+
+  /** Reclaims what a dead consumer left behind, then runs the loop until stop(). */
+  start (): void {
+    if (this.#running) return
+    this.#abort = new AbortController()
+    this.#running = this.#run(this.#abort.signal)
+  }
+
+  /** Finishes (commits and acknowledges) the batch in hand, then returns. */
+  async stop (): Promise<void> {
+    if (!this.#running) return
+    this.#abort.abort()
+    this.#idle.abort()
+    await this.#unblock()
+    await this.#running
+    this.#running = null
+  }
+
+  /** Makes the loop see a new coupon's stream now instead of within a second. */
+  async wake (): Promise<void> {
+    this.#streamsReadAt = 0
+    this.#idle.abort()
+    this.#idle = new AbortController()
+    await this.#unblock()
+  }
+
+  /** Claims entries idle longer than minIdleMs from any consumer of the group and persists them. */
+  async reclaim (minIdleMs = this.#o.reclaimMinIdleMs): Promise<Record<string, number>> {
+    const perCoupon: Record<string, number> = {}
+    for (const stream of await this.#activeStreams(true)) {
+      let cursor = '0-0'
+      do {
+        const reply = await this.#o.redis.xautoclaim(stream, CONSUMER_GROUP, this.name, minIdleMs, cursor, 'COUNT', this.#o.batchSize) as
+          [string, [string, string[] | null][], string[]?]
+        cursor = reply[0]
+        const entries = reply[1]
+        const deleted = reply[2] ?? []
+        if (deleted.length > 0) {
+          this.stats.deletedWhilePending += deleted.length
+          this.#o.log.error({ stream, ids: deleted }, 'pending entries were deleted from the stream before they were persisted')
+        }
+        if (entries.length === 0) continue
+        const deliveries = await this.#deliveryCounts(stream, entries)
+        const batch = this.#toBatch([[stream, entries]], deliveries)
+        await this.#persistAndAck(batch)
+        const couponId = this.#o.keys.couponIdOfStream(stream) ?? stream
+        perCoupon[couponId] = (perCoupon[couponId] ?? 0) + entries.length
+      } while (cursor !== '0-0')
+    }
+    return perCoupon
+  }
+
+  /** One-shot flush: reclaim every pending entry regardless of idle time, then read until the streams are empty. */
+  async drain (): Promise<DrainReport> {
+    const perCoupon = await this.reclaim(0)
+    for (;;) {
+      const batch = await this.#read(null)
+      if (!batch) break
+      await this.#persistAndAck(batch)
+      for (const [stream, ids] of batch.ids) {
+        const couponId = this.#o.keys.couponIdOfStream(stream) ?? stream
+        perCoupon[couponId] = (perCoupon[couponId] ?? 0) + ids.length
+      }
+    }
+    return { perCoupon, stats: { ...this.stats } }
+  }
+
+  /** Creates the group on every active stream (MKSTREAM), e.g. after Redis lost it. */
+  async ensureGroups (streams?: string[]): Promise<void> {
+    for (const stream of streams ?? await this.#activeStreams(true)) {
+      await this.#o.redis.xgroup('CREATE', stream, CONSUMER_GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+        if (!err.message.includes('BUSYGROUP')) throw err
+      })
+    }
+  }
+
+  async #run (signal: AbortSignal): Promise<void> {
+    const { log } = this.#o
+    let failures = 0
+    const backoff = async (err: unknown, what: string) => {
+      failures++
+      const delay = Math.min(100 * 2 ** Math.min(failures, 10), MAX_BACKOFF_MS)
+      log.error({ err, retryInMs: delay }, what)
+      await sleep(delay, undefined, { signal }).catch(() => {})
+    }
+    while (!signal.aborted) {
+      try {
+        await this.ensureGroups()
+        await this.reclaim()
+        break
+      } catch (err) {
+        await backoff(err, 'startup reclaim failed')
+      }
+    }
+    let inHand: Batch | null = null
+    while (!signal.aborted || inHand) {
+      try {
+        if (!inHand) {
+          inHand = await this.#read(this.#o.blockMs, signal)
+          continue
+        }
+        // Persist the batch in hand while the next read is already on its way.
+        const [, next] = await Promise.all([
+          this.#persistAndAck(inHand),
+          signal.aborted ? Promise.resolve(null) : this.#read(0, signal)
+        ])
+        inHand = next
+        failures = 0
+      } catch (err) {
+        if ((err as Error).message?.includes('NOGROUP')) {
+          log.warn('consumer group missing (Redis lost it?): recreating it')
+          this.#streamsReadAt = 0
+          await this.ensureGroups().catch(() => {})
+          continue
+        }
+        if (signal.aborted && inHand) {
+          // Shutting down and the batch cannot be committed: leave it pending for the next start.
+          log.warn({ err, entries: inHand.events.length }, 'stopping with an uncommitted batch; it stays pending and will be reclaimed')
+          break
+        }
+        await backoff(err, 'persisting issue events failed; retrying the same batch')
+      }
+    }
+  }
+
+  async #persistAndAck (batch: Batch): Promise<BatchOutcome> {
+    const outcome = await this.#persister.persist(batch.events, batch.poison)
+    this.stats.batches++
+    this.stats.inserted += outcome.inserted
+    this.stats.duplicates += outcome.duplicates
+    this.stats.failed += outcome.failed
+    if (outcome.failed > 0) this.#o.log.warn({ failed: outcome.failed }, 'entries parked in failed_issue_events')
+    // Acknowledge only after the commit above; one script call per stream, all pipelined.
+    await Promise.all([...batch.ids].map(([stream, ids]) => this.#o.redis.ackAndTrim(stream, CONSUMER_GROUP, ...ids)))
+    return outcome
+  }
+
+  /** One XREADGROUP over every active stream; null when nothing arrived. blockMs null = do not block. */
+  async #read (blockMs: number | null, signal?: AbortSignal): Promise<Batch | null> {
+    const streams = await this.#activeStreams()
+    if (streams.length === 0) {
+      const wakeUp = signal ? AbortSignal.any([signal, this.#idle.signal]) : this.#idle.signal
+      if (blockMs) await sleep(blockMs, undefined, { signal: wakeUp }).catch(() => {})
+      return null
+    }
+    const conn = this.#o.blockingRedis
+    if (this.#blockingClientId === null) this.#blockingClientId = Number(await conn.client('ID'))
+    const block = blockMs ? ['BLOCK', blockMs] : []
+    const read = (conn.xreadgroup as (...args: (string | number)[]) => Promise<unknown>)('GROUP', CONSUMER_GROUP, this.name,
+      'COUNT', this.#o.batchSize, ...block, 'STREAMS', ...streams, ...streams.map(() => '>')) as Promise<StreamReply | null>
+    // While Redis is down the read waits for the reconnect; stopping must not wait with it. Entries a
+    // read abandoned this way stay pending in the group and are reclaimed.
+    const reply = signal ? await abandonOnAbort(read, signal) : await read
+    if (!reply) return null
+    return this.#toBatch(reply, null)
+  }
+
+  #toBatch (reply: StreamReply, deliveries: Map<string, number> | null): Batch {
+    const batch: Batch = { ids: new Map(), events: [], poison: [] }
+    for (const [stream, entries] of reply) {
+      const couponId = this.#o.keys.couponIdOfStream(stream)
+      const ids: string[] = []
+      for (const [id, fields] of entries) {
+        ids.push(id)
+        if (fields === null) continue
+        const delivered = deliveries?.get(id) ?? 1
+        const entry = decodeEntry(stream, couponId, id, fields)
+        if (!isEvent(entry)) {
+          batch.poison.push({ ...entry, deliveries: delivered })
+        } else if (delivered > this.#o.maxDeliveries) {
+          batch.poison.push({ streamKey: stream, id, payload: fieldsToObject(fields), error: `delivered ${delivered} times without being persisted`, deliveries: delivered })
+        } else {
+          batch.events.push(entry)
+        }
+      }
+      if (ids.length > 0) batch.ids.set(stream, ids)
+    }
+    return batch
+  }
+
+  async #deliveryCounts (stream: string, entries: [string, unknown][]): Promise<Map<string, number>> {
+    const first = entries[0]![0]
+    const last = entries[entries.length - 1]![0]
+    const rows = await this.#o.redis.xpending(stream, CONSUMER_GROUP, first, last, entries.length, this.name) as [string, string, number, number][]
+    return new Map(rows.map(([id, , , count]) => [id, Number(count)]))
+  }
+
+  async #activeStreams (fresh = false): Promise<string[]> {
+    if (fresh || Date.now() - this.#streamsReadAt > STREAM_LIST_TTL_MS) {
+      const ids = await this.#o.redis.smembers(this.#o.keys.activeCoupons)
+      const known = new Set(this.#streams)
+      this.#streams = ids.sort((a, b) => Number(a) - Number(b)).map((id) => this.#o.keys.coupon(id).events)
+      this.#streamsReadAt = Date.now()
+      const added = this.#streams.filter((s) => !known.has(s))
+      if (added.length > 0 && !fresh) await this.ensureGroups(added)
+    }
+    return this.#streams
+  }
+
+  async #unblock (): Promise<void> {
+    if (this.#blockingClientId === null) return
+    await this.#o.redis.client('UNBLOCK', this.#blockingClientId).catch(() => {})
+  }
+}

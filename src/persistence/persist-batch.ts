@@ -1,0 +1,94 @@
+// Where issued coupons are persisted: a batch of stream entries becomes rows in Postgres.
+// Deterministically bad entries (poison) are parked in failed_issue_events; a database fault is
+// thrown so the caller retries the whole batch later. Nothing here acknowledges anything.
+import type { Db } from '../db/client.js'
+import { existingCouponIds } from '../db/queries/coupons.js'
+import { persistEvents, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
+import type { CouponEvent, IssueEvent, RevokeEvent } from '../stream/events.js'
+
+export interface BatchOutcome {
+  /** new rows in coupon_issues */
+  inserted: number
+  /** issue events whose row already existed (redelivery) */
+  duplicates: number
+  /** entries parked in failed_issue_events */
+  failed: number
+}
+
+/** SQLSTATE classes that say "this row is bad", as opposed to "the database is unwell". */
+const ROW_ERROR_CLASSES = ['22', '23']
+export const isRowError = (err: unknown) => {
+  const code = (err as { code?: unknown })?.code
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && ROW_ERROR_CLASSES.includes(code.slice(0, 2))
+}
+
+export class PersistBatch {
+  readonly #db: Db
+  /** Coupons never disappear, so a positive lookup is cached for the life of the process. */
+  readonly #knownCoupons = new Set<number>()
+
+  constructor (db: Db) {
+    this.#db = db
+  }
+
+  async persist (events: CouponEvent[], poison: FailedEntry[]): Promise<BatchOutcome> {
+    const unknown = await this.#unknownCoupons(events)
+    const failed = [...poison]
+    let good: CouponEvent[] = []
+    for (const event of events) {
+      if (unknown.has(event.couponId)) failed.push(toFailed(event, `coupon ${event.couponId} does not exist`, 1))
+      else good.push(event)
+    }
+    let inserted: number
+    try {
+      inserted = await this.#write(good)
+    } catch (err) {
+      if (!isRowError(err)) throw err
+      // An entry the checks above did not foresee: find it by writing one at a time.
+      ;({ inserted, good } = await this.#writeOneByOne(good, failed))
+    }
+    await recordFailedEvents(this.#db, failed)
+    const issuesWritten = good.reduce((n, e) => e.type === 'issue' ? n + 1 : n, 0)
+    return { inserted, duplicates: issuesWritten - inserted, failed: failed.length }
+  }
+
+  async #writeOneByOne (events: CouponEvent[], failed: FailedEntry[]) {
+    let inserted = 0
+    const good: CouponEvent[] = []
+    for (const event of events) {
+      try {
+        inserted += await this.#write([event])
+        good.push(event)
+      } catch (err) {
+        if (!isRowError(err)) throw err
+        failed.push(toFailed(event, (err as Error).message, 1))
+      }
+    }
+    return { inserted, good }
+  }
+
+  async #write (events: CouponEvent[]): Promise<number> {
+    const issues: IssueEvent[] = []
+    const revokes: RevokeEvent[] = []
+    for (const event of events) (event.type === 'issue' ? issues : revokes as CouponEvent[]).push(event)
+    if (issues.length === 0 && revokes.length === 0) return 0
+    return persistEvents(this.#db, issues, revokes)
+  }
+
+  async #unknownCoupons (events: CouponEvent[]): Promise<Set<number>> {
+    const unseen = new Set<number>()
+    for (const event of events) if (!this.#knownCoupons.has(event.couponId)) unseen.add(event.couponId)
+    if (unseen.size === 0) return unseen
+    const existing = await existingCouponIds(this.#db, [...unseen])
+    for (const id of existing) {
+      this.#knownCoupons.add(id)
+      unseen.delete(id)
+    }
+    return unseen
+  }
+}
+
+export function toFailed (event: CouponEvent, error: string, deliveries: number): FailedEntry {
+  const { streamKey, id, ...fields } = event
+  return { streamKey, id, payload: Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, String(v)])), error, deliveries }
+}

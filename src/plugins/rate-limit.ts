@@ -1,0 +1,42 @@
+// Abuse limits on the issue endpoint, counted in Redis so every instance shares them:
+// one per client IP, one per user per coupon. Off unless configured.
+import fp from 'fastify-plugin'
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import type { Config } from '../config.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    issueRateLimits: preHandlerAsyncHookHandler[]
+  }
+}
+
+export default fp(async function rateLimitPlugin (fastify, { config }: { config: Config }) {
+  const { perIp, perUser, windowMs } = config.rateLimit
+  const limiters: preHandlerAsyncHookHandler[] = []
+  if (perIp > 0 || perUser > 0) {
+    await fastify.register(rateLimit, {
+      global: false,
+      redis: fastify.redis,
+      nameSpace: fastify.keys.rateLimit,
+      skipOnError: true,
+      errorResponseBuilder: (_request, context) => ({
+        statusCode: 429,
+        code: 'RATE_LIMITED',
+        error: 'Too Many Requests',
+        message: `Rate limit exceeded; retry in ${Math.ceil(context.ttl / 1000)} s.`
+      })
+    })
+    const limiter = (max: number, keyGenerator: (request: FastifyRequest) => string) =>
+      fastify.rateLimit({ max, timeWindow: windowMs, keyGenerator }) as unknown as preHandlerAsyncHookHandler
+    if (perIp > 0) limiters.push(limiter(perIp, (request) => `ip:${request.ip}`))
+    if (perUser > 0) {
+      limiters.push(limiter(perUser, (request) => {
+        const { couponId } = request.params as { couponId?: number }
+        const { userId } = (request.body ?? {}) as { userId?: string }
+        return `user:${couponId}:${userId}`
+      }))
+    }
+  }
+  fastify.decorate('issueRateLimits', limiters)
+}, { name: 'rate-limit', dependencies: ['redis'] })

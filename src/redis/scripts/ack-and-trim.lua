@@ -1,0 +1,29 @@
+#!lua
+--[[
+  ack-and-trim.lua: acknowledge persisted entries and trim the stream, in one round trip.
+  Trims only below the oldest entry still pending in the group, so an unacknowledged entry is
+  never dropped; when nothing is pending, below the newest id acknowledged here.
+
+  KEYS[1] events stream
+  ARGV[1] consumer group
+  ARGV[2..] entry ids to acknowledge (ascending)
+
+  Returns { acked, trimmed }
+]]
+
+local events, group = KEYS[1], ARGV[1]
+local acked = 0
+for i = 2, #ARGV, 1000 do -- unpack has a stack limit
+  acked = acked + redis.call('XACK', events, group, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+local pending = redis.call('XPENDING', events, group)
+local threshold
+if pending[1] > 0 then
+  threshold = pending[2]
+else
+  -- everything delivered so far is acknowledged; entries above the last one acked here may be undelivered
+  local ms, seq = string.match(ARGV[#ARGV], '^(%d+)-(%d+)$')
+  threshold = ms .. '-' .. (tonumber(seq) + 1)
+end
+local trimmed = redis.call('XTRIM', events, 'MINID', threshold)
+return { acked, trimmed }

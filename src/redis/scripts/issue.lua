@@ -1,0 +1,78 @@
+#!lua
+--[[
+  issue.lua: hand one unit of a coupon to a user, or say why not. The hot path: one round trip.
+
+  The `#!lua` shebang matters: a script that declares itself is refused up front when Redis is out
+  of memory, instead of failing after its first write. Every read that could fail (wrong key type)
+  also runs before the first write, because Lua does not roll back.
+
+  KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or '')
+  KEYS[2] stock       string units left
+  KEYS[3] holders     hash   userId -> units held now
+  KEYS[4] claims      hash   userId -> last claim number (never decreases)
+  KEYS[5] events      stream issue/revoke events for the consumer group
+  KEYS[6] idempotency string remembered outcome (ignored when ARGV[3] is '')
+
+  ARGV[1] couponId
+  ARGV[2] userId
+  ARGV[3] idempotency key given ('' = none)
+  ARGV[4] idempotency ttl, seconds
+  ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
+
+  Returns { code, issuedAtMs, claim, entryId, replayed }
+    code 0 ISSUED          issuedAtMs/claim/entryId set
+    code 1 NEEDS_RESTORE   counters missing: rebuild from Postgres + stream, then call again
+    code 2 LIMIT_REACHED   user already holds perUserLimit units
+    code 3 SOLD_OUT
+    code 4 NOT_STARTED     issuedAtMs carries startsAt
+    code 5 ENDED           issuedAtMs carries endsAt
+    code 6 BACKLOG_FULL    too many unpersisted events; nothing changed
+    code 7 IDEMPOTENCY_MISMATCH  the key was used with another userId
+  replayed is 1 when the outcome was remembered from an earlier call with the same key.
+]]
+
+local meta, stock, holders, claims, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
+
+if idemKey ~= '' then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local user, code, at, claim, entry = string.match(seen, '^(.*)|(%d+)|(%d*)|(%d*)|(.*)$')
+    if user ~= userId then return { 7, 0, 0, '', 0 } end
+    return { tonumber(code), tonumber(at) or 0, tonumber(claim) or 0, entry, 1 }
+  end
+end
+
+local function finish (code, at, claim, entry)
+  if idemKey ~= '' then
+    redis.call('SET', idem, userId .. '|' .. code .. '|' .. at .. '|' .. claim .. '|' .. entry, 'EX', ARGV[4])
+  end
+  return { code, at, claim, entry, 0 }
+end
+
+local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt')
+local left = tonumber(redis.call('GET', stock))
+if not m[1] or not left then return { 1, 0, 0, '', 0 } end
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local startsAt, endsAt = tonumber(m[2]), tonumber(m[3])
+if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0 } end
+if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0 } end
+
+local held = tonumber(redis.call('HGET', holders, userId)) or 0
+if held >= tonumber(m[1]) then return finish(2, 0, 0, '') end
+if left <= 0 then return finish(3, 0, 0, '') end
+
+local lastClaim = tonumber(redis.call('HGET', claims, userId)) or 0
+local backlog = redis.call('XLEN', events)
+local cap = tonumber(ARGV[5])
+if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0 } end
+
+-- All checks passed and every key has the right type: from here on nothing can fail halfway.
+redis.call('DECR', stock)
+redis.call('HSET', holders, userId, held + 1)
+redis.call('HSET', claims, userId, lastClaim + 1)
+local entry = redis.call('XADD', events, '*', 'type', 'issue', 'couponId', couponId, 'userId', userId,
+  'claim', lastClaim + 1, 'at', now)
+return finish(0, now, lastClaim + 1, entry)

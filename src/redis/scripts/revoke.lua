@@ -1,0 +1,57 @@
+#!lua
+--[[
+  revoke.lua: take back every unit a user holds (an order was cancelled), return them to stock,
+  and record a revoke event on the same stream so Postgres marks the rows instead of deleting them.
+
+  KEYS[1] meta        hash   (checked only to detect missing counters)
+  KEYS[2] stock       string units left
+  KEYS[3] holders     hash   userId -> units held now
+  KEYS[4] events      stream
+  KEYS[5] idempotency string remembered outcome (ignored when ARGV[3] is '')
+
+  ARGV[1] couponId
+  ARGV[2] userId
+  ARGV[3] idempotency key given ('' = none)
+  ARGV[4] idempotency ttl, seconds
+
+  Returns { code, revokedAtMs, units, entryId, replayed }
+    code 0 REVOKED        units returned to stock
+    code 1 NEEDS_RESTORE
+    code 2 NOT_HELD       the user holds nothing (a repeated cancel lands here)
+    code 7 IDEMPOTENCY_MISMATCH
+]]
+
+local meta, stock, holders, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
+
+if idemKey ~= '' then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local user, code, at, units, entry = string.match(seen, '^(.*)|(%d+)|(%d*)|(%d*)|(.*)$')
+    if user ~= userId then return { 7, 0, 0, '', 0 } end
+    return { tonumber(code), tonumber(at) or 0, tonumber(units) or 0, entry, 1 }
+  end
+end
+
+local function finish (code, at, units, entry)
+  if idemKey ~= '' then
+    redis.call('SET', idem, userId .. '|' .. code .. '|' .. at .. '|' .. units .. '|' .. entry, 'EX', ARGV[4])
+  end
+  return { code, at, units, entry, 0 }
+end
+
+local known = redis.call('HGET', meta, 'perUserLimit')
+local left = tonumber(redis.call('GET', stock))
+if not known or not left then return { 1, 0, 0, '', 0 } end
+
+local held = tonumber(redis.call('HGET', holders, userId)) or 0
+if held <= 0 then return finish(2, 0, 0, '') end
+redis.call('XLEN', events) -- type check before the first write
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('INCRBY', stock, held)
+redis.call('HDEL', holders, userId)
+local entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId,
+  'units', held, 'at', now)
+return finish(0, now, held, entry)

@@ -1,0 +1,133 @@
+// Coupon administration and reads. Creating writes Postgres first, then loads the counters into Redis.
+import type { FastifyPluginAsync } from 'fastify'
+import { findCoupon, insertCoupon, listCoupons, updateCoupon, type Coupon } from '../db/queries/coupons.js'
+import { CouponNotFound, InvalidWindow, StockBelowIssued } from '../errors.js'
+import { couponBody, couponParams, dateTime, errors } from './schemas.js'
+
+const view = (coupon: Coupon, remaining?: number) => ({ ...coupon, ...(remaining === undefined ? {} : { remaining }) })
+
+const newCoupon = {
+  type: 'object',
+  required: ['name', 'totalQuantity'],
+  additionalProperties: false,
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: 200 },
+    totalQuantity: { type: 'integer', minimum: 1, maximum: 10_000_000 },
+    perUserLimit: { type: 'integer', minimum: 1, maximum: 1000, default: 1 },
+    startsAt: dateTime,
+    endsAt: { type: ['string', 'null'], format: 'date-time' }
+  }
+} as const
+
+const couponChanges = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    totalQuantity: { type: 'integer', minimum: 1, maximum: 10_000_000 },
+    startsAt: dateTime,
+    endsAt: { type: ['string', 'null'], format: 'date-time' }
+  }
+} as const
+
+const adminErrors = errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'] })
+
+const couponRoutes: FastifyPluginAsync = async (fastify) => {
+  const { db, couponStore } = fastify
+
+  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null } }>('/coupons', {
+    onRequest: fastify.requireAdmin,
+    schema: {
+      summary: 'Create a coupon campaign (admin)',
+      tags: ['coupons'],
+      security: [{ bearer: [] }],
+      body: newCoupon,
+      response: { 201: couponBody, ...adminErrors, ...errors({ 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE'] }) }
+    }
+  }, async (request, reply) => {
+    const { startsAt, endsAt, ...rest } = request.body
+    const starts = startsAt === undefined ? undefined : new Date(startsAt)
+    const ends = endsAt == null ? null : new Date(endsAt)
+    if (ends && ends.getTime() <= (starts ?? new Date()).getTime()) throw new InvalidWindow()
+    const coupon = await insertCoupon(db, { ...rest, startsAt: starts, endsAt: ends })
+    await couponStore.load(coupon)
+    await fastify.consumer?.wake()
+    return reply.status(201).send(view(coupon, coupon.totalQuantity))
+  })
+
+  fastify.get<{ Params: { couponId: number } }>('/coupons/:couponId', {
+    onRequest: fastify.requireShop,
+    schema: {
+      summary: 'Read a coupon and how many units are left',
+      tags: ['coupons'],
+      params: couponParams,
+      response: { 200: couponBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
+    }
+  }, async (request) => {
+    const coupon = await findCoupon(db, request.params.couponId)
+    if (!coupon) throw new CouponNotFound(request.params.couponId)
+    return view(coupon, await couponStore.remaining(coupon.id))
+  })
+
+  fastify.patch<{ Params: { couponId: number }, Body: { totalQuantity?: number, startsAt?: string, endsAt?: string | null } }>('/coupons/:couponId', {
+    onRequest: fastify.requireAdmin,
+    schema: {
+      summary: 'Change the window or add stock (admin); stock never drops below what was issued',
+      tags: ['coupons'],
+      security: [{ bearer: [] }],
+      params: couponParams,
+      body: couponChanges,
+      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE'] }) }
+    }
+  }, async (request) => {
+    const { couponId } = request.params
+    const current = await findCoupon(db, couponId)
+    if (!current) throw new CouponNotFound(couponId)
+    const { totalQuantity = current.totalQuantity, startsAt, endsAt } = request.body
+    const starts = startsAt === undefined ? current.startsAt : new Date(startsAt)
+    const ends = endsAt === undefined ? current.endsAt : endsAt === null ? null : new Date(endsAt)
+    if (ends && ends.getTime() <= starts.getTime()) throw new InvalidWindow()
+    if (totalQuantity < current.totalQuantity) {
+      const issued = current.totalQuantity - await couponStore.remaining(couponId)
+      throw new StockBelowIssued(totalQuantity, issued)
+    }
+    const updated = (await updateCoupon(db, couponId, { totalQuantity, startsAt: starts, endsAt: ends }))!
+    await couponStore.update(updated, totalQuantity - current.totalQuantity)
+    return view(updated, await couponStore.remaining(couponId))
+  })
+
+  fastify.get<{ Querystring: { after: number, limit: number } }>('/coupons', {
+    onRequest: fastify.requireAdmin,
+    schema: {
+      summary: 'List coupons with remaining and persisted counts (admin, paginated by id)',
+      tags: ['coupons'],
+      security: [{ bearer: [] }],
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          after: { type: 'integer', minimum: 0, default: 0, description: 'return coupons with an id above this' },
+          limit: { type: 'integer', minimum: 1, maximum: 200, default: 50 }
+        }
+      },
+      response: {
+        200: {
+          type: 'object',
+          required: ['items', 'next'],
+          properties: {
+            items: { type: 'array', items: { ...couponBody, properties: { ...couponBody.properties, persistedIssued: { type: 'integer' } } } },
+            next: { type: ['integer', 'null'], description: 'pass as `after` for the next page; null on the last page' }
+          }
+        },
+        ...adminErrors
+      }
+    }
+  }, async (request) => {
+    const { after, limit } = request.query
+    const rows = await listCoupons(db, { afterId: after, limit })
+    const items = await Promise.all(rows.map(async (row) => ({ ...row, remaining: await couponStore.remaining(row.id) })))
+    return { items, next: rows.length === limit ? rows[rows.length - 1]!.id : null }
+  })
+}
+
+export default couponRoutes

@@ -1,0 +1,29 @@
+import type { FastifyPluginAsync } from 'fastify'
+import { pingDatabase } from '../db/client.js'
+
+const healthRoutes: FastifyPluginAsync = async (fastify) => {
+  fastify.get('/health', {
+    schema: { summary: 'Liveness: the process answers', tags: ['health'], response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } }
+  }, async () => ({ status: 'ok' }))
+
+  fastify.get('/ready', {
+    schema: {
+      summary: 'Readiness: Redis and Postgres reachable (503 otherwise)',
+      tags: ['health'],
+      response: {
+        200: { type: 'object', properties: { status: { type: 'string' }, redis: { type: 'string' }, database: { type: 'string' } } },
+        503: { type: 'object', properties: { status: { type: 'string' }, redis: { type: 'string' }, database: { type: 'string' } } }
+      }
+    }
+  }, async (_request, reply) => {
+    const check = (probe: Promise<unknown>) => Promise.race([
+      probe.then(() => 'ok', (err: Error) => `down: ${err.message}`),
+      new Promise<string>((resolve) => setTimeout(resolve, 1000, 'down: no answer within 1 s')).then((v) => v)
+    ])
+    const [redis, database] = await Promise.all([check(fastify.redis.ping()), check(pingDatabase(fastify.db))])
+    const ready = redis === 'ok' && database === 'ok'
+    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', redis, database })
+  })
+}
+
+export default healthRoutes

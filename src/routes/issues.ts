@@ -1,0 +1,150 @@
+// The issue endpoint (the hot path) plus cancel and the "what does this user hold" reads.
+import type { FastifyPluginAsync } from 'fastify'
+import { issuesOfUser } from '../db/queries/issues.js'
+import { findCoupon } from '../db/queries/coupons.js'
+import { CouponNotFound, IssueNotFound } from '../errors.js'
+import { couponParams, couponUserParams, dateTime, errors, idempotencyHeaders, userId } from './schemas.js'
+
+interface IssueRoute {
+  Params: { couponId: number }
+  Body: { userId: string }
+  Headers: { 'idempotency-key'?: string }
+}
+
+const issuedBody = {
+  type: 'object',
+  required: ['couponId', 'userId', 'issuedAt'],
+  properties: { couponId: { type: 'integer' }, userId: { type: 'string' }, issuedAt: dateTime, claim: { type: 'integer' } }
+} as const
+
+const holdingBody = {
+  type: 'object',
+  required: ['couponId', 'userId', 'units', 'issues'],
+  properties: {
+    couponId: { type: 'integer' },
+    userId: { type: 'string' },
+    units: { type: 'integer', description: 'units held now, including issues not yet persisted' },
+    issues: {
+      type: 'array',
+      description: 'persisted history, revoked ones included',
+      items: {
+        type: 'object',
+        properties: { couponId: { type: 'integer' }, claim: { type: 'integer' }, issuedAt: dateTime, revokedAt: { type: ['string', 'null'], format: 'date-time' } }
+      }
+    }
+  }
+} as const
+
+const issueRoutes: FastifyPluginAsync = async (fastify) => {
+  const { db, couponStore } = fastify
+
+  fastify.post<IssueRoute>('/coupons/:couponId/issues', {
+    onRequest: fastify.requireShop,
+    preHandler: fastify.issueRateLimits,
+    schema: {
+      summary: 'Claim one unit of a coupon for a user (first come, first served)',
+      tags: ['issues'],
+      params: couponParams,
+      headers: idempotencyHeaders,
+      body: {
+        type: 'object',
+        required: ['userId'],
+        additionalProperties: false,
+        properties: { userId }
+      },
+      response: {
+        201: issuedBody,
+        ...errors({
+          400: ['INVALID_REQUEST'],
+          401: ['UNAUTHORIZED'],
+          404: ['COUPON_NOT_FOUND'],
+          409: ['ALREADY_ISSUED', 'SOLD_OUT', 'NOT_STARTED', 'ENDED'],
+          413: ['FST_ERR_CTP_BODY_TOO_LARGE'],
+          422: ['IDEMPOTENCY_KEY_REUSED'],
+          429: ['RATE_LIMITED'],
+          503: ['REDIS_UNAVAILABLE', 'BACKLOG_FULL', 'RESTORING', 'ISSUE_SCRIPT_FAILED', 'DATABASE_UNAVAILABLE', 'SHUTTING_DOWN']
+        })
+      }
+    }
+  }, async (request, reply) => {
+    const issued = await couponStore.issue(request.params.couponId, request.body.userId, request.headers['idempotency-key'])
+    if (issued.replayed) reply.header('idempotent-replayed', 'true')
+    return reply.status(201).send(issued)
+  })
+
+  fastify.delete<IssueRoute & { Params: { userId: string } }>('/coupons/:couponId/issues/:userId', {
+    onRequest: fastify.requireShop,
+    schema: {
+      summary: 'Give back what a user holds of a coupon (order cancelled); the units return to stock',
+      tags: ['issues'],
+      params: couponUserParams,
+      headers: idempotencyHeaders,
+      response: {
+        200: {
+          type: 'object',
+          required: ['couponId', 'userId', 'units', 'revokedAt'],
+          properties: { couponId: { type: 'integer' }, userId: { type: 'string' }, units: { type: 'integer' }, revokedAt: dateTime }
+        },
+        ...errors({
+          400: ['INVALID_REQUEST'],
+          401: ['UNAUTHORIZED'],
+          404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'],
+          422: ['IDEMPOTENCY_KEY_REUSED'],
+          503: ['REDIS_UNAVAILABLE', 'RESTORING', 'ISSUE_SCRIPT_FAILED']
+        })
+      }
+    }
+  }, async (request, reply) => {
+    const revoked = await couponStore.revoke(request.params.couponId, request.params.userId, request.headers['idempotency-key'])
+    if (revoked.replayed) reply.header('idempotent-replayed', 'true')
+    return revoked
+  })
+
+  fastify.get<{ Params: { couponId: number, userId: string } }>('/coupons/:couponId/issues/:userId', {
+    onRequest: fastify.requireShop,
+    schema: {
+      summary: 'Does this user hold the coupon, and since when',
+      tags: ['issues'],
+      params: couponUserParams,
+      response: { 200: holdingBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
+    }
+  }, async (request) => {
+    const { couponId, userId } = request.params
+    if (!await findCoupon(db, couponId)) throw new CouponNotFound(couponId)
+    const [units, issues] = await Promise.all([couponStore.holding(couponId, userId), issuesOfUser(db, userId, couponId)])
+    if (units === 0 && issues.length === 0) throw new IssueNotFound(userId, couponId)
+    return { couponId, userId, units, issues }
+  })
+
+  fastify.get<{ Params: { userId: string } }>('/users/:userId/coupons', {
+    onRequest: fastify.requireShop,
+    schema: {
+      summary: 'Every coupon a user holds or held, including issues not yet persisted',
+      tags: ['issues'],
+      params: { type: 'object', required: ['userId'], additionalProperties: false, properties: { userId } },
+      response: {
+        200: {
+          type: 'object',
+          required: ['userId', 'coupons'],
+          properties: { userId: { type: 'string' }, coupons: { type: 'array', items: holdingBody } }
+        },
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 503: ['REDIS_UNAVAILABLE'] })
+      }
+    }
+  }, async (request) => {
+    const { userId } = request.params
+    const persisted = await issuesOfUser(db, userId)
+    const couponIds = new Set(persisted.map((row) => row.couponId))
+    // Issues still on their way to Postgres are known only to Redis.
+    for (const id of await couponStore.couponsHeldInRedis(userId)) couponIds.add(id)
+    const coupons = await Promise.all([...couponIds].sort((a, b) => a - b).map(async (couponId) => ({
+      couponId,
+      userId,
+      units: await couponStore.holding(couponId, userId),
+      issues: persisted.filter((row) => row.couponId === couponId)
+    })))
+    return { userId, coupons }
+  })
+}
+
+export default issueRoutes
