@@ -1,0 +1,114 @@
+// Per-file isolation: a throwaway Postgres database and a unique Redis key prefix.
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../src/app.js'
+import { loadConfig, type Config } from '../../src/config.js'
+
+export const ADMIN_TOKEN = 'test-admin-token-0123456789'
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+export const PG_ADMIN_URL = process.env.TEST_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+
+interface Teardown { teardown (fn: () => unknown): void }
+
+/** Creates an empty database, dropped again at teardown. Returns its URL. */
+export async function createTestDatabase (t: Teardown, adminUrl = PG_ADMIN_URL): Promise<string> {
+  const name = `couponrush_test_${randomBytes(6).toString('hex')}`
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  t.teardown(async () => {
+    const client = new pg.Client({ connectionString: adminUrl })
+    await client.connect()
+    await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await client.end()
+  })
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
+/** Deletes every key under the prefix at teardown. */
+export function uniquePrefix (t: Teardown, redisUrl = REDIS_URL): string {
+  const prefix = `test:${randomBytes(6).toString('hex')}:`
+  t.teardown(async () => {
+    const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
+    try {
+      await redis.connect()
+      let cursor = '0'
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+        cursor = next
+        if (keys.length > 0) await redis.del(...keys)
+      } while (cursor !== '0')
+    } catch {} finally {
+      redis.disconnect()
+    }
+  })
+  return prefix
+}
+
+export interface TestEnv {
+  config: Config
+  databaseUrl: string
+  prefix: string
+}
+
+/** Config for a test file: own database, own prefix, quiet logs; overrides are env-style strings. */
+export async function testEnv (t: Teardown, overrides: Record<string, string> = {}): Promise<TestEnv> {
+  const databaseUrl = overrides.DATABASE_URL ?? await createTestDatabase(t)
+  const prefix = uniquePrefix(t, overrides.REDIS_URL ?? REDIS_URL)
+  const config = loadConfig({
+    DATABASE_URL: databaseUrl,
+    REDIS_URL,
+    REDIS_PREFIX: prefix,
+    ADMIN_TOKEN,
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    CONSUMER_BLOCK_MS: '200',
+    ...overrides
+  })
+  return { config, databaseUrl, prefix }
+}
+
+/** A ready app for a test, closed at teardown. */
+export async function testApp (t: Teardown, overrides: Record<string, string> = {}): Promise<FastifyInstance & { env: TestEnv }> {
+  const env = await testEnv(t, overrides)
+  const app = await buildApp(env.config)
+  await app.ready()
+  t.teardown(() => app.close())
+  return Object.assign(app, { env })
+}
+
+export const admin = { authorization: `Bearer ${ADMIN_TOKEN}` }
+
+export async function createCoupon (app: FastifyInstance, body: Record<string, unknown>) {
+  const response = await app.inject({ method: 'POST', url: '/coupons', headers: admin, payload: { name: 'test coupon', ...body } })
+  if (response.statusCode !== 201) throw new Error(`coupon not created: ${response.statusCode} ${response.body}`)
+  return response.json() as { id: number, totalQuantity: number }
+}
+
+/** Runs tasks with at most `width` in flight, results in input order. */
+export async function inParallel<T> (count: number, width: number, task: (i: number) => Promise<T>): Promise<T[]> {
+  const results = new Array<T>(count)
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(width, count) }, async () => {
+    while (next < count) {
+      const i = next++
+      results[i] = await task(i)
+    }
+  }))
+  return results
+}
+
+/** Polls until check() returns a truthy value or the deadline passes (then throws). */
+export async function waitFor<T> (check: () => Promise<T | null | undefined | false>, { timeoutMs = 10_000, intervalMs = 20, what = 'condition' } = {}): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await check()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, intervalMs))
+  }
+}
