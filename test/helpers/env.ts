@@ -103,12 +103,12 @@ export async function inParallel<T> (count: number, width: number, task: (i: num
 }
 
 /** Polls until check() returns a truthy value or the deadline passes (then throws). */
-export async function waitFor<T> (check: () => Promise<T | null | undefined | false>, { timeoutMs = 10_000, intervalMs = 20, what = 'condition' } = {}): Promise<T> {
+export async function waitFor<T> (check: () => Promise<T | null | undefined | false>, { timeoutMs = 10_000, pollIntervalMs = 20, what = 'condition' } = {}): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const value = await check()
     if (value) return value
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, intervalMs))
+    await new Promise((resolve) => setTimeout(resolve, pollIntervalMs))
   }
 }
