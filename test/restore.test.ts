@@ -1,0 +1,105 @@
+// Counters that vanish (expired, evicted, deleted, Redis restarted) are rebuilt from Postgres plus
+// the events still in the stream: never from Postgres alone, never into an oversell.
+import t from 'tap'
+import { eq } from 'drizzle-orm'
+import { couponIssues } from '../src/db/schema.js'
+import { computeCounters } from '../src/issuing/restore-counters.js'
+import { IssueEventConsumer } from '../src/persistence/consumer.js'
+import { createCoupon, inParallel, testApp } from './helpers/env.js'
+import type { FastifyInstance } from 'fastify'
+
+const drainer = (app: FastifyInstance & { env: any }) => new IssueEventConsumer({
+  redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name: 'test-drain'
+})
+
+const issue = async (app: FastifyInstance, couponId: number, userId: string) => {
+  const response = await app.inject({ method: 'POST', url: `/coupons/${couponId}/issues`, payload: { userId } })
+  return response.statusCode === 201 ? 'issued' : response.json().code as string
+}
+
+t.test('counter deleted while events are half persisted: restored, no oversell, earlier users still rejected', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const k = app.keys.coupon(coupon.id)
+  for (const user of ['a', 'b', 'c']) t.equal(await issue(app, coupon.id, user), 'issued')
+  await drainer(app).drain() // a, b, c are in Postgres
+  for (const user of ['d', 'e']) t.equal(await issue(app, coupon.id, user), 'issued') // d, e only in the stream
+
+  await app.redis.del(k.stock)
+  t.equal(await issue(app, coupon.id, 'a'), 'ALREADY_ISSUED', 'a persisted holder is still rejected')
+  t.equal(await app.redis.get(k.stock), '5', 'stock counts the unpersisted issues too')
+
+  await app.redis.del(k.stock, k.holders, k.claims, k.meta)
+  t.equal(await issue(app, coupon.id, 'e'), 'ALREADY_ISSUED', 'an unpersisted holder is still rejected')
+
+  await app.redis.del(k.stock)
+  const outcomes = await inParallel(50, 16, (i) => issue(app, coupon.id, `rush-${i}`))
+  t.equal(outcomes.filter((o) => o === 'issued').length, 5, 'exactly the 5 units left go out')
+  t.equal(outcomes.filter((o) => o === 'SOLD_OUT').length, 45)
+  t.equal(await app.redis.get(k.stock), '0')
+
+  await drainer(app).drain()
+  const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id))
+  t.equal(rows.length, 10, 'exactly the quantity in Postgres')
+  t.equal(new Set(rows.map((r) => r.userId)).size, 10, 'no user twice')
+})
+
+t.test('everything but the stream lost (Redis restarted from an old AOF): rebuilt from the stream, not Postgres alone', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 4 })
+  const k = app.keys.coupon(coupon.id)
+  for (const user of ['p', 'q', 'r']) t.equal(await issue(app, coupon.id, user), 'issued')
+  await app.redis.del(k.stock, k.holders, k.claims, k.meta, app.keys.activeCoupons)
+  const remaining = await app.inject({ method: 'GET', url: `/coupons/${coupon.id}` })
+  t.equal(remaining.json().remaining, 1, 'Postgres has no rows, yet 3 units are known to be out')
+  t.equal(await issue(app, coupon.id, 'q'), 'ALREADY_ISSUED')
+  t.equal(await issue(app, coupon.id, 's'), 'issued')
+  t.equal(await issue(app, coupon.id, 't'), 'SOLD_OUT')
+  t.ok(await app.redis.sismember(app.keys.activeCoupons, String(coupon.id)), 'the stream is back on the consumer list')
+  const report = await drainer(app).drain()
+  t.equal(report.stats.inserted, 4)
+})
+
+t.test('many requests hit a missing counter at once: the waiters get the rebuilt counters, exact result', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 20 })
+  const k = app.keys.coupon(coupon.id)
+  for (let i = 0; i < 10; i++) await issue(app, coupon.id, `early-${i}`)
+  await app.redis.del(k.stock, k.holders)
+  const outcomes = await inParallel(200, 64, (i) => issue(app, coupon.id, i < 10 ? `early-${i}` : `late-${i}`))
+  t.equal(outcomes.filter((o) => o === 'issued').length, 10)
+  t.equal(outcomes.slice(0, 10).filter((o) => o === 'ALREADY_ISSUED').length, 10, 'early users rejected after the rebuild')
+  t.notOk(outcomes.some((o) => o === 'RESTORING' || o === 'ISSUE_SCRIPT_FAILED'), 'waiting requests saw the rebuilt counters')
+  t.equal(await app.redis.get(k.stock), '0')
+})
+
+t.test('the restore script refuses when the stream moved since it was read', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 3 })
+  const k = app.keys.coupon(coupon.id)
+  await issue(app, coupon.id, 'x')
+  await app.redis.del(k.stock)
+  const code = await app.redis.restoreCoupon([k.meta, k.stock, k.holders, k.claims, k.events, 'persisters', '0-1', 3, 1, 0, '', 3])
+  t.equal(code, 2, 'STREAM_MOVED')
+  t.equal(await app.redis.exists(k.stock), 0, 'nothing written')
+})
+
+t.test('computeCounters: persisted rows plus stream events, claims and cancellations', async (t) => {
+  const coupon = { id: 7, totalQuantity: 10 }
+  const entry = (id: string, fields: Record<string, string | number>) =>
+    [id, Object.entries({ couponId: 7, ...fields }).flat().map(String)] as [string, string[]]
+  const state = computeCounters(coupon, [
+    { userId: 'a', claim: 1, createdAt: new Date(1000), revokedAt: null },
+    { userId: 'b', claim: 1, createdAt: new Date(1001), revokedAt: new Date(1500) }
+  ], [
+    entry('1000-0', { type: 'issue', userId: 'a', claim: 1, at: 1000 }), // persisted already: counted once
+    entry('2000-0', { type: 'issue', userId: 'b', claim: 2, at: 2000 }),
+    entry('2100-0', { type: 'issue', userId: 'c', claim: 1, at: 2100 }),
+    entry('2200-0', { type: 'revoke', userId: 'c', units: 1, at: 2200 }),
+    entry('2300-0', { type: 'issue', userId: 'c', claim: 2, at: 2300 }),
+    entry('2400-0', { type: 'issue', couponId: 8, userId: 'z', claim: 1, at: 2400 }) // not this coupon's: ignored
+  ])
+  t.same(Object.fromEntries(state.users), { a: [1, 1], b: [1, 2], c: [1, 2] })
+  t.equal(state.stock, 7)
+  t.equal(computeCounters({ id: 7, totalQuantity: 1 }, [], [entry('1-0', { type: 'issue', userId: 'a', claim: 1, at: 1 }), entry('2-0', { type: 'issue', userId: 'b', claim: 1, at: 2 })]).stock, 0, 'never negative')
+})
