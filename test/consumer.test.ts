@@ -1,0 +1,129 @@
+// The persistence path: redelivery is harmless, poison is parked before its ack, the loop keeps up.
+import t from 'tap'
+import { eq } from 'drizzle-orm'
+import { couponIssues, failedIssueEvents } from '../src/db/schema.js'
+import { CONSUMER_GROUP } from '../src/redis/keys.js'
+import { IssueEventConsumer } from '../src/persistence/consumer.js'
+import { admin, createCoupon, testApp, waitFor } from './helpers/env.js'
+import type { FastifyInstance } from 'fastify'
+
+const consumerFor = (app: FastifyInstance & { env: any }, name = 'test-consumer', overrides = {}) => new IssueEventConsumer({
+  redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name, ...overrides
+})
+
+const rowsOf = (app: FastifyInstance, couponId: number) => app.db.select().from(couponIssues).where(eq(couponIssues.couponId, couponId))
+
+t.test('the running consumer persists an issue promptly, with its issuedAt, and trims the stream', async (t) => {
+  const app = await testApp(t)
+  const coupon = await createCoupon(app, { totalQuantity: 3 })
+  const response = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'prompt' } })
+  const { issuedAt } = response.json()
+  const [row] = await waitFor(async () => { const rows = await rowsOf(app, coupon.id); return rows.length > 0 && rows }, { timeoutMs: 5000, what: 'the row' })
+  t.equal(row!.createdAt.toISOString(), issuedAt)
+  t.equal(row!.claim, 1)
+  await waitFor(async () => await app.redis.xlen(app.keys.coupon(coupon.id).events) === 0, { what: 'the trim' })
+  const [groupInfo] = await app.redis.xinfo('GROUPS', app.keys.coupon(coupon.id).events) as any[]
+  const info = Object.fromEntries(Array.from({ length: groupInfo.length / 2 }, (_, i) => [groupInfo[2 * i], groupInfo[2 * i + 1]]))
+  t.equal(info.pending, 0, 'nothing pending')
+  t.equal(info.lag, 0, 'no lag')
+})
+
+t.test('redelivering an already persisted entry inserts nothing twice and is acked', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const k = app.keys.coupon(coupon.id)
+  for (const userId of ['r1', 'r2']) await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId } })
+  const entries = await app.redis.xrange(k.events, '-', '+')
+  const first = consumerFor(app, 'first')
+  // Persist, then fake a crash before the ack: read as 'first', persist through drain of another consumer.
+  await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crashed', 'COUNT', 10, 'STREAMS', k.events, '>')
+  const second = await consumerFor(app, 'second').reclaim(0)
+  t.same(second, { [coupon.id]: 2 })
+  t.equal((await rowsOf(app, coupon.id)).length, 2)
+  // The same entries delivered again (e.g. XADD replay of identical events) change nothing.
+  for (const [, fields] of entries) await app.redis.xadd(k.events, '*', ...fields)
+  const report = await first.drain()
+  t.equal(report.stats.inserted, 0)
+  t.equal(report.stats.duplicates, 2, 'counted as already persisted')
+  t.equal((await rowsOf(app, coupon.id)).length, 2)
+  const pending = await app.redis.xpending(k.events, CONSUMER_GROUP) as [number, ...unknown[]]
+  t.equal(pending[0], 0, 'all acked')
+})
+
+t.test('poison entries in a batch of good ones: good ones land, poison is parked, then acked', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const k = app.keys.coupon(coupon.id)
+  await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'good-1' } })
+  await app.redis.xadd(k.events, '*', 'type', 'issue', 'couponId', String(coupon.id), 'claim', '1', 'at', String(Date.now())) // no userId
+  await app.redis.xadd(k.events, '*', 'type', 'issue', 'couponId', String(coupon.id), 'userId', 'nul\u0000byte', 'claim', '1', 'at', String(Date.now()))
+  await app.redis.xadd(k.events, '*', 'type', 'teleport', 'couponId', String(coupon.id), 'userId', 'x', 'at', String(Date.now()))
+  await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'good-2' } })
+  // A stream of a coupon that does not exist in Postgres.
+  const ghost = app.keys.coupon(987654).events
+  await app.redis.xgroup('CREATE', ghost, CONSUMER_GROUP, '0', 'MKSTREAM')
+  await app.redis.sadd(app.keys.activeCoupons, '987654')
+  await app.redis.xadd(ghost, '*', 'type', 'issue', 'couponId', '987654', 'userId', 'ghost-user', 'claim', '1', 'at', String(Date.now()))
+
+  const report = await consumerFor(app).drain()
+  t.equal(report.stats.inserted, 2, 'the good ones land')
+  t.equal(report.stats.failed, 4, 'the bad ones are parked')
+  t.same((await rowsOf(app, coupon.id)).map((r) => r.userId).sort(), ['good-1', 'good-2'])
+  const failed = await app.db.select().from(failedIssueEvents)
+  t.equal(failed.length, 4)
+  t.ok(failed.some((f) => /userId/.test(f.error)), 'reason recorded for the missing field')
+  t.ok(failed.some((f) => /does not exist/.test(f.error)), 'reason recorded for the unknown coupon')
+  t.ok(failed.some((f) => (f.payload as any).userId === 'nul\\u0000byte'), 'the NUL byte is stored escaped')
+  for (const stream of [k.events, ghost]) {
+    const pending = await app.redis.xpending(stream, CONSUMER_GROUP) as [number]
+    t.equal(pending[0], 0, 'nothing pending: poison does not block the stream')
+  }
+
+  const listed = await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })
+  t.equal(listed.statusCode, 200)
+  t.equal(listed.json().items.length, 4, 'admin can list them')
+  const ghostEntry = listed.json().items.find((f: any) => f.payload.couponId === '987654')
+  const stillFailing = await app.inject({ method: 'POST', url: `/admin/failed-events/${ghostEntry.id}/retry`, headers: admin })
+  t.equal(stillFailing.statusCode, 422)
+  t.equal(stillFailing.json().code, 'FAILED_EVENT_STILL_FAILING')
+  const unknown = await app.inject({ method: 'POST', url: '/admin/failed-events/999999/retry', headers: admin })
+  t.equal(unknown.json().code, 'FAILED_EVENT_NOT_FOUND')
+})
+
+t.test('an admin retry persists a parked entry once its cause is fixed', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const k = app.keys.coupon(coupon.id)
+  await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'crashy' } })
+  // Delivered more often than allowed (a crash loop): parked without another attempt.
+  await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crasher', 'COUNT', 10, 'STREAMS', k.events, '>')
+  const [[entryId]] = await app.redis.xrange(k.events, '-', '+') as [[string]]
+  for (let i = 0; i < 5; i++) await app.redis.xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, entryId)
+  const report = await consumerFor(app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
+  t.same(report, { [coupon.id]: 1 })
+  t.equal((await rowsOf(app, coupon.id)).length, 0)
+  const [parked] = await app.db.select().from(failedIssueEvents)
+  t.match(parked!.error, /delivered \d+ times/)
+  const retried = await app.inject({ method: 'POST', url: `/admin/failed-events/${parked!.id}/retry`, headers: admin })
+  t.equal(retried.statusCode, 200)
+  t.same(retried.json(), { id: parked!.id, inserted: 1 })
+  t.equal((await rowsOf(app, coupon.id)).length, 1)
+  const listed = await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })
+  t.equal(listed.json().items.length, 0, 'a retried entry leaves the default listing')
+})
+
+t.test('the consumer stops cleanly and a restarted one picks up where it left', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 50 })
+  const consumer = consumerFor(app, 'loop', { blockMs: 100 })
+  consumer.start()
+  for (let i = 0; i < 20; i++) await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: `loop-${i}` } })
+  await waitFor(async () => (await rowsOf(app, coupon.id)).length === 20, { what: '20 rows' })
+  await consumer.stop()
+  for (let i = 20; i < 30; i++) await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: `loop-${i}` } })
+  t.equal((await rowsOf(app, coupon.id)).length, 20, 'a stopped consumer persists nothing')
+  consumer.start()
+  await waitFor(async () => (await rowsOf(app, coupon.id)).length === 30, { what: '30 rows' })
+  await consumer.stop()
+  t.equal(consumer.stats.inserted, 30)
+})
