@@ -97,7 +97,7 @@ t.test('an admin retry persists a parked entry once its cause is fixed', async (
   await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'crashy' } })
   // Delivered more often than allowed (a crash loop): parked without another attempt.
   await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crasher', 'COUNT', 10, 'STREAMS', k.events, '>')
-  const [[entryId]] = await app.redis.xrange(k.events, '-', '+') as [[string]]
+  const entryId = (await app.redis.xrange(k.events, '-', '+'))[0]![0]
   for (let i = 0; i < 5; i++) await app.redis.xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, entryId)
   const report = await consumerFor(app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
   t.same(report, { [coupon.id]: 1 })

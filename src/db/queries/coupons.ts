@@ -1,6 +1,6 @@
-import { and, asc, eq, gt, inArray, isNull, sql } from 'drizzle-orm'
+import { asc, eq, gt, inArray, sql } from 'drizzle-orm'
 import type { Db } from '../client.js'
-import { couponIssues, coupons } from '../schema.js'
+import { coupons } from '../schema.js'
 
 export type Coupon = typeof coupons.$inferSelect
 
@@ -53,14 +53,8 @@ export interface CouponWithCounts extends Coupon {
 export async function listCoupons (db: Db, { afterId, limit }: { afterId: number, limit: number }): Promise<CouponWithCounts[]> {
   const rows = await db.select({
     coupon: coupons,
-    persistedIssued: sql<number>`(SELECT count(*)::int FROM ${couponIssues} WHERE ${couponIssues.couponId} = ${coupons.id} AND ${couponIssues.revokedAt} IS NULL)`
+    // Spelled out: inside a select list drizzle renders columns unqualified, which a subquery would misread.
+    persistedIssued: sql<number>`(SELECT count(*)::int FROM coupon_issues i WHERE i.coupon_id = coupons.id AND i.revoked_at IS NULL)`
   }).from(coupons).where(gt(coupons.id, afterId)).orderBy(asc(coupons.id)).limit(limit)
   return rows.map((r) => ({ ...r.coupon, persistedIssued: Number(r.persistedIssued) }))
-}
-
-/** Units of a coupon currently held according to Postgres. */
-export async function countActiveIssues (db: Db, couponId: number): Promise<number> {
-  const [row] = await db.select({ n: sql<number>`count(*)::int` }).from(couponIssues)
-    .where(and(eq(couponIssues.couponId, couponId), isNull(couponIssues.revokedAt)))
-  return Number(row?.n ?? 0)
 }

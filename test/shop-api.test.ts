@@ -1,0 +1,167 @@
+// What a shop integrating the service needs: keys, cancel, listings, lifecycle, idempotency.
+import t from 'tap'
+import { eq } from 'drizzle-orm'
+import { couponIssues } from '../src/db/schema.js'
+import { IssueEventConsumer } from '../src/persistence/consumer.js'
+import { admin, createCoupon, inParallel, testApp } from './helpers/env.js'
+import type { FastifyInstance } from 'fastify'
+
+const SHOP_KEY = 'shop-key-abcdef123456'
+const shop = { authorization: `Bearer ${SHOP_KEY}` }
+const drain = (app: FastifyInstance & { env: any }) => new IssueEventConsumer({
+  redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name: 'shop-drain'
+}).drain()
+
+t.test('API keys: shop routes need a key once any is configured; admin routes need the admin token', async (t) => {
+  const app = await testApp(t, { API_KEYS: `other-key-0000000000, ${SHOP_KEY}`, CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 3 })
+  const issue = (headers: Record<string, string>) => app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, headers, payload: { userId: 'keyed' } })
+  t.equal((await issue({})).json().code, 'UNAUTHORIZED')
+  t.equal((await issue({ authorization: 'Bearer wrong-key' })).statusCode, 401)
+  t.equal((await issue({ authorization: SHOP_KEY })).statusCode, 401, 'the Bearer scheme is required')
+  t.equal(await app.redis.get(app.keys.coupon(coupon.id).stock), '3', 'rejected calls took nothing')
+  t.equal((await issue(shop)).statusCode, 201)
+  t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}`, headers: shop })).statusCode, 200)
+  const asShop = await app.inject({ method: 'POST', url: '/coupons', headers: shop, payload: { name: 'x', totalQuantity: 1 } })
+  t.equal(asShop.statusCode, 403)
+  t.equal(asShop.json().code, 'FORBIDDEN')
+  t.equal((await app.inject({ method: 'GET', url: '/coupons', headers: shop })).statusCode, 403)
+  t.equal((await app.inject({ method: 'GET', url: '/coupons' })).statusCode, 401)
+})
+
+t.test('cancel: units go back to stock, the user may claim again, Postgres keeps the history', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 1 })
+  const url = `/coupons/${coupon.id}/issues`
+  const first = await app.inject({ method: 'POST', url, payload: { userId: 'buyer' } })
+  t.equal(first.statusCode, 201)
+  t.equal((await app.inject({ method: 'POST', url, payload: { userId: 'other' } })).json().code, 'SOLD_OUT')
+  const cancelled = await app.inject({ method: 'DELETE', url: `${url}/buyer` })
+  t.equal(cancelled.statusCode, 200)
+  t.equal(cancelled.json().units, 1)
+  const again = await app.inject({ method: 'DELETE', url: `${url}/buyer` })
+  t.equal(again.statusCode, 404, 'a repeated cancel changes nothing')
+  t.equal(again.json().code, 'ISSUE_NOT_FOUND')
+  t.equal(await app.redis.get(app.keys.coupon(coupon.id).stock), '1')
+
+  const held = await app.inject({ method: 'GET', url: `${url}/buyer` })
+  t.equal(held.json().code, 'ISSUE_NOT_FOUND', 'nothing held and nothing persisted yet')
+  const reclaimed = await app.inject({ method: 'POST', url, payload: { userId: 'buyer' } })
+  t.equal(reclaimed.statusCode, 201, 'the user may claim again')
+  t.equal(reclaimed.json().claim, 2, 'as their second claim')
+  await drain(app)
+  const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id)).orderBy(couponIssues.claim)
+  t.equal(rows.length, 2, 'history is kept, not deleted')
+  t.equal(rows[0]!.revokedAt?.toISOString(), cancelled.json().revokedAt, 'the first claim is marked revoked')
+  t.equal(rows[1]!.revokedAt, null, 'the second claim is active')
+  const view = await app.inject({ method: 'GET', url: `${url}/buyer` })
+  t.equal(view.json().units, 1)
+  t.equal(view.json().issues.length, 2)
+})
+
+t.test('a rush of issues and cancels never exceeds quantity and ends with Redis and Postgres agreeing', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 20 })
+  const url = `/coupons/${coupon.id}/issues`
+  let maxHeld = 0
+  await inParallel(600, 32, async (i) => {
+    const userId = `churn-${i % 60}`
+    if (i % 3 === 2) await app.inject({ method: 'DELETE', url: `${url}/${userId}` })
+    else await app.inject({ method: 'POST', url, payload: { userId } })
+    const stock = Number(await app.redis.get(app.keys.coupon(coupon.id).stock))
+    maxHeld = Math.max(maxHeld, 20 - stock)
+    if (stock < 0) t.fail('stock went negative')
+  })
+  t.ok(maxHeld <= 20, 'never more out than the quantity')
+  const holders = await app.redis.hgetall(app.keys.coupon(coupon.id).holders)
+  const heldInRedis = Object.values(holders).reduce((n, v) => n + Number(v), 0)
+  t.equal(heldInRedis + Number(await app.redis.get(app.keys.coupon(coupon.id).stock)), 20, 'held + stock = quantity')
+  await drain(app)
+  const active = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id))
+  const activeRows = active.filter((r) => r.revokedAt === null)
+  t.equal(activeRows.length, heldInRedis, 'Postgres agrees with Redis on what is held')
+  t.same(new Set(activeRows.map((r) => r.userId)), new Set(Object.keys(holders).filter((u) => Number(holders[u]) > 0)))
+})
+
+t.test('perUserLimit lets a user hold several units, still exactly up to the quantity', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10, perUserLimit: 3 })
+  const outcomes = await inParallel(40, 16, async (i) => {
+    const response = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: `multi-${i % 4}` } })
+    return response.statusCode === 201 ? 'issued' : response.json().code
+  })
+  t.equal(outcomes.filter((o) => o === 'issued').length, 10)
+  const holders = await app.redis.hgetall(app.keys.coupon(coupon.id).holders)
+  t.ok(Object.values(holders).every((v) => Number(v) <= 3), 'no user beyond the limit')
+  await drain(app)
+  const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id))
+  t.equal(rows.length, 10)
+})
+
+t.test('listings: a user\'s coupons include issues not yet persisted', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const a = await createCoupon(app, { totalQuantity: 5 })
+  const b = await createCoupon(app, { totalQuantity: 5 })
+  await app.inject({ method: 'POST', url: `/coupons/${a.id}/issues`, payload: { userId: 'lister' } })
+  await drain(app)
+  await app.inject({ method: 'POST', url: `/coupons/${b.id}/issues`, payload: { userId: 'lister' } })
+  const listing = await app.inject({ method: 'GET', url: '/users/lister/coupons' })
+  t.equal(listing.statusCode, 200)
+  t.same(listing.json().coupons.map((c: any) => [c.couponId, c.units, c.issues.length]), [[a.id, 1, 1], [b.id, 1, 0]])
+  t.equal((await app.inject({ method: 'GET', url: `/coupons/${a.id}/issues/nobody` })).json().code, 'ISSUE_NOT_FOUND')
+  t.equal((await app.inject({ method: 'GET', url: '/users/nobody/coupons' })).json().coupons.length, 0)
+
+  const page1 = await app.inject({ method: 'GET', url: '/coupons?limit=1', headers: admin })
+  t.equal(page1.json().items.length, 1)
+  t.equal(page1.json().items[0].persistedIssued, 1)
+  t.equal(page1.json().items[0].remaining, 4)
+  const page2 = await app.inject({ method: 'GET', url: `/coupons?limit=1&after=${page1.json().next}`, headers: admin })
+  t.equal(page2.json().items[0].id, b.id)
+  t.equal(page2.json().items[0].persistedIssued, 0, 'persisted counts lag, remaining does not')
+  t.equal(page2.json().items[0].remaining, 4)
+})
+
+t.test('lifecycle: stock can be raised, never lowered below what went out; the window moves live', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 2 })
+  const url = `/coupons/${coupon.id}`
+  for (const userId of ['l1', 'l2']) await app.inject({ method: 'POST', url: `${url}/issues`, payload: { userId } })
+  t.equal((await app.inject({ method: 'POST', url: `${url}/issues`, payload: { userId: 'l3' } })).json().code, 'SOLD_OUT')
+  const raised = await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 3 } })
+  t.equal(raised.statusCode, 200)
+  t.equal(raised.json().remaining, 1)
+  t.equal((await app.inject({ method: 'POST', url: `${url}/issues`, payload: { userId: 'l3' } })).statusCode, 201)
+  const lowered = await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 2 } })
+  t.equal(lowered.statusCode, 409)
+  t.equal(lowered.json().code, 'STOCK_BELOW_ISSUED')
+  const closed = await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 5, endsAt: new Date(Date.now() - 1000 + 1000).toISOString(), startsAt: new Date(Date.now() - 60_000).toISOString() } })
+  t.equal(closed.statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${url}/issues`, payload: { userId: 'l4' } })).json().code, 'ENDED')
+  t.equal((await app.inject({ method: 'PATCH', url, headers: admin, payload: {} })).statusCode, 400, 'an empty change is rejected')
+  t.equal((await app.inject({ method: 'PATCH', url: '/coupons/777777', headers: admin, payload: { totalQuantity: 9 } })).json().code, 'COUPON_NOT_FOUND')
+  t.equal((await app.inject({ method: 'PATCH', url, payload: { totalQuantity: 9 } })).statusCode, 401)
+  t.equal((await app.inject({ method: 'PATCH', url, headers: admin, payload: { endsAt: '2000-01-01T00:00:00Z' } })).json().code, 'INVALID_WINDOW')
+})
+
+t.test('Idempotency-Key: a retry replays the first outcome; the same key with another body is 422', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const send = (userId: string, key: string) => app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, headers: { 'idempotency-key': key }, payload: { userId } })
+  const [one, two] = await Promise.all([send('idem-user', 'key-1'), send('idem-user', 'key-1')])
+  t.equal(one!.statusCode, 201)
+  t.equal(two!.statusCode, 201, 'the concurrent duplicate replays the success')
+  t.equal(one!.json().issuedAt, two!.json().issuedAt, 'same issuedAt')
+  const later = await send('idem-user', 'key-1')
+  t.equal(later.json().issuedAt, one!.json().issuedAt)
+  t.equal(later.headers['idempotent-replayed'], 'true')
+  const other = await send('someone-else', 'key-1')
+  t.equal(other.statusCode, 422)
+  t.equal(other.json().code, 'IDEMPOTENCY_KEY_REUSED')
+  const withoutKey = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'idem-user' } })
+  t.equal(withoutKey.json().code, 'ALREADY_ISSUED', 'without the key a retry is a new claim')
+  t.equal(await app.redis.get(app.keys.coupon(coupon.id).stock), '4', 'one unit out')
+  const cancel1 = await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/idem-user`, headers: { 'idempotency-key': 'cancel-1' } })
+  const cancel2 = await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/idem-user`, headers: { 'idempotency-key': 'cancel-1' } })
+  t.equal(cancel1.statusCode, 200)
+  t.same(cancel2.json(), cancel1.json(), 'a retried cancel replays')
+})
