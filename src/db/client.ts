@@ -47,7 +47,7 @@ export async function openDatabase ({ url, dataDir, poolSize = 10 }: OpenDatabas
           client.release()
         }
       },
-      close: () => pool.end()
+      close: once(() => pool.end())
     }
   }
   const { PGlite } = await import('@electric-sql/pglite')
@@ -60,8 +60,14 @@ export async function openDatabase ({ url, dataDir, poolSize = 10 }: OpenDatabas
     db,
     kind: 'pglite',
     migrate: () => migrate(db as any, { migrationsFolder }),
-    close: () => client.close()
+    close: once(() => client.close())
   }
+}
+
+/** Closing twice (a test, then onClose) must not throw. */
+function once (close: () => Promise<void>): () => Promise<void> {
+  let closing: Promise<void> | null = null
+  return () => (closing ??= close())
 }
 
 export async function pingDatabase (db: Db): Promise<void> {

@@ -1,0 +1,53 @@
+// The OpenAPI document is valid, complete, and lists every error code; health endpoints answer.
+import t from 'tap'
+import SwaggerParser from '@apidevtools/swagger-parser'
+import { testApp } from './helpers/env.js'
+
+t.test('OpenAPI: valid, every route in it, every error status documented', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const response = await app.inject({ method: 'GET', url: '/openapi.json' })
+  t.equal(response.statusCode, 200)
+  const spec = response.json()
+  t.equal(spec.openapi.slice(0, 2), '3.')
+  await t.resolves(SwaggerParser.validate(structuredClone(spec)), 'the document validates')
+  const expected: [string, string, string[]][] = [
+    ['post', '/coupons', ['201', '400', '401', '403']],
+    ['get', '/coupons', ['200', '401', '403']],
+    ['get', '/coupons/{couponId}', ['200', '404']],
+    ['patch', '/coupons/{couponId}', ['200', '404', '409']],
+    ['post', '/coupons/{couponId}/issues', ['201', '400', '401', '404', '409', '413', '422', '429', '503']],
+    ['delete', '/coupons/{couponId}/issues/{userId}', ['200', '404', '422']],
+    ['get', '/coupons/{couponId}/issues/{userId}', ['200', '404']],
+    ['get', '/users/{userId}/coupons', ['200']],
+    ['get', '/admin/failed-events', ['200', '401', '403']],
+    ['post', '/admin/failed-events/{id}/retry', ['200', '404', '422']],
+    ['get', '/health', ['200']],
+    ['get', '/ready', ['200', '503']]
+  ]
+  for (const [method, path, statuses] of expected) {
+    const operation = spec.paths[path]?.[method]
+    t.ok(operation, `${method.toUpperCase()} ${path} is documented`)
+    for (const status of statuses) t.ok(operation?.responses?.[status], `${method.toUpperCase()} ${path} documents ${status}`)
+  }
+  const issue = spec.paths['/coupons/{couponId}/issues'].post
+  t.match(issue.responses['409'].description, /SOLD_OUT/)
+  t.match(issue.responses['409'].description, /ALREADY_ISSUED/)
+  t.match(issue.responses['503'].description, /BACKLOG_FULL/)
+  const routesInApp = app.printRoutes({ commonPrefix: false })
+  t.ok(routesInApp.includes('/docs'), 'the UI is served at /docs')
+  const ui = await app.inject({ method: 'GET', url: '/docs/' })
+  t.equal(ui.statusCode, 200)
+})
+
+t.test('health and readiness', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  t.same((await app.inject({ method: 'GET', url: '/health' })).json(), { status: 'ok' })
+  const ready = await app.inject({ method: 'GET', url: '/ready' })
+  t.equal(ready.statusCode, 200)
+  t.same(ready.json(), { status: 'ready', redis: 'ok', database: 'ok' })
+  await app.database.close()
+  const notReady = await app.inject({ method: 'GET', url: '/ready' })
+  t.equal(notReady.statusCode, 503)
+  t.equal(notReady.json().redis, 'ok')
+  t.match(notReady.json().database, /^down/)
+})
