@@ -14,29 +14,34 @@ declare module 'fastify' {
 export default fp(async function rateLimitPlugin (fastify, { config }: { config: Config }) {
   const { perIp, perUser, windowMs } = config.rateLimit
   const limiters: preHandlerAsyncHookHandler[] = []
-  if (perIp > 0 || perUser > 0) {
-    await fastify.register(rateLimit, {
-      global: false,
-      redis: fastify.redis,
-      nameSpace: fastify.keys.rateLimit,
-      skipOnError: true,
-      errorResponseBuilder: (_request, context) => ({
-        statusCode: 429,
-        code: 'RATE_LIMITED',
-        error: 'Too Many Requests',
-        message: `Rate limit exceeded; retry in ${Math.ceil(context.ttl / 1000)} s.`
+  // @fastify/rate-limit lets only one of its limiters run per request, so each limit gets its own
+  // registration in its own encapsulated context.
+  const limiter = async (max: number, keyGenerator: (request: FastifyRequest) => string) => {
+    let handler: preHandlerAsyncHookHandler | undefined
+    await fastify.register(async (scope) => {
+      await scope.register(rateLimit, {
+        global: false,
+        redis: fastify.redis,
+        nameSpace: fastify.keys.rateLimit,
+        skipOnError: true,
+        errorResponseBuilder: (_request, context) => ({
+          statusCode: 429,
+          code: 'RATE_LIMITED',
+          error: 'Too Many Requests',
+          message: `Rate limit exceeded; retry in ${Math.ceil(context.ttl / 1000)} s.`
+        })
       })
+      handler = scope.rateLimit({ max, timeWindow: windowMs, keyGenerator }) as unknown as preHandlerAsyncHookHandler
     })
-    const limiter = (max: number, keyGenerator: (request: FastifyRequest) => string) =>
-      fastify.rateLimit({ max, timeWindow: windowMs, keyGenerator }) as unknown as preHandlerAsyncHookHandler
-    if (perIp > 0) limiters.push(limiter(perIp, (request) => `ip:${request.ip}`))
-    if (perUser > 0) {
-      limiters.push(limiter(perUser, (request) => {
-        const { couponId } = request.params as { couponId?: number }
-        const { userId } = (request.body ?? {}) as { userId?: string }
-        return `user:${couponId}:${userId}`
-      }))
-    }
+    return handler!
+  }
+  if (perIp > 0) limiters.push(await limiter(perIp, (request) => `ip:${request.ip}`))
+  if (perUser > 0) {
+    limiters.push(await limiter(perUser, (request) => {
+      const { couponId } = request.params as { couponId?: number }
+      const { userId } = (request.body ?? {}) as { userId?: string }
+      return `user:${couponId}:${userId}`
+    }))
   }
   fastify.decorate('issueRateLimits', limiters)
 }, { name: 'rate-limit', dependencies: ['redis'] })
