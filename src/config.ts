@@ -67,7 +67,9 @@ export interface Config {
   shutdownTimeoutMs: number
 }
 
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
 
 /** Validates the environment and returns a typed config; throws ConfigError with a readable message. */
 export function loadConfig (env: Record<string, string | undefined> = process.env): Config {

@@ -1,0 +1,40 @@
+// With no DATABASE_URL the service runs on embedded Postgres (PGlite): the whole path must work there too.
+import t from 'tap'
+import { loadConfig } from '../src/config.js'
+import { buildApp } from '../src/app.js'
+import { ADMIN_TOKEN, REDIS_URL, createCoupon, uniquePrefix, waitFor } from './helpers/env.js'
+import { couponIssues } from '../src/db/schema.js'
+
+t.test('embedded Postgres: create, issue, persist, restart and still know who holds what', async (t) => {
+  const dataDir = t.testdir()
+  const config = loadConfig({ REDIS_URL, REDIS_PREFIX: uniquePrefix(t), ADMIN_TOKEN, LOG_LEVEL: 'silent', DATA_DIR: dataDir, CONSUMER_BLOCK_MS: '100' })
+  t.equal(config.databaseUrl, '')
+  const app = await buildApp(config)
+  await app.ready()
+  t.equal(app.database.kind, 'pglite')
+  const coupon = await createCoupon(app, { totalQuantity: 2 })
+  const issued = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'local-dev' } })
+  t.equal(issued.statusCode, 201)
+  const rows = await waitFor(async () => { const r = await app.db.select().from(couponIssues); return r.length > 0 && r }, { what: 'the row in PGlite' })
+  t.equal(rows[0]!.createdAt.toISOString(), issued.json().issuedAt)
+  await app.close()
+
+  const again = await buildApp(config)
+  t.teardown(() => again.close())
+  await again.ready()
+  await again.redis.del(again.keys.coupon(coupon.id).stock, again.keys.coupon(coupon.id).holders)
+  const repeat = await again.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'local-dev' } })
+  t.equal(repeat.json().code, 'ALREADY_ISSUED', 'rebuilt from the embedded database after a restart')
+})
+
+t.test('configuration is validated with a message that says what is wrong', async (t) => {
+  t.throws(() => loadConfig({ PORT: 'eighty' }), { name: 'ConfigError' })
+  t.throws(() => loadConfig({ PORT: 'eighty' }), /PORT/)
+  t.throws(() => loadConfig({ REDIS_PREFIX: 'bad{prefix}' }), /REDIS_PREFIX/)
+  t.throws(() => loadConfig({ NODE_ENV: 'production' }), /ADMIN_TOKEN must be set in production/)
+  t.throws(() => loadConfig({ ADMIN_TOKEN: 'short' }), /at least 12 characters/)
+  const generated = loadConfig({})
+  t.ok(generated.adminTokenGenerated)
+  t.ok(generated.adminToken.length >= 16, 'a random admin token for local runs')
+  t.same(loadConfig({ API_KEYS: ' a-key-1234567 ,, b-key-7654321 ' }).apiKeys, ['a-key-1234567', 'b-key-7654321'])
+})
