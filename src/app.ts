@@ -37,6 +37,8 @@ export function serverOptions (config: Config): FastifyServerOptions {
     bodyLimit: 4096,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // Startup runs migrations, and embedded PGlite compiles WebAssembly: both can outlast the 10 s default.
+    pluginTimeout: 60_000,
     ajv: { customOptions: { removeAdditional: false } }
   }
 }
@@ -83,6 +85,12 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
 /** A ready-to-listen instance with the app's decorators visible at the root (for server.ts, tests, scripts). */
 export async function buildApp (config: Config, extra: FastifyServerOptions = {}): Promise<FastifyInstance> {
   const fastify = Fastify({ ...serverOptions(config), ...extra })
-  await fastify.register(fp(app), { config })
+  try {
+    await fastify.register(fp(app), { config })
+  } catch (err) {
+    // Release what the plugins that did start hold open (connections, the PGlite instance).
+    await fastify.close().catch(() => {})
+    throw err
+  }
   return fastify
 }

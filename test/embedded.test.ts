@@ -2,7 +2,7 @@
 import t from 'tap'
 import { loadConfig } from '../src/config.js'
 import { buildApp } from '../src/app.js'
-import { ADMIN_TOKEN, REDIS_URL, createCoupon, uniquePrefix, waitFor } from './helpers/env.js'
+import { ADMIN_TOKEN, REDIS_URL, createCoupon, createTestDatabase, testApp, uniquePrefix, waitFor } from './helpers/env.js'
 import { couponIssues } from '../src/db/schema.js'
 
 t.test('embedded Postgres: create, issue, persist, restart and still know who holds what', async (t) => {
@@ -37,4 +37,11 @@ t.test('configuration is validated with a message that says what is wrong', asyn
   t.ok(generated.adminTokenGenerated)
   t.ok(generated.adminToken.length >= 16, 'a random admin token for local runs')
   t.same(loadConfig({ API_KEYS: ' a-key-1234567 ,, b-key-7654321 ' }).apiKeys, ['a-key-1234567', 'b-key-7654321'])
+})
+
+t.test('a second database pointed at the same REDIS_PREFIX is refused with a clear message', async (t) => {
+  const first = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const otherDatabase = await createTestDatabase(t)
+  const config = loadConfig({ REDIS_URL, REDIS_PREFIX: first.env.prefix, DATABASE_URL: otherDatabase, ADMIN_TOKEN, LOG_LEVEL: 'silent', CONSUMER_ENABLED: 'false' })
+  await t.rejects(buildApp(config), /belong to another database/)
 })

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm'
-import { bigint, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core'
+import { bigint, boolean, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core'
 
 const moment = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
 
@@ -61,4 +61,17 @@ export const failedIssueEvents = pgTable('failed_issue_events', {
   retriedAt: moment('retried_at')
 }, (t) => [
   uniqueIndex('failed_issue_events_stream_entry').on(t.streamKey, t.streamId)
+])
+
+/**
+ * One row naming this database. Redis remembers which database its keys belong to, so a second
+ * database (a reset, another environment) pointed at the same REDIS_PREFIX is refused instead of
+ * silently sharing counters with coupon ids that mean something else.
+ */
+export const databaseIdentity = pgTable('database_identity', {
+  singleton: boolean('singleton').primaryKey().default(true),
+  id: uuid('id').notNull().defaultRandom(),
+  createdAt: moment('created_at').notNull().defaultNow()
+}, (t) => [
+  check('database_identity_one_row', sql`${t.singleton}`)
 ])

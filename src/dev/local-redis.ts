@@ -20,21 +20,21 @@ export interface LocalRedis {
   process: ChildProcess | null
 }
 
-export async function ensureLocalRedis (dataDir: string): Promise<LocalRedis> {
-  const url = `redis://127.0.0.1:${DEFAULT_PORT}`
-  if (await listening(DEFAULT_PORT)) return { url, process: null }
+export async function ensureLocalRedis (dataDir: string, port = DEFAULT_PORT): Promise<LocalRedis> {
+  const url = `redis://127.0.0.1:${port}`
+  if (await listening(port)) return { url, process: null }
   const dir = resolve(dataDir, 'redis')
   mkdirSync(dir, { recursive: true })
-  const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(DEFAULT_PORT), '--dir', dir,
+  const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir,
     '--appendonly', 'yes', '--maxmemory-policy', 'noeviction', '--save', ''], { stdio: 'ignore' })
   const failed = new Promise<never>((_, reject) => child.once('error', (err) => reject(err)))
   failed.catch(() => {})
   for (let i = 0; i < 50; i++) {
     if (child.exitCode !== null) break
-    if (await Promise.race([listening(DEFAULT_PORT), failed])) return { url, process: child }
+    if (await Promise.race([listening(port), failed])) return { url, process: child }
     await new Promise((r) => setTimeout(r, 100))
   }
   child.kill()
-  throw new Error('No REDIS_URL is set, nothing listens on 127.0.0.1:6379, and redis-server could not be started. ' +
-    'Install Redis (e.g. `apt-get install redis-server` or `brew install redis`), run `docker compose up redis`, or set REDIS_URL.')
+  throw new Error(`No REDIS_URL is set, nothing listens on 127.0.0.1:${port}, and redis-server could not be started. ` +
+    'Install Redis (apt-get install redis-server, or brew install redis), run `docker compose up -d redis`, or set REDIS_URL.')
 }

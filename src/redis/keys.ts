@@ -36,6 +36,8 @@ export function createKeys (prefix: string) {
     idempotency (couponId: number | string, action: 'issue' | 'revoke', key: string) {
       return couponKey(couponId, `idem:${action}:${key}`)
     },
+    /** string: id of the Postgres database these keys belong to */
+    databaseId: `${prefix}database-id`,
     /** set of coupon ids whose event streams the consumer reads */
     activeCoupons: `${prefix}active-coupons`,
     /** prefix for @fastify/rate-limit counters */

@@ -1,6 +1,6 @@
 import { asc, eq, gt, inArray, sql } from 'drizzle-orm'
 import type { Db } from '../client.js'
-import { coupons } from '../schema.js'
+import { coupons, databaseIdentity } from '../schema.js'
 
 export type Coupon = typeof coupons.$inferSelect
 
@@ -57,4 +57,11 @@ export async function listCoupons (db: Db, { afterId, limit }: { afterId: number
     persistedIssued: sql<number>`(SELECT count(*)::int FROM coupon_issues i WHERE i.coupon_id = coupons.id AND i.revoked_at IS NULL)`
   }).from(coupons).where(gt(coupons.id, afterId)).orderBy(asc(coupons.id)).limit(limit)
   return rows.map((r) => ({ ...r.coupon, persistedIssued: Number(r.persistedIssued) }))
+}
+
+/** The id of this database, created on first use. */
+export async function databaseId (db: Db): Promise<string> {
+  await db.insert(databaseIdentity).values({}).onConflictDoNothing()
+  const [row] = await db.select({ id: databaseIdentity.id }).from(databaseIdentity)
+  return row!.id
 }
