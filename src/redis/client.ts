@@ -2,7 +2,9 @@
 import { readFileSync } from 'node:fs'
 import { Redis, type RedisOptions, type Result } from 'ioredis'
 
-const scriptSource = (name: string) => readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')
+const read = (path: string) => readFileSync(new URL(`./scripts/${path}`, import.meta.url), 'utf8')
+// `-- @include x.lua` lines are replaced by scripts/includes/x.lua, so scripts share helpers (as BullMQ does).
+const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include (\S+)$/gm, (_, file: string) => read(`includes/${file}`))
 
 const SCRIPTS = {
   issueCoupon: { file: 'issue', numberOfKeys: 6 },

@@ -31,31 +31,22 @@
   replayed is 1 when the outcome was remembered from an earlier call with the same key.
 ]]
 
+-- @include outcomes.lua
+
 local meta, stock, holders, claims, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
 
-if idemKey ~= '' then
-  local seen = redis.call('GET', idem)
-  if seen then
-    local user, code, at, claim, entry = string.match(seen, '^(.*)|(%d+)|(%d*)|(%d*)|(.*)$')
-    if user ~= userId then return { 7, 0, 0, '', 0 } end
-    return { tonumber(code), tonumber(at) or 0, tonumber(claim) or 0, entry, 1 }
-  end
-end
-
+local seen = recallOutcome(idem, idemKey, userId)
+if seen then return seen end
 local function finish (code, at, claim, entry)
-  if idemKey ~= '' then
-    redis.call('SET', idem, userId .. '|' .. code .. '|' .. at .. '|' .. claim .. '|' .. entry, 'EX', ARGV[4])
-  end
-  return { code, at, claim, entry, 0 }
+  return rememberOutcome(idem, idemKey, ARGV[4], userId, code, at, claim, entry)
 end
 
 local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt')
 local left = tonumber(redis.call('GET', stock))
 if not m[1] or not left then return { 1, 0, 0, '', 0 } end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = nowMs()
 local startsAt, endsAt = tonumber(m[2]), tonumber(m[3])
 if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0 } end
 if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0 } end

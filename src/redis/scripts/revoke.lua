@@ -21,23 +21,15 @@
     code 7 IDEMPOTENCY_MISMATCH
 ]]
 
+-- @include outcomes.lua
+
 local meta, stock, holders, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
 
-if idemKey ~= '' then
-  local seen = redis.call('GET', idem)
-  if seen then
-    local user, code, at, units, entry = string.match(seen, '^(.*)|(%d+)|(%d*)|(%d*)|(.*)$')
-    if user ~= userId then return { 7, 0, 0, '', 0 } end
-    return { tonumber(code), tonumber(at) or 0, tonumber(units) or 0, entry, 1 }
-  end
-end
-
+local seen = recallOutcome(idem, idemKey, userId)
+if seen then return seen end
 local function finish (code, at, units, entry)
-  if idemKey ~= '' then
-    redis.call('SET', idem, userId .. '|' .. code .. '|' .. at .. '|' .. units .. '|' .. entry, 'EX', ARGV[4])
-  end
-  return { code, at, units, entry, 0 }
+  return rememberOutcome(idem, idemKey, ARGV[4], userId, code, at, units, entry)
 end
 
 local known = redis.call('HGET', meta, 'perUserLimit')
@@ -48,8 +40,7 @@ local held = tonumber(redis.call('HGET', holders, userId)) or 0
 if held <= 0 then return finish(2, 0, 0, '') end
 redis.call('XLEN', events) -- type check before the first write
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = nowMs()
 redis.call('INCRBY', stock, held)
 redis.call('HDEL', holders, userId)
 local entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId,
