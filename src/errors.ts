@@ -17,11 +17,11 @@ export const DatabaseUnavailable = createError('DATABASE_UNAVAILABLE', 'The data
 export const BacklogFull = createError('BACKLOG_FULL', 'Too many issues are waiting to be persisted for coupon %s. Retry in a few seconds.', 503)
 export const Restoring = createError('RESTORING', 'Stock of coupon %s is being rebuilt. Retry in a moment.', 503)
 export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon store rejected the operation; nothing was changed. Retry later or contact the operator.', 503)
+export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
+export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
 export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503)
 
 /** True for errors from this catalog (they carry a code and status for the client). */
 export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {
   return err instanceof Error && err.name === 'FastifyError' && typeof (err as { statusCode?: unknown }).statusCode === 'number'
 }
-export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist.', 404)
-export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)

@@ -50,4 +50,7 @@ t.test('health and readiness', async (t) => {
   t.equal(notReady.statusCode, 503)
   t.equal(notReady.json().redis, 'ok')
   t.match(notReady.json().database, /^down/)
+  const read = await app.inject({ method: 'GET', url: '/coupons/1' })
+  t.equal(read.statusCode, 503, 'a read that needs the database says so')
+  t.equal(read.json().code, 'DATABASE_UNAVAILABLE')
 })

@@ -73,3 +73,21 @@ function once (close: () => Promise<void>): () => Promise<void> {
 export async function pingDatabase (db: Db): Promise<void> {
   await db.execute(sql`SELECT 1`)
 }
+
+const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH'])
+
+/** The driver's error under drizzle's DrizzleQueryError wrapper (it keeps the original as `cause`). */
+export function driverError (err: unknown): { code?: unknown, message?: unknown } {
+  let current = err as { code?: unknown, message?: unknown, cause?: unknown } | undefined
+  for (let depth = 0; depth < 3 && current?.cause !== undefined && current.code === undefined; depth++) {
+    current = current.cause as typeof current
+  }
+  return current ?? {}
+}
+
+/** True when the database could not be reached (as opposed to a query it rejected). */
+export function isDatabaseUnreachable (err: unknown): boolean {
+  const { code, message } = driverError(err)
+  if (typeof code === 'string' && (code.startsWith('08') || ['57P01', '57P02', '57P03'].includes(code) || CONNECTION_ERRNOS.has(code))) return true
+  return typeof message === 'string' && /Connection terminated|timeout exceeded when trying to connect|Cannot use a pool after calling end|connection error/i.test(message)
+}

@@ -1,7 +1,7 @@
 // Where issued coupons are persisted: a batch of stream entries becomes rows in Postgres.
 // Deterministically bad entries (poison) are parked in failed_issue_events; a database fault is
 // thrown so the caller retries the whole batch later. Nothing here acknowledges anything.
-import type { Db } from '../db/client.js'
+import { driverError, type Db } from '../db/client.js'
 import { existingCouponIds } from '../db/queries/coupons.js'
 import { persistEvents, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
 import type { CouponEvent, IssueEvent, RevokeEvent } from '../stream/events.js'
@@ -18,7 +18,7 @@ export interface BatchOutcome {
 /** SQLSTATE classes that say "this row is bad", as opposed to "the database is unwell". */
 const ROW_ERROR_CLASSES = ['22', '23']
 export const isRowError = (err: unknown) => {
-  const code = (err as { code?: unknown })?.code
+  const { code } = driverError(err)
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && ROW_ERROR_CLASSES.includes(code.slice(0, 2))
 }
 
@@ -61,7 +61,7 @@ export class PersistBatch {
         good.push(event)
       } catch (err) {
         if (!isRowError(err)) throw err
-        failed.push(toFailed(event, (err as Error).message, 1))
+        failed.push(toFailed(event, String(driverError(err).message ?? err), 1))
       }
     }
     return { inserted, good }

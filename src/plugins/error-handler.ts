@@ -2,11 +2,18 @@
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyError } from 'fastify'
+import { isDatabaseUnreachable } from '../db/client.js'
+import { DatabaseUnavailable } from '../errors.js'
 
 export default fp(async function errorHandlerPlugin (fastify) {
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err.validation) {
       return reply.status(400).send({ statusCode: 400, code: 'INVALID_REQUEST', error: STATUS_CODES[400], message: err.message })
+    }
+    if (isDatabaseUnreachable(err)) {
+      request.log.error({ err }, 'database unreachable')
+      const unavailable = new DatabaseUnavailable()
+      return reply.status(503).send({ statusCode: 503, code: unavailable.code, error: STATUS_CODES[503], message: unavailable.message })
     }
     const statusCode = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
     if (statusCode >= 500) {

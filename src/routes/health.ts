@@ -1,6 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { pingDatabase } from '../db/client.js'
 
+// A readiness probe that hangs is as bad as one that fails.
+const PROBE_TIMEOUT_MS = 1000
+
 const healthRoutes: FastifyPluginAsync = async (fastify) => {
   fastify.get('/health', {
     schema: { summary: 'Liveness: the process answers', tags: ['health'], response: { 200: { type: 'object', properties: { status: { type: 'string' } } } } }
@@ -16,10 +19,15 @@ const healthRoutes: FastifyPluginAsync = async (fastify) => {
       }
     }
   }, async (_request, reply) => {
-    const check = (probe: Promise<unknown>) => Promise.race([
-      probe.then(() => 'ok', (err: Error) => `down: ${err.message}`),
-      new Promise<string>((resolve) => setTimeout(resolve, 1000, 'down: no answer within 1 s')).then((v) => v)
-    ])
+    const check = async (probe: Promise<unknown>) => {
+      let timer: NodeJS.Timeout | undefined
+      const timeout = new Promise<string>((resolve) => { timer = setTimeout(resolve, PROBE_TIMEOUT_MS, 'down: no answer within 1 s') })
+      try {
+        return await Promise.race([probe.then(() => 'ok', (err: Error) => `down: ${err.message}`), timeout])
+      } finally {
+        clearTimeout(timer)
+      }
+    }
     const [redis, database] = await Promise.all([check(fastify.redis.ping()), check(pingDatabase(fastify.db))])
     const ready = redis === 'ok' && database === 'ok'
     return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', redis, database })
