@@ -15,6 +15,7 @@ import consumerPlugin from './plugins/consumer.js'
 import couponStorePlugin from './plugins/coupon-store.js'
 import databasePlugin from './plugins/database.js'
 import errorHandlerPlugin from './plugins/error-handler.js'
+import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
 import couponRoutes from './routes/coupons.js'
@@ -75,6 +76,7 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   await fastify.register(authPlugin, { config })
   await fastify.register(rateLimitPlugin, { config })
   await fastify.register(consumerPlugin, { config })
+  await fastify.register(metricsPlugin)
 
   await fastify.register(healthRoutes)
   await fastify.register(couponRoutes)

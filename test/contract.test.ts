@@ -22,7 +22,8 @@ t.test('OpenAPI: valid, every route in it, every error status documented', async
     ['get', '/admin/failed-events', ['200', '401', '403']],
     ['post', '/admin/failed-events/{id}/retry', ['200', '404', '422']],
     ['get', '/health', ['200']],
-    ['get', '/ready', ['200', '503']]
+    ['get', '/ready', ['200', '503']],
+    ['get', '/metrics', ['200']]
   ]
   for (const [method, path, statuses] of expected) {
     const operation = spec.paths[path]?.[method]
@@ -37,6 +38,19 @@ t.test('OpenAPI: valid, every route in it, every error status documented', async
   t.ok(routesInApp.includes('/docs'), 'the UI is served at /docs')
   const ui = await app.inject({ method: 'GET', url: '/docs/' })
   t.equal(ui.statusCode, 200)
+})
+
+t.test('metrics: outcomes, persistence and backlog in Prometheus format', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const { createCoupon } = await import('./helpers/env.js')
+  const coupon = await createCoupon(app, { totalQuantity: 1 })
+  for (const userId of ['m1', 'm2']) await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId } })
+  const response = await app.inject({ method: 'GET', url: '/metrics' })
+  t.equal(response.statusCode, 200)
+  t.match(response.body, /couponrush_issue_requests_total\{outcome="issued"\} 1/)
+  t.match(response.body, /couponrush_issue_requests_total\{outcome="SOLD_OUT"\} 1/)
+  t.match(response.body, /couponrush_stream_backlog 1/, 'one event waits: the consumer is off')
+  t.match(response.body, /couponrush_process_resident_memory_bytes/)
 })
 
 t.test('health and readiness', async (t) => {

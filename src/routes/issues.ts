@@ -37,6 +37,7 @@ const holdingBody = {
 
 const issueRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, couponStore } = fastify
+  const { countIssueOutcome } = fastify.metrics
 
   fastify.post<IssueRoute>('/coupons/:couponId/issues', {
     onRequest: fastify.requireShop,
@@ -67,7 +68,14 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const issued = await couponStore.issue(request.params.couponId, request.body.userId, request.headers['idempotency-key'])
+    let issued
+    try {
+      issued = await couponStore.issue(request.params.couponId, request.body.userId, request.headers['idempotency-key'])
+    } catch (err) {
+      countIssueOutcome((err as { code?: string }).code ?? 'ERROR')
+      throw err
+    }
+    countIssueOutcome('issued')
     if (issued.replayed) reply.header('idempotent-replayed', 'true')
     return reply.status(201).send(issued)
   })

@@ -1,0 +1,68 @@
+// Prometheus metrics at GET /metrics: issue outcomes, persistence progress and backlog.
+// prom-client over hand-written text exposition: its default process metrics (event loop lag,
+// heap, GC) come for free and the format stays right.
+import fp from 'fastify-plugin'
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
+import { CONSUMER_GROUP } from '../redis/keys.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: { registry: Registry, countIssueOutcome: (outcome: string) => void }
+  }
+}
+
+export default fp(async function metricsPlugin (fastify) {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'couponrush_' })
+  const issueOutcomes = new Counter({
+    name: 'couponrush_issue_requests_total',
+    help: 'Issue requests by outcome (issued, or the error code)',
+    labelNames: ['outcome'],
+    registers: [registry]
+  })
+  // Children are cached so the hot path does no label lookups.
+  const children = new Map<string, Counter.Internal>()
+  const countIssueOutcome = (outcome: string) => {
+    let child = children.get(outcome)
+    if (!child) children.set(outcome, child = issueOutcomes.labels(outcome))
+    child.inc()
+  }
+
+  new Gauge({
+    name: 'couponrush_stream_backlog',
+    help: 'Issue events in the streams not yet acknowledged by the consumer group (lag + pending), summed over active coupons',
+    registers: [registry],
+    async collect () {
+      const ids = await fastify.redis.smembers(fastify.keys.activeCoupons)
+      let backlog = 0
+      await Promise.all(ids.map(async (id) => {
+        const groups = await fastify.redis.xinfo('GROUPS', fastify.keys.coupon(id).events).catch(() => []) as unknown[][]
+        for (const group of groups) {
+          const info = new Map<unknown, unknown>()
+          for (let i = 0; i + 1 < group.length; i += 2) info.set(group[i], group[i + 1])
+          if (info.get('name') === CONSUMER_GROUP) backlog += Number(info.get('lag') ?? 0) + Number(info.get('pending') ?? 0)
+        }
+      }))
+      this.set(backlog)
+    }
+  })
+
+  const consumerStat = (name: string, help: string, read: (stats: NonNullable<typeof fastify.consumer>['stats']) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect () { if (fastify.consumer) this.set(read(fastify.consumer.stats)) }
+    })
+  consumerStat('couponrush_persisted_rows_total', 'Rows this process inserted into coupon_issues', (s) => s.inserted)
+  consumerStat('couponrush_persist_duplicates_total', 'Redelivered events that were already persisted', (s) => s.duplicates)
+  consumerStat('couponrush_failed_events_total', 'Entries this process parked in failed_issue_events', (s) => s.failed)
+  consumerStat('couponrush_persist_batches_total', 'Batches this process committed', (s) => s.batches)
+  consumerStat('couponrush_deleted_while_pending_total', 'Pending entries found deleted from the stream before persistence', (s) => s.deletedWhilePending)
+
+  fastify.decorate('metrics', { registry, countIssueOutcome })
+  fastify.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['health'] } }, async (_request, reply) => {
+    reply.type(registry.contentType)
+    return registry.metrics()
+  })
+}, { name: 'metrics', dependencies: ['redis', 'consumer'] })
