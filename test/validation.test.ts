@@ -72,3 +72,16 @@ t.test('the coupon window is enforced with Redis time', async (t) => {
   t.equal(late.json().code, 'ENDED')
   t.equal(await app.redis.get(app.keys.coupon(closing.id).stock), '4', 'the late request took nothing')
 })
+
+t.test('a flood of requests for a coupon that does not exist: every one gets 404, none waits for a rebuild', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const { inParallel } = await import('./helpers/env.js')
+  const codes = await inParallel(300, 64, async (i) => {
+    const response = await app.inject({ method: 'POST', url: '/coupons/55555/issues', payload: { userId: `u${i}` } })
+    return response.json().code
+  })
+  t.same([...new Set(codes)], ['COUPON_NOT_FOUND'])
+  const created = await createCoupon(app, { totalQuantity: 1 })
+  const first = await app.inject({ method: 'POST', url: `/coupons/${created.id}/issues`, payload: { userId: 'right-after' } })
+  t.equal(first.statusCode, 201, 'a coupon created right after a miss is served at once')
+})

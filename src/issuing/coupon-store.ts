@@ -38,6 +38,10 @@ type ScriptReply = [code: number, at: number, count: number, entryId: string, re
 
 const NEEDS_RESTORE = 1
 const RESTORE_ATTEMPTS = 3
+// Requests for a coupon id that does not exist reach Postgres (counters missing -> look it up);
+// remembering the miss briefly keeps a flood of them off the database.
+const UNKNOWN_COUPON_TTL_MS = 1000
+const UNKNOWN_COUPON_CACHE_SIZE = 10_000
 
 /** Any Redis failure that is not one of our codes becomes a 503 the client can act on. */
 function redisFailure (err: unknown): Error {
@@ -52,6 +56,9 @@ export class CouponStore {
   readonly #keys: Keys
   readonly #backlogCap: string
   readonly #idempotencyTtl: string
+  readonly #unknownCoupons = new Map<number, number>()
+  /** One rebuild per coupon per process at a time; concurrent requests share its outcome. */
+  readonly #restoring = new Map<number, Promise<boolean>>()
 
   constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds }: CouponStoreOptions) {
     this.#redis = redis
@@ -152,8 +159,18 @@ export class CouponStore {
   }
 
   async #restore (couponId: number): Promise<void> {
-    const found = await restoreCounters({ redis: this.#redis, db: this.#db, keys: this.#keys }, couponId)
-    if (!found) throw new errors.CouponNotFound(couponId)
+    const missUntil = this.#unknownCoupons.get(couponId)
+    if (missUntil !== undefined && missUntil > Date.now()) throw new errors.CouponNotFound(couponId)
+    let restoring = this.#restoring.get(couponId)
+    if (!restoring) {
+      restoring = restoreCounters({ redis: this.#redis, db: this.#db, keys: this.#keys }, couponId)
+        .finally(() => this.#restoring.delete(couponId))
+      this.#restoring.set(couponId, restoring)
+    }
+    if (await restoring) return
+    if (this.#unknownCoupons.size >= UNKNOWN_COUPON_CACHE_SIZE) this.#unknownCoupons.clear()
+    this.#unknownCoupons.set(couponId, Date.now() + UNKNOWN_COUPON_TTL_MS)
+    throw new errors.CouponNotFound(couponId)
   }
 
   async #runWithRestore (couponId: number, run: () => Promise<ScriptReply>): Promise<ScriptReply> {

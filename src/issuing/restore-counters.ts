@@ -65,42 +65,49 @@ export interface RestoreDeps {
 const MAX_ATTEMPTS = 5
 const LOCK_TTL_MS = 10_000
 const WAIT_FOR_OTHER_MS = 3_000
+const POLL_MS = 20
 
 /**
  * Installs the coupon's counters if they are missing. Returns false when the coupon does not exist.
- * Only one caller rebuilds at a time (a short lock); the others wait for the result.
+ * Only one caller rebuilds at a time (a short lock); the others wait for its result, and take the
+ * lock themselves if it is released without counters (e.g. the coupon does not exist).
  */
-export async function restoreCounters ({ redis, db, keys }: RestoreDeps, couponId: number): Promise<boolean> {
+export async function restoreCounters (deps: RestoreDeps, couponId: number): Promise<boolean> {
+  const { redis, keys } = deps
   const k = keys.coupon(couponId)
-  const locked = await redis.set(k.restoreLock, String(process.pid), 'PX', LOCK_TTL_MS, 'NX')
-  if (locked !== 'OK') {
-    const deadline = Date.now() + WAIT_FOR_OTHER_MS
-    while (Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 20))
-      if (await redis.exists(k.stock) === 1) return true
-    }
-    throw new Restoring(couponId)
-  }
-  try {
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const coupon = await fromDb(findCoupon(db, couponId))
-      if (!coupon) return false
-      // Stream first, Postgres second: an entry persisted and trimmed in between is then in Postgres.
-      const entries = await redis.xrange(k.events, '-', '+') as RawEntry[]
-      const lastId = entries.length > 0 ? entries[entries.length - 1]![0] : ''
-      const persisted = await fromDb(issuesOfCoupon(db, couponId))
-      const state = computeCounters(coupon, persisted, entries, k.events)
-      const args: (string | number)[] = [k.meta, k.stock, k.holders, k.claims, k.events, CONSUMER_GROUP, lastId,
-        coupon.totalQuantity, coupon.perUserLimit, coupon.startsAt.getTime(), msOrEmpty(coupon.endsAt), state.stock]
-      for (const [userId, [held, last]] of state.users) args.push(userId, held, last)
-      const code = await redis.restoreCoupon(args)
-      if (code !== 2) {
-        await redis.sadd(keys.activeCoupons, String(couponId))
-        return true
+  const deadline = Date.now() + WAIT_FOR_OTHER_MS
+  for (;;) {
+    if (await redis.set(k.restoreLock, String(process.pid), 'PX', LOCK_TTL_MS, 'NX') === 'OK') {
+      try {
+        return await rebuild(deps, couponId)
+      } finally {
+        await redis.del(k.restoreLock).catch(() => {})
       }
     }
-    throw new Restoring(couponId)
-  } finally {
-    await redis.del(k.restoreLock).catch(() => {})
+    if (Date.now() > deadline) throw new Restoring(couponId)
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS))
+    if (await redis.exists(k.stock) === 1) return true
   }
+}
+
+async function rebuild ({ redis, db, keys }: RestoreDeps, couponId: number): Promise<boolean> {
+  const k = keys.coupon(couponId)
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const coupon = await fromDb(findCoupon(db, couponId))
+    if (!coupon) return false
+    // Stream first, Postgres second: an entry persisted and trimmed in between is then in Postgres.
+    const entries = await redis.xrange(k.events, '-', '+') as RawEntry[]
+    const lastId = entries.length > 0 ? entries[entries.length - 1]![0] : ''
+    const persisted = await fromDb(issuesOfCoupon(db, couponId))
+    const state = computeCounters(coupon, persisted, entries, k.events)
+    const args: (string | number)[] = [k.meta, k.stock, k.holders, k.claims, k.events, CONSUMER_GROUP, lastId,
+      coupon.totalQuantity, coupon.perUserLimit, coupon.startsAt.getTime(), msOrEmpty(coupon.endsAt), state.stock]
+    for (const [userId, [held, last]] of state.users) args.push(userId, held, last)
+    const code = await redis.restoreCoupon(args)
+    if (code !== 2) {
+      await redis.sadd(keys.activeCoupons, String(couponId))
+      return true
+    }
+  }
+  throw new Restoring(couponId)
 }
