@@ -84,7 +84,7 @@ export async function settled (redis: Redis, prefix: string, couponId: number, t
   await until(async () => {
     state = await groupState(redis, stream)
     return state.pending === 0 && state.undelivered === 0
-  }, timeoutMs, `the consumer group of coupon ${couponId} to have nothing pending and no lag (last: ${JSON.stringify(state)})`)
+  }, timeoutMs, () => `the consumer group of coupon ${couponId} to have nothing pending and no lag (last: ${JSON.stringify(state)})`)
   return state!
 }
 
@@ -99,9 +99,9 @@ export async function rowsOf (databaseUrl: string, couponId: number): Promise<Ro
 }
 
 interface Assert {
-  ok (value: unknown, message?: string, extra?: object): void
-  equal (a: unknown, b: unknown, message?: string): void
-  same (a: unknown, b: unknown, message?: string): void
+  ok (value: any, ...rest: any[]): boolean
+  equal (a: any, b: any, ...rest: any[]): boolean
+  same (a: any, b: any, ...rest: any[]): boolean
 }
 
 export interface InvariantInput {

@@ -38,13 +38,13 @@ export async function freePort (): Promise<number> {
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Polls check() every 50 ms until it is truthy or timeoutMs passes. */
-export async function until (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+export async function until (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (await check()) return
     await pause(50)
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
 }
 
 async function exited (child: ChildProcess, timeoutMs: number): Promise<number | null> {
