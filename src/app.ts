@@ -83,6 +83,13 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
 /** A ready-to-listen instance with the app's decorators visible at the root (for server.ts, tests, scripts). */
 export async function buildApp (config: Config, extra: FastifyServerOptions = {}): Promise<FastifyInstance> {
   const fastify = Fastify({ ...serverOptions(config), ...extra })
-  await fastify.register(fp(app), { config })
+  try {
+    await fastify.register(fp(app), { config })
+  } catch (err) {
+    // A refused startup (STRICT_REDIS, synchronous_commit off, a dependency down) must not leave the
+    // connections opened so far behind: they would keep a test runner or a script alive forever.
+    await fastify.close().catch(() => {})
+    throw err
+  }
   return fastify
 }
