@@ -35,7 +35,9 @@ export function serverOptions (config: Config): FastifyServerOptions {
     trustProxy: config.trustProxy,
     // A valid issue request is under 200 bytes; anything near this is not one of ours.
     bodyLimit: 4096,
-    return503OnClosing: true,
+    // Fastify's own 503-while-closing answers with a body that has no `code`; the onRequest hook in app()
+    // answers SHUTTING_DOWN from the catalog instead (Fastify still sets Connection: close).
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     ajv: { customOptions: { removeAdditional: false } }
   }
