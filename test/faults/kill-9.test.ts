@@ -52,6 +52,6 @@ t.test('kill -9 while Postgres is locked and at random points: reclaimed, no los
 
   // The last process lives: it must reclaim everything the dead ones left.
   service = await spawnService(t, env)
-  const summary = await checkInvariants(t, { redis, prefix, databaseUrl, couponId: coupon.id, total, calls, expectNoTimeouts: false })
-  t.ok(summary.ok.length > 60, `issued across the kills (${summary.ok.length} ok, ${summary.timedOut.length} cut off by a kill)`)
+  const summary = await checkInvariants(t, { redis, prefix, databaseUrl, couponId: coupon.id, total, calls })
+  t.ok(summary.ok.length > 60, `issued across the kills (${summary.ok.length} ok, ${summary.timedOut.length + summary.connErrors.length} cut off by a kill)`)
 })

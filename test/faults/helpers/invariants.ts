@@ -9,7 +9,8 @@ import pg from 'pg'
 import { CONSUMER_GROUP, createKeys } from '../../../src/redis/keys.js'
 import { until } from './procs.js'
 
-export type Outcome = 'ok' | 'rejected' | 'timed-out'
+/** conn-error: refused or reset (the server was not listening or died): may or may not have issued. */
+export type Outcome = 'ok' | 'rejected' | 'timed-out' | 'conn-error'
 
 export interface Call {
   userId: string
@@ -26,7 +27,7 @@ export interface IssueOptions {
   idempotencyKey?: string
 }
 
-/** POST /coupons/:id/issues, recorded as ok / rejected / timed-out (a dead server counts as timed-out). */
+/** POST /coupons/:id/issues, recorded as ok / rejected / timed-out / conn-error. */
 export async function issue (base: string, couponId: number, userId: string, { timeoutMs = 5000, idempotencyKey }: IssueOptions = {}): Promise<Call> {
   const started = Date.now()
   try {
@@ -40,8 +41,9 @@ export async function issue (base: string, couponId: number, userId: string, { t
     const ms = Date.now() - started
     if (response.status === 201) return { userId, outcome: 'ok', status: 201, issuedAt: body.issuedAt, ms }
     return { userId, outcome: 'rejected', status: response.status, code: body.code, ms }
-  } catch {
-    return { userId, outcome: 'timed-out', status: null, ms: Date.now() - started }
+  } catch (err) {
+    const outcome = (err as Error).name === 'TimeoutError' ? 'timed-out' : 'conn-error'
+    return { userId, outcome, status: null, ms: Date.now() - started }
   }
 }
 
@@ -130,9 +132,10 @@ export async function checkInvariants (t: Assert, { redis, prefix, databaseUrl, 
 
   const ok = calls.filter((c) => c.outcome === 'ok')
   const timedOut = calls.filter((c) => c.outcome === 'timed-out')
+  const connErrors = calls.filter((c) => c.outcome === 'conn-error')
   const rejected = calls.filter((c) => c.outcome === 'rejected')
   const okUsers = new Set(ok.map((c) => c.userId))
-  const maybeUsers = new Set(timedOut.map((c) => c.userId))
+  const maybeUsers = new Set([...timedOut, ...connErrors].map((c) => c.userId))
 
   // I1
   const missing = ok.filter((c) => (rowsByUser.get(c.userId)?.length ?? 0) !== 1)
@@ -140,7 +143,7 @@ export async function checkInvariants (t: Assert, { redis, prefix, databaseUrl, 
   const wrongMoment = ok.filter((c) => rowsByUser.get(c.userId)?.[0]?.created_at.toISOString() !== c.issuedAt)
   t.same(wrongMoment.map((c) => c.userId), [], 'I1: each row carries the issuedAt its 201 announced')
   const unexplained = [...rowsByUser.keys()].filter((u) => !okUsers.has(u) && !maybeUsers.has(u))
-  t.same(unexplained, [], 'I1: no row without a 201 (or a timed-out call that may have issued)')
+  t.same(unexplained, [], 'I1: no row without a 201 (or a timed-out/cut-off call that may have issued)')
 
   // I2
   t.ok(rows.length <= total, `I2: rows (${rows.length}) <= totalQuantity (${total})`)
@@ -159,5 +162,5 @@ export async function checkInvariants (t: Assert, { redis, prefix, databaseUrl, 
   t.same(badFailures, [], 'I5: every failure is a 4xx/503 with a code')
   if (expectNoTimeouts) t.equal(timedOut.length, 0, 'I5: no call hung past the client timeout')
 
-  return { rows, ok, rejected, timedOut, stock: stock === null ? null : Number(stock) }
+  return { rows, ok, rejected, timedOut, connErrors, stock: stock === null ? null : Number(stock) }
 }
