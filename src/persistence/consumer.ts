@@ -91,6 +91,9 @@ export class IssueEventConsumer {
     this.#o = options
     this.name = options.name ?? defaultConsumerName()
     this.#persister = new PersistBatch(options.db)
+    // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
+    // clients from 1 again) the old id may name somebody else's blocked client, which stop() would unblock.
+    options.blockingRedis.on('close', () => { this.#blockingClientId = null })
   }
 
   /** True while the loop is retrying a batch it could not write (database or Redis unwell). */
