@@ -77,6 +77,8 @@ export interface ThrowawayRedis {
   client: Redis
   start (): Promise<void>
   kill (): Promise<void>
+  /** e.g. SIGSTOP / SIGCONT: a server that holds its connections open but answers nothing */
+  signal (signal: NodeJS.Signals): void
   /** Kills the server and deletes its AOF directory, so the next start is empty. */
   wipe (): Promise<void>
 }
@@ -108,6 +110,7 @@ export async function throwawayRedis (t: Teardown, { appendonly = true, args = [
       }, 10_000, 'redis to answer PING')
     },
     async kill () { await killHard(child) },
+    signal (signal) { child?.kill(signal) },
     async wipe () {
       await killHard(child)
       rmSync(dir, { recursive: true, force: true })
