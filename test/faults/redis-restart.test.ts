@@ -60,6 +60,9 @@ t.test('Redis restarted empty: counters rebuilt from Postgres, group recreated, 
   const retryable = again.filter((c) => c.code === 'RESTORING' || c.code === 'REDIS_UNAVAILABLE')
   for (const call of retryable) Object.assign(call, await issue(service.base, coupon.id, call.userId))
   calls.push(...again)
+  // The rebuild reads the stream with XRANGE; nothing else on this fresh server does.
+  const xrangeCalls = Number(/cmdstat_xrange:calls=(\d+)/.exec(await redis.client.info('commandstats'))?.[1] ?? 0)
+  t.equal(xrangeCalls, 1, 'the counters were rebuilt once, under the lock, for 120 concurrent requests')
   t.same(again.slice(0, 40).map((c) => c.code), Array(40).fill('ALREADY_ISSUED'), 'users persisted before the wipe are still known')
   t.equal(again.filter((c) => c.outcome === 'ok').length, 60, 'exactly the 60 units left are issued')
 
