@@ -36,7 +36,9 @@ export function serverOptions (config: Config): FastifyServerOptions {
     trustProxy: config.trustProxy,
     // A valid issue request is under 200 bytes; anything near this is not one of ours.
     bodyLimit: 4096,
-    return503OnClosing: true,
+    // Fastify's own 503-while-closing answers with a body that has no `code`; the onRequest hook in app()
+    // answers SHUTTING_DOWN from the catalog instead (Fastify still sets Connection: close).
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     // Startup runs migrations, and embedded PGlite compiles WebAssembly: both can outlast the 10 s default.
     pluginTimeout: 60_000,
@@ -90,7 +92,8 @@ export async function buildApp (config: Config, extra: FastifyServerOptions = {}
   try {
     await fastify.register(fp(app), { config })
   } catch (err) {
-    // Release what the plugins that did start hold open (connections, the PGlite instance).
+    // A refused startup (STRICT_REDIS, synchronous_commit off, a dependency down) must not leave the
+    // connections opened so far behind: they would keep a test runner or a script alive forever.
     await fastify.close().catch(() => {})
     throw err
   }

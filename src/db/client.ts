@@ -33,6 +33,10 @@ export async function openDatabase ({ url, dataDir, poolSize = 10 }: OpenDatabas
     const pool = new pg.Pool({ connectionString: url, max: poolSize, connectionTimeoutMillis: 5000 })
     // An idle client losing its server (Postgres restart) must not crash the process.
     pool.on('error', () => {})
+    // Nor may a checked-out one: pg-pool removes its listener at checkout, so a connection dropped between
+    // two statements of a transaction (the consumer is almost always inside one) is emitted as an
+    // 'error' event nobody listens to, i.e. an uncaught exception. The statement in flight still rejects.
+    pool.on('connect', (client) => { client.on('error', () => {}) })
     const db = drizzle(pool, { schema }) as unknown as Db
     return {
       db,

@@ -53,6 +53,12 @@ interface Batch {
 const STREAM_LIST_TTL_MS = 1000
 const MAX_BACKOFF_MS = 5000
 
+function mergeBatches (a: Batch, b: Batch): Batch {
+  const ids = new Map(a.ids)
+  for (const [stream, more] of b.ids) ids.set(stream, [...(ids.get(stream) ?? []), ...more])
+  return { ids, events: [...a.events, ...b.events], poison: [...a.poison, ...b.poison] }
+}
+
 function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T | null> {
   if (signal.aborted) return promise
   return new Promise((resolve, reject) => {
@@ -76,6 +82,8 @@ export class IssueEventConsumer {
   #abort = new AbortController()
   #running: Promise<void> | null = null
   #blockingClientId: number | null = null
+  /** consecutive failed rounds of the loop (0 while writes succeed) */
+  #failures = 0
   /** aborted by wake() to cut short the idle wait when there is no stream yet */
   #idle = new AbortController()
 
@@ -83,6 +91,14 @@ export class IssueEventConsumer {
     this.#o = options
     this.name = options.name ?? defaultConsumerName()
     this.#persister = new PersistBatch(options.db)
+    // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
+    // clients from 1 again) the old id may name somebody else's blocked client, which stop() would unblock.
+    options.blockingRedis.on('close', () => { this.#blockingClientId = null })
+  }
+
+  /** True while the loop is retrying a batch it could not write (database or Redis unwell). */
+  get backingOff (): boolean {
+    return this.#failures > 0
   }
 
   /** Reclaims what a dead consumer left behind, then runs the loop until stop(). */
@@ -162,10 +178,10 @@ export class IssueEventConsumer {
 
   async #run (signal: AbortSignal): Promise<void> {
     const { log } = this.#o
-    let failures = 0
+    this.#failures = 0
     const backoff = async (err: unknown, what: string) => {
-      failures++
-      const delay = Math.min(100 * 2 ** Math.min(failures, 10), MAX_BACKOFF_MS)
+      this.#failures++
+      const delay = Math.min(100 * 2 ** Math.min(this.#failures, 10), MAX_BACKOFF_MS)
       log.error({ err, retryInMs: delay }, what)
       await sleep(delay, undefined, { signal }).catch(() => {})
     }
@@ -185,18 +201,30 @@ export class IssueEventConsumer {
           inHand = await this.#read(this.#o.blockMs, signal)
           continue
         }
-        // Persist the batch in hand while the next read is already on its way.
-        const [, next] = await Promise.all([
-          this.#persistAndAck(inHand),
-          signal.aborted ? Promise.resolve(null) : this.#read(0, signal)
-        ])
-        inHand = next
-        failures = 0
+        // Persist the batch in hand while the next read is already on its way. Only while persisting
+        // works: after a failure the batch is retried alone, so a dead database does not make this
+        // consumer take more and more entries it cannot write.
+        const readAhead = signal.aborted || this.#failures > 0 ? Promise.resolve(null) : this.#read(0, signal)
+        const [persisted, read] = await Promise.allSettled([this.#persistAndAck(inHand), readAhead])
+        const next = read.status === 'fulfilled' ? read.value : null
+        // A batch read while the write failed is already delivered to us: keep it, or it would sit
+        // pending until a reclaim (RECLAIM_MIN_IDLE_MS) instead of being written when the database returns.
+        if (persisted.status === 'fulfilled') {
+          inHand = next
+          this.#failures = 0
+        } else if (next) {
+          inHand = mergeBatches(inHand, next)
+        }
+        if (persisted.status === 'rejected') throw persisted.reason
+        if (read.status === 'rejected') throw read.reason
       } catch (err) {
         if ((err as Error).message?.includes('NOGROUP')) {
           log.warn('consumer group missing (Redis lost it?): recreating it')
           this.#streamsReadAt = 0
           await this.ensureGroups().catch(() => {})
+          // Bounded: when the group cannot be recreated (stream no longer active) do not spin.
+          if (this.#failures > 0) await backoff(err, 'consumer group still missing')
+          else this.#failures++
           continue
         }
         if (signal.aborted && inHand) {

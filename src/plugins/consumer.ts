@@ -30,6 +30,10 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
   })
   fastify.decorate('consumer', consumer)
   const reclaimTask = cron.schedule(config.consumer.reclaimCron, async () => {
+    // While our own writes fail, a reclaim cannot write either; it would only claim entries again
+    // (our own batch in hand included) and push their delivery count past MAX_DELIVERIES, so that good
+    // entries get parked as poison once the database is back.
+    if (consumer.backingOff) return
     const perCoupon = await consumer.reclaim().catch((err) => { log.error({ err }, 'periodic reclaim failed') })
     if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
   }, { noOverlap: true, name: 'reclaim-pending-issue-events' })

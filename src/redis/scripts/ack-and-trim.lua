@@ -1,6 +1,11 @@
-#!lua
+#!lua flags=allow-oom
 --[[
   ack-and-trim.lua: acknowledge persisted entries and trim the stream, in one round trip.
+
+  allow-oom: a script with a shebang and no flags is refused outright while Redis is over maxmemory,
+  yet acknowledging and trimming is the only thing that frees the stream's memory. Without the flag a
+  full Redis stays full: the consumer commits, cannot ack, and retries forever. Only XACK, XPENDING and
+  XTRIM run here; none of them grows memory.
   Trims only below the oldest entry still pending in the group, so an unacknowledged entry is
   never dropped; when nothing is pending, below the newest id acknowledged here.
 

@@ -1,0 +1,247 @@
+// Throwaway servers for fault tests: a redis-server, a Postgres cluster and the service itself, each a
+// child process on its own free port, all killed (and their directories removed) at teardown even when
+// the test fails. Nothing here touches the shared Redis on 6379 or the shared Postgres on 5432.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+
+interface Teardown { teardown (fn: () => unknown): void }
+
+const ROOT = resolve(fileURLToPath(new URL('../../..', import.meta.url)))
+
+// Last line of defence: a child must not outlive the test process, whatever happened.
+const live = new Set<ChildProcess>()
+process.once('exit', () => { for (const child of live) { try { child.kill('SIGKILL') } catch {} } })
+
+function track (child: ChildProcess): ChildProcess {
+  live.add(child)
+  child.once('exit', () => live.delete(child))
+  return child
+}
+
+export async function freePort (): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer()
+    server.once('error', fail)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => done(port))
+    })
+  })
+}
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Polls check() every 50 ms until it is truthy or timeoutMs passes. */
+export async function until (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    if (await check()) return
+    await pause(50)
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
+}
+
+async function exited (child: ChildProcess, timeoutMs: number): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode
+  return new Promise((done) => {
+    const timer = setTimeout(() => done(null), timeoutMs)
+    child.once('exit', (code) => { clearTimeout(timer); done(code) })
+  })
+}
+
+async function killHard (child: ChildProcess | null): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return
+  child.kill('SIGKILL')
+  await exited(child, 5000)
+}
+
+// ---------------------------------------------------------------------------------------------- redis
+
+export interface RedisOptions {
+  appendonly?: boolean
+  /** extra redis-server arguments, e.g. ['--maxmemory', '2mb'] */
+  args?: string[]
+}
+
+export interface ThrowawayRedis {
+  url: string
+  port: number
+  dir: string
+  /** a plain client for the test itself (reconnects on its own) */
+  client: Redis
+  start (): Promise<void>
+  kill (): Promise<void>
+  /** e.g. SIGSTOP / SIGCONT: a server that holds its connections open but answers nothing */
+  signal (signal: NodeJS.Signals): void
+  /** Kills the server and deletes its AOF directory, so the next start is empty. */
+  wipe (): Promise<void>
+}
+
+export async function throwawayRedis (t: Teardown, { appendonly = true, args = [] }: RedisOptions = {}): Promise<ThrowawayRedis> {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), 'couponrush-redis-'))
+  let child: ChildProcess | null = null
+  const url = `redis://127.0.0.1:${port}`
+  const probe = async () => {
+    const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false })
+    r.on('error', () => {})
+    try { await r.connect(); return await r.ping() === 'PONG' } catch { return false } finally { r.disconnect() }
+  }
+  const self: ThrowawayRedis = {
+    url,
+    port,
+    dir,
+    client: new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 100 }),
+    async start () {
+      // appendfsync always: with the default everysec a kill -9 may lose the last second of 201s.
+      child = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+        '--appendonly', appendonly ? 'yes' : 'no', '--appendfsync', 'always', '--maxmemory-policy', 'noeviction', ...args],
+      { stdio: 'ignore' }))
+      await until(probe, 10_000, `redis-server on ${port}`)
+      // after a restart the server may still be loading the AOF
+      await until(async () => {
+        try { await self.client.ping(); return true } catch { return false }
+      }, 10_000, 'redis to answer PING')
+    },
+    async kill () { await killHard(child) },
+    signal (signal) { child?.kill(signal) },
+    async wipe () {
+      await killHard(child)
+      rmSync(dir, { recursive: true, force: true })
+      mkdirSync(dir)
+    }
+  }
+  self.client.on('error', () => {})
+  t.teardown(async () => {
+    self.client.disconnect()
+    await killHard(child)
+    rmSync(dir, { recursive: true, force: true })
+  })
+  await self.client.connect().catch(() => {})
+  await self.start()
+  return self
+}
+
+// ------------------------------------------------------------------------------------------- postgres
+
+export interface ThrowawayPostgres {
+  /** URL of the `postgres` database (admin) */
+  adminUrl: string
+  port: number
+  start (): Promise<void>
+  /** pg_ctl stop -m immediate: like a crash, every connection drops */
+  stop (): Promise<void>
+}
+
+function asPostgres (args: string[], timeoutMs = 60_000) {
+  const result = spawnSync('runuser', ['-u', 'postgres', '--', ...args], { encoding: 'utf8', timeout: timeoutMs })
+  if (result.status !== 0) throw new Error(`${args.join(' ')} failed: ${result.stderr || result.stdout || result.error}`)
+}
+
+export async function throwawayPostgres (t: Teardown): Promise<ThrowawayPostgres> {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), 'couponrush-pg-'))
+  chownSync(dir, Number(spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).stdout.trim()),
+    Number(spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).stdout.trim()))
+  const data = join(dir, 'data')
+  let running = false
+  const self: ThrowawayPostgres = {
+    adminUrl: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    port,
+    async start () {
+      asPostgres(['pg_ctl', '-D', data, '-l', join(dir, 'log'), '-o', `-p ${port} -k ${dir} -h 127.0.0.1 -c fsync=off`, '-w', '-t', '60', 'start'])
+      running = true
+    },
+    async stop () {
+      asPostgres(['pg_ctl', '-D', data, '-m', 'immediate', '-w', 'stop'])
+      running = false
+    }
+  }
+  t.teardown(() => {
+    if (running) { try { self.stop() } catch {} }
+    rmSync(dir, { recursive: true, force: true })
+  })
+  asPostgres(['initdb', '-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync'])
+  await self.start()
+  return self
+}
+
+// -------------------------------------------------------------------------------------------- service
+
+export interface Service {
+  base: string
+  port: number
+  child: ChildProcess
+  /** everything the process wrote, for assertions on log lines and for failure reports */
+  output (): string
+  /** resolves with the exit code (null when it did not exit within timeoutMs) */
+  exited (timeoutMs: number): Promise<number | null>
+  kill9 (): Promise<void>
+}
+
+/** Runs `src/server.ts` as its own process (node --import tsx: one pid, so kill -9 hits the server itself). */
+export async function spawnService (t: Teardown, env: Record<string, string>, { waitReady = true } = {}): Promise<Service> {
+  const port = await freePort()
+  let out = ''
+  const child = track(spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: 'test',
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'warn',
+      ADMIN_TOKEN: 'test-admin-token-0123456789',
+      CONSUMER_BLOCK_MS: '200',
+      ...env
+    },
+    stdio: ['ignore', 'pipe', 'pipe']
+  }))
+  child.stdout!.on('data', (d) => { out = (out + d).slice(-200_000) })
+  child.stderr!.on('data', (d) => { out = (out + d).slice(-200_000) })
+  const base = `http://127.0.0.1:${port}`
+  const service: Service = {
+    base,
+    port,
+    child,
+    output: () => out,
+    exited: (timeoutMs) => exited(child, timeoutMs),
+    kill9: () => killHard(child)
+  }
+  t.teardown(() => killHard(child))
+  if (waitReady) {
+    await until(async () => {
+      if (child.exitCode !== null) throw new Error(`service exited with ${child.exitCode}:\n${out}`)
+      try { return (await fetch(`${base}/health`, { signal: AbortSignal.timeout(1000) })).ok } catch { return false }
+    }, 30_000, 'the service to listen')
+  }
+  return service
+}
+
+// ------------------------------------------------------------------------------------------ databases
+
+/** Creates a throwaway database on the given server, dropped at teardown; returns its URL. */
+export async function createDatabase (t: Teardown, adminUrl: string): Promise<string> {
+  const name = `couponrush_fault_${Math.random().toString(16).slice(2, 10)}`
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  t.teardown(async () => {
+    const client = new pg.Client({ connectionString: adminUrl })
+    try {
+      await client.connect()
+      await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    } catch {} finally { await client.end().catch(() => {}) }
+  })
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return url.toString()
+}

@@ -1,0 +1,143 @@
+// Faults 5, 6 and 7 and a lost consumer group: trimming vs. unacknowledged entries, poison entries in
+// a batch of good ones, a forced duplicate delivery. In-process against the shared Redis (own prefix)
+// and Postgres (own database).
+import t from 'tap'
+import { createCoupon, inParallel, testApp, waitFor, admin } from '../helpers/env.js'
+import { CONSUMER_GROUP } from '../../src/redis/keys.js'
+import { checkInvariants, groupState, issue, rowsOf, type Call } from './helpers/invariants.js'
+import { extraConsumer, lockTable } from './helpers/inprocess.js'
+
+const pendingIds = async (app: any, stream: string, consumer?: string) =>
+  (await app.redis.xpending(stream, CONSUMER_GROUP, '-', '+', 1000, ...(consumer ? [consumer] : [])) as [string, string, number, number][])
+
+t.test('trimming never drops an unacknowledged entry; a pending entry deleted from the stream is counted', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  const total = 100
+  const coupon = await createCoupon(app, { totalQuantity: total })
+  const stream = app.keys.coupon(coupon.id).events
+  const calls: Call[] = []
+  for (let i = 1; i <= 3; i++) calls.push(await issue(base, coupon.id, `u${i}`))
+  // A consumer that takes two entries and dies without acknowledging them.
+  const ghost = await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'ghost', 'COUNT', 2, 'STREAMS', stream, '>') as [string, [string, string[]][]][]
+  const ghostIds = ghost[0]![1].map(([id]) => id)
+  for (let i = 4; i <= 6; i++) calls.push(await issue(base, coupon.id, `u${i}`))
+
+  const live = extraConsumer(t, app, 'live', { reclaimMinIdleMs: 600_000 })
+  live.start()
+  await waitFor(async () => (await rowsOf(app.env.databaseUrl, coupon.id)).length === 4, { what: 'the live consumer to persist u3..u6' })
+  await waitFor(async () => (await groupState(app.redis, stream)).pending === 2, { what: 'the live consumer to ack its entries' })
+  const left = (await app.redis.xrange(stream, '-', '+')).map(([id]) => id)
+  t.same(left.slice(0, 2), ghostIds, 'the stream was trimmed only up to the oldest pending entry: the ghost\'s entries are still there')
+  t.same((await pendingIds(app, stream)).map(([id]) => id), ghostIds, 'and still pending')
+
+  await live.stop()
+  const reclaimed = await live.reclaim(0)
+  t.equal(reclaimed[String(coupon.id)], 2, 'a reclaim picks the ghost\'s entries up')
+  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+
+  // An entry deleted while pending cannot be persisted any more; it must be counted and reported.
+  await issue(base, coupon.id, 'u7')
+  const [[, [[lostId]]]] = await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'ghost', 'COUNT', 1, 'STREAMS', stream, '>') as any
+  await app.redis.xdel(stream, lostId)
+  const report = await live.drain()
+  t.equal(report.stats.deletedWhilePending, 1, 'XAUTOCLAIM\'s deleted id is counted in the drain report')
+  t.equal((await groupState(app.redis, stream)).pending, 0, 'and it no longer sits in the pending list')
+})
+
+t.test('poison entries in a batch of good ones: good ones land, bad ones are parked before the ack, admin can retry', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  const total = 100
+  const coupon = await createCoupon(app, { totalQuantity: total })
+  const stream = app.keys.coupon(coupon.id).events
+  const calls: Call[] = []
+  for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `good-${i}`))
+  const now = String(Date.now())
+  await app.redis.xadd(stream, '*', 'type', 'issue', 'couponId', String(coupon.id))
+  await app.redis.xadd(stream, '*', 'type', 'issue', 'couponId', String(coupon.id), 'userId', 'nul\0byte', 'claim', '1', 'at', now)
+  await app.redis.xadd(stream, '*', 'type', 'issue', 'couponId', String(coupon.id + 1), 'userId', 'other', 'claim', '1', 'at', now)
+  for (let i = 5; i < 10; i++) calls.push(await issue(base, coupon.id, `good-${i}`))
+  // A stream of a coupon Postgres does not know (the next id to be created).
+  const unknownId = coupon.id + 1
+  const unknownStream = app.keys.coupon(unknownId).events
+  await app.redis.xadd(unknownStream, '*', 'type', 'issue', 'couponId', String(unknownId), 'userId', 'early-bird', 'claim', '1', 'at', now)
+  await app.redis.sadd(app.keys.activeCoupons, String(unknownId))
+
+  // Parking is blocked: the good rows may commit, but nothing may be acknowledged before the bad ones are written.
+  const lock = await lockTable(t, app.env.databaseUrl, 'failed_issue_events', 'ACCESS EXCLUSIVE')
+  const consumer = extraConsumer(t, app, 'poison-test', { reclaimMinIdleMs: 600_000 })
+  consumer.start()
+  await waitFor(async () => (await rowsOf(app.env.databaseUrl, coupon.id)).length === 10, { what: 'the good entries to land' })
+  t.equal((await groupState(app.redis, stream)).pending, 13, 'the whole batch stays pending while its bad entries cannot be parked')
+  await lock.release()
+
+  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  const unknownState = await waitFor(async () => { const s = await groupState(app.redis, unknownStream); return s.pending === 0 && s.undelivered === 0 && s }, { what: 'the unknown coupon stream to settle' })
+  t.equal(unknownState.length, 0, 'the unknown coupon\'s stream is acked and trimmed')
+
+  const list = await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })
+  t.equal(list.statusCode, 200)
+  const items = list.json().items as { id: number, streamKey: string, payload: Record<string, string>, error: string }[]
+  t.equal(items.length, 4, 'four entries parked')
+  t.match(items.map((i) => i.error).sort(), [/coupon \d+ does not exist/, /couponId \d+ does not match/, /userId missing or malformed/, /userId missing or malformed/])
+  t.ok(items.some((i) => i.payload.userId === 'nul\\u0000byte'), 'the NUL byte is stored escaped')
+  t.equal((await app.inject({ method: 'GET', url: '/admin/failed-events', headers: { authorization: 'Bearer nope-nope-nope' } })).statusCode, 401)
+
+  const nul = items.find((i) => i.payload.userId?.startsWith('nul'))!
+  const stillBad = await app.inject({ method: 'POST', url: `/admin/failed-events/${nul.id}/retry`, headers: admin })
+  t.equal(stillBad.statusCode, 422)
+  t.equal(stillBad.json().code, 'FAILED_EVENT_STILL_FAILING')
+  t.equal((await app.inject({ method: 'POST', url: '/admin/failed-events/999999/retry', headers: admin })).json().code, 'FAILED_EVENT_NOT_FOUND')
+
+  // Fix the cause of the unknown coupon (create it), then retry: the row lands.
+  const created = await createCoupon(app, { totalQuantity: 5 })
+  t.equal(created.id, unknownId)
+  const early = items.find((i) => i.streamKey === unknownStream)!
+  const retried = await app.inject({ method: 'POST', url: `/admin/failed-events/${early.id}/retry`, headers: admin })
+  t.equal(retried.statusCode, 200)
+  t.same(retried.json(), { id: early.id, inserted: 1 })
+  t.same((await rowsOf(app.env.databaseUrl, unknownId)).map((r) => r.user_id), ['early-bird'])
+  const after = (await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items
+  t.equal(after.length, 3, 'a retried entry leaves the default list')
+  const all = (await app.inject({ method: 'GET', url: '/admin/failed-events?includeRetried=true', headers: admin })).json().items
+  t.equal(all.length, 4, 'but stays in the full list')
+})
+
+t.test('a duplicate delivery forced with XCLAIM while the consumer works: no extra row, acked', async (t) => {
+  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '600000' })
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  const total = 100
+  const coupon = await createCoupon(app, { totalQuantity: total })
+  const stream = app.keys.coupon(coupon.id).events
+  const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
+  const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
+  // The app's consumer is now stuck in its insert with a batch in hand.
+  const held = await waitFor(async () => { const p = await pendingIds(app, stream); return p.length > 0 && p }, { what: 'the app consumer to take a batch' })
+  const ids = held.map(([id]) => id)
+  await app.redis.xclaim(stream, CONSUMER_GROUP, 'intruder', 0, ...ids)
+  const intruder = extraConsumer(t, app, 'intruder')
+  const second = intruder.reclaim(0)
+  await lock.release()
+  const reclaimed = await second
+  t.equal(reclaimed[String(coupon.id)], ids.length, 'the intruder persisted the entries it claimed')
+  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  t.equal(summary.rows.length, 20, 'no extra row from the duplicate delivery')
+  t.ok(intruder.stats.duplicates + app.consumer!.stats.duplicates >= ids.length, 'the second write of each entry was recognised as a duplicate')
+})
+
+t.test('the consumer group destroyed while entries wait: recreated (NOGROUP), everything persisted once', async (t) => {
+  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '600000' })
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  const total = 100
+  const coupon = await createCoupon(app, { totalQuantity: total })
+  const stream = app.keys.coupon(coupon.id).events
+  const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
+  const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
+  await waitFor(async () => (await pendingIds(app, stream)).length > 0, { what: 'the consumer to take a batch' })
+  await app.redis.xgroup('DESTROY', stream, CONSUMER_GROUP)
+  await lock.release()
+  calls.push(...await inParallel(20, 4, (i) => issue(base, coupon.id, `v${i}`)))
+  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  t.equal(summary.rows.length, 40)
+})
