@@ -103,3 +103,29 @@ t.test('computeCounters: persisted rows plus stream events, claims and cancellat
   t.equal(state.stock, 7)
   t.equal(computeCounters({ id: 7, totalQuantity: 1 }, [], [entry('1-0', { type: 'issue', userId: 'a', claim: 1, at: 1 }), entry('2-0', { type: 'issue', userId: 'b', claim: 1, at: 2 })]).stock, 0, 'never negative')
 })
+
+t.test('a lost holders or claims hash triggers a rebuild; parked entries still count as issued', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 3 })
+  const k = app.keys.coupon(coupon.id)
+  t.equal(await issue(app, coupon.id, 'h1'), 'issued')
+  await app.redis.del(k.holders)
+  t.equal(await issue(app, coupon.id, 'h1'), 'ALREADY_ISSUED', 'holders rebuilt, not read as empty')
+  await app.redis.del(k.claims)
+  t.equal(await issue(app, coupon.id, 'h2'), 'issued')
+  await app.redis.del(k.claims)
+  const cancel = await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/h2` })
+  t.equal(cancel.statusCode, 200)
+  const reclaim = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'h2' } })
+  t.equal(reclaim.json().claim, 2, 'claim numbers continue after a rebuild, so the new row is not mistaken for the old one')
+
+  // h3's event is parked (say the database rejected it); its unit is still out.
+  t.equal(await issue(app, coupon.id, 'h3'), 'issued')
+  const { recordFailedEvents } = await import('../src/db/queries/issues.js')
+  const entries = await app.redis.xrange(k.events, '-', '+')
+  const [h3Id, h3Fields] = entries.find(([, fields]) => fields.includes('h3'))!
+  await recordFailedEvents(app.db, [{ streamKey: k.events, id: h3Id, payload: Object.fromEntries(h3Fields.reduce<string[][]>((pairs, v, i) => (i % 2 ? pairs[pairs.length - 1]!.push(v) : pairs.push([v]), pairs), [])), error: 'test', deliveries: 1 }])
+  await app.redis.xdel(k.events, h3Id)
+  await app.redis.del(k.stock)
+  t.equal(await issue(app, coupon.id, 'h4'), 'SOLD_OUT', 'h1, h2 and the parked h3 hold all three units')
+})

@@ -3,7 +3,7 @@
 // out again every unit whose event is not persisted yet.
 import type { Redis } from 'ioredis'
 import { findCoupon, type Coupon } from '../db/queries/coupons.js'
-import { issuesOfCoupon, type PersistedIssue } from '../db/queries/issues.js'
+import { issuesOfCoupon, parkedEntriesOfStream, type PersistedIssue } from '../db/queries/issues.js'
 import type { Db } from '../db/client.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { decodeEntry, isEvent } from '../stream/events.js'
@@ -54,6 +54,11 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
 }
 
 const fromDb = <T>(query: Promise<T>): Promise<T> => query.catch((err) => { throw new DatabaseUnavailable({ cause: err }) })
+const byStreamId = ([a]: RawEntry, [b]: RawEntry) => {
+  const [aMs, aSeq] = a.split('-').map(Number)
+  const [bMs, bSeq] = b.split('-').map(Number)
+  return aMs! - bMs! || aSeq! - bSeq!
+}
 const msOrEmpty = (date: Date | null) => date === null ? '' : String(date.getTime())
 
 export interface RestoreDeps {
@@ -99,7 +104,9 @@ async function rebuild ({ redis, db, keys }: RestoreDeps, couponId: number): Pro
     const entries = await redis.xrange(k.events, '-', '+') as RawEntry[]
     const lastId = entries.length > 0 ? entries[entries.length - 1]![0] : ''
     const persisted = await fromDb(issuesOfCoupon(db, couponId))
-    const state = computeCounters(coupon, persisted, entries, k.events)
+    // A parked entry's unit went out with a 201 and may be retried into a row later: count it.
+    const parked = await fromDb(parkedEntriesOfStream(db, k.events))
+    const state = computeCounters(coupon, persisted, [...parked, ...entries].sort(byStreamId), k.events)
     const args: (string | number)[] = [k.meta, k.stock, k.holders, k.claims, k.events, CONSUMER_GROUP, lastId,
       coupon.totalQuantity, coupon.perUserLimit, coupon.startsAt.getTime(), msOrEmpty(coupon.endsAt), state.stock]
     for (const [userId, [held, last]] of state.users) args.push(userId, held, last)

@@ -100,6 +100,13 @@ export async function listFailedEvents (db: Db, { includeRetried = false, limit 
     .orderBy(desc(failedIssueEvents.id)).limit(limit)
 }
 
+/** Parked entries of one stream not yet retried: their units were handed out, a rebuild must count them. */
+export async function parkedEntriesOfStream (db: Db, streamKey: string): Promise<[id: string, fields: string[]][]> {
+  const rows = await db.select({ streamId: failedIssueEvents.streamId, payload: failedIssueEvents.payload }).from(failedIssueEvents)
+    .where(and(eq(failedIssueEvents.streamKey, streamKey), isNull(failedIssueEvents.retriedAt)))
+  return rows.map((row) => [row.streamId, Object.entries(row.payload as Record<string, string>).flat()])
+}
+
 export async function findFailedEvent (db: Db, id: number) {
   const [row] = await db.select().from(failedIssueEvents).where(eq(failedIssueEvents.id, id))
   return row

@@ -8,8 +8,9 @@
 
   KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or '')
   KEYS[2] stock       string units left
-  KEYS[3] holders     hash   userId -> units held now
-  KEYS[4] claims      hash   userId -> last claim number (never decreases)
+  KEYS[3] holders     hash   userId -> units held now; field '#' marks the hash as complete
+  KEYS[4] claims      hash   userId -> last claim number (never decreases); field '#' likewise
+                      (a userId cannot contain '#'; a hash without it was lost and must be rebuilt)
   KEYS[5] events      stream issue/revoke events for the consumer group
   KEYS[6] idempotency string remembered outcome (ignored when ARGV[3] is '')
 
@@ -44,18 +45,21 @@ end
 
 local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt')
 local left = tonumber(redis.call('GET', stock))
-if not m[1] or not left then return { 1, 0, 0, '', 0 } end
+local holding = redis.call('HMGET', holders, userId, '#')
+if not m[1] or not left or not holding[2] then return { 1, 0, 0, '', 0 } end
 
 local now = nowMs()
 local startsAt, endsAt = tonumber(m[2]), tonumber(m[3])
 if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0 } end
 if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0 } end
 
-local held = tonumber(redis.call('HGET', holders, userId)) or 0
+local held = tonumber(holding[1]) or 0
 if held >= tonumber(m[1]) then return finish(2, 0, 0, '') end
 if left <= 0 then return finish(3, 0, 0, '') end
 
-local lastClaim = tonumber(redis.call('HGET', claims, userId)) or 0
+local claimed = redis.call('HMGET', claims, userId, '#')
+if not claimed[2] then return { 1, 0, 0, '', 0 } end
+local lastClaim = tonumber(claimed[1]) or 0
 local backlog = redis.call('XLEN', events)
 local cap = tonumber(ARGV[5])
 if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0 } end

@@ -6,8 +6,8 @@
 
   KEYS[1] meta     hash
   KEYS[2] stock    string
-  KEYS[3] holders  hash
-  KEYS[4] claims   hash
+  KEYS[3] holders  hash (gets the completeness marker field '#')
+  KEYS[4] claims   hash (likewise)
   KEYS[5] events   stream (created with the consumer group if missing)
 
   ARGV[1] consumer group name
@@ -24,7 +24,8 @@
 
 local meta, stock, holders, claims, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
-if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1 then return 0 end
+if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1
+  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then return 0 end
 
 local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
 local lastId = last[1] and last[1][1] or ''
@@ -34,6 +35,8 @@ redis.call('TYPE', holders)
 redis.call('DEL', meta, stock, holders, claims)
 redis.call('HSET', meta, 'total', ARGV[3], 'perUserLimit', ARGV[4], 'startsAt', ARGV[5], 'endsAt', ARGV[6])
 redis.call('SET', stock, ARGV[7])
+redis.call('HSET', holders, '#', 1)
+redis.call('HSET', claims, '#', 1)
 for i = 8, #ARGV, 3 do
   if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', holders, ARGV[i], ARGV[i + 1]) end
   redis.call('HSET', claims, ARGV[i], ARGV[i + 2])

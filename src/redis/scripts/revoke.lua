@@ -5,7 +5,7 @@
 
   KEYS[1] meta        hash   (checked only to detect missing counters)
   KEYS[2] stock       string units left
-  KEYS[3] holders     hash   userId -> units held now
+  KEYS[3] holders     hash   userId -> units held now; field '#' marks it complete (see issue.lua)
   KEYS[4] events      stream
   KEYS[5] idempotency string remembered outcome (ignored when ARGV[3] is '')
 
@@ -34,9 +34,10 @@ end
 
 local known = redis.call('HGET', meta, 'perUserLimit')
 local left = tonumber(redis.call('GET', stock))
-if not known or not left then return { 1, 0, 0, '', 0 } end
+local holding = redis.call('HMGET', holders, userId, '#')
+if not known or not left or not holding[2] then return { 1, 0, 0, '', 0 } end
 
-local held = tonumber(redis.call('HGET', holders, userId)) or 0
+local held = tonumber(holding[1]) or 0
 if held <= 0 then return finish(2, 0, 0, '') end
 redis.call('XLEN', events) -- type check before the first write
 
