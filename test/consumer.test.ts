@@ -143,3 +143,19 @@ t.test('an entry only the database rejects is isolated row by row; the rest of i
   const [parked] = await app.db.select().from(failedIssueEvents)
   t.match(parked!.error, /out of range/)
 })
+
+t.test('a reclaim while the database is down claims nothing, so delivery counts do not climb', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const k = app.keys.coupon(coupon.id)
+  await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'waiting' } })
+  await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'dead', 'COUNT', 10, 'STREAMS', k.events, '>')
+  const { openDatabase } = await import('../src/db/client.js')
+  const unreachable = await openDatabase({ url: 'postgres://postgres@127.0.0.1:1/nowhere', dataDir: '' })
+  t.teardown(() => unreachable.close())
+  const consumer = consumerFor(app, 'cut-off', { db: unreachable.db })
+  await t.rejects(consumer.reclaim(0))
+  const [[, owner, , deliveries]] = await app.redis.xpending(k.events, CONSUMER_GROUP, '-', '+', 10) as [[string, string, number, number]]
+  t.equal(owner, 'dead', 'still with its consumer')
+  t.equal(Number(deliveries), 1, 'not counted as another delivery')
+})

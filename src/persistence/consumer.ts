@@ -5,7 +5,7 @@ import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Db } from '../db/client.js'
+import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
@@ -129,6 +129,9 @@ export class IssueEventConsumer {
   /** Claims entries idle longer than minIdleMs from any consumer of the group and persists them. */
   async reclaim (minIdleMs = this.#o.reclaimMinIdleMs): Promise<Record<string, number>> {
     const perCoupon: Record<string, number> = {}
+    // Claiming counts as a delivery. With the database down every periodic claim would push
+    // abandoned entries toward MAX_DELIVERIES and park good entries, so claim only when it answers.
+    await pingDatabase(this.#o.db)
     for (const stream of await this.#activeStreams(true)) {
       let cursor = '0-0'
       do {
