@@ -8,7 +8,6 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
-import pg from 'pg'
 
 interface Teardown { teardown (fn: () => unknown): void }
 
@@ -227,21 +226,5 @@ export async function spawnService (t: Teardown, env: Record<string, string>, { 
 
 // ------------------------------------------------------------------------------------------ databases
 
-/** Creates a throwaway database on the given server, dropped at teardown; returns its URL. */
-export async function createDatabase (t: Teardown, adminUrl: string): Promise<string> {
-  const name = `couponrush_fault_${Math.random().toString(16).slice(2, 10)}`
-  const admin = new pg.Client({ connectionString: adminUrl })
-  await admin.connect()
-  await admin.query(`CREATE DATABASE ${name}`)
-  await admin.end()
-  t.teardown(async () => {
-    const client = new pg.Client({ connectionString: adminUrl })
-    try {
-      await client.connect()
-      await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-    } catch {} finally { await client.end().catch(() => {}) }
-  })
-  const url = new URL(adminUrl)
-  url.pathname = `/${name}`
-  return url.toString()
-}
+/** A throwaway database on the given server, dropped at teardown (the same helper the main suite uses). */
+export { createTestDatabase as createDatabase } from '../../helpers/env.js'
