@@ -1,0 +1,67 @@
+// Starting the measured server: in a child process (the default: the load generator keeps its own
+// core) or in this process (the CI smoke test), behind one interface.
+import { fork, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../src/app.js'
+import type { Config } from '../../src/config.js'
+import type { ConsumerStats } from '../../src/persistence/consumer.js'
+import type { ServerMode } from './server-child.js'
+
+export interface RunningServer {
+  url: string
+  pid: number
+  rss (): Promise<number>
+  consumerStats (): Promise<ConsumerStats | null>
+  close (): Promise<void>
+}
+
+export interface ChildOptions {
+  /** write a V8 CPU profile of the server into this directory (node --cpu-prof) */
+  cpuProfDir?: string
+}
+
+export async function startChildServer (mode: ServerMode, config: Config, { cpuProfDir }: ChildOptions = {}): Promise<RunningServer> {
+  const entry = fileURLToPath(new URL('./server-child.ts', import.meta.url))
+  const execArgv = ['--import', 'tsx', ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])]
+  // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
+  const child: ChildProcess = fork(entry, [mode, JSON.stringify(config)], { execArgv, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+  let nextId = 0
+  const waiting = new Map<number, (value: unknown) => void>()
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`server child (${mode}) exited with ${code} before listening`)))
+    child.on('message', (msg: any) => {
+      if (typeof msg.port === 'number') resolve(msg.port)
+      else waiting.get(msg.id)?.(msg.value)
+    })
+  })
+  const call = (cmd: string) => new Promise<any>((resolve) => {
+    const id = nextId++
+    waiting.set(id, (value) => { waiting.delete(id); resolve(value) })
+    child.send({ id, cmd })
+  })
+  return {
+    url: `http://127.0.0.1:${port}`,
+    pid: child.pid!,
+    rss: () => call('rss'),
+    consumerStats: () => call('stats'),
+    async close () {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      await call('close')
+      await exited
+    }
+  }
+}
+
+export async function startInProcessServer (config: Config): Promise<RunningServer & { app: FastifyInstance }> {
+  const app = await buildApp(config)
+  const url = await app.listen({ port: 0, host: '127.0.0.1' })
+  return {
+    app,
+    url,
+    pid: process.pid,
+    rss: async () => process.memoryUsage().rss,
+    consumerStats: async () => app.consumer?.stats ?? null,
+    close: () => app.close()
+  }
+}
