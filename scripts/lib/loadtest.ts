@@ -76,16 +76,13 @@ export interface LoadtestReport {
 /** Request i's userId: new users in order, with repeats of earlier users spread evenly among them. */
 export function userSequence (tag: string, users: number, repeatShare: number): string[] {
   const seq: string[] = []
-  let owed = 0
   let seed = 42
   const random = () => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31 }
+  // Counted from n each time (not accumulated) so 0.1 x 3000 is 300 repeats, not 299.
+  const owedBy = (n: number) => Math.floor(n * repeatShare + 1e-9)
   for (let n = 0; n < users; n++) {
     seq.push(`${tag}-u${n}`)
-    owed += repeatShare
-    while (owed >= 1) {
-      owed -= 1
-      seq.push(`${tag}-u${Math.floor(random() * (n + 1))}`)
-    }
+    for (let k = owedBy(n); k < owedBy(n + 1); k++) seq.push(`${tag}-u${Math.floor(random() * (n + 1))}`)
   }
   return seq
 }
