@@ -22,7 +22,7 @@ const { values: f } = parseArgs({
     duration: { type: 'string', default: '5' },
     rounds: { type: 'string', default: '3' },
     warmup: { type: 'string', default: '3' },
-    rows: { type: 'string', default: '100000' },
+    rows: { type: 'string', default: '50000' },
     only: { type: 'string', default: 'a,b,issue,soldout,consumer' },
     'log-level': { type: 'string' },
     'cpu-prof': { type: 'string' },
@@ -149,8 +149,8 @@ try {
   }
 
   if (only.has('consumer')) {
-    say(`consumer: ${int(Number(f.rows))} entries`)
-    consumer = await consumerBench(config, Number(f.rows), [500, config.consumer.batchSize], say)
+    say(`consumer: ${rounds} rounds of ${int(Number(f.rows))} entries`)
+    consumer = await consumerBench(config, Number(f.rows), [500, config.consumer.batchSize], rounds, say)
   }
 } finally {
   await scratch.cleanup()
@@ -204,8 +204,13 @@ if (f.json) {
       `Postgres complete ${http.issue.slices.map((s) => ms(s.persistenceLagMs!)).join(' / ')} after each slice's last response; server RSS at the end ${serverRssMb[0]?.toFixed(0)} MB`)
   }
   if (consumer) {
-    console.log(`\nconsumer (${int(consumer.rows)} entries, batch ${consumer.consumerBatchSize}): ${int(consumer.consumer)} entries/s; stream left ${consumer.streamLeft}`)
-    for (const [batch, rps] of Object.entries(consumer.raw)) console.log(`raw unnest INSERT, ${batch} rows/statement: ${int(rps)} rows/s`)
+    console.log(`\nconsumer vs raw insert: ${consumer.rounds} rounds x ${int(consumer.rows)} rows each, rotating order, table emptied before each`)
+    console.log(table([
+      ['', 'rows/s', 'per round'],
+      [`consumer (batch ${consumer.consumerBatchSize})`, int(consumer.consumer), consumer.perRound.consumer!.map(int).join(' / ')],
+      ...Object.entries(consumer.raw).map(([batch, rps]) => [`raw unnest INSERT, ${batch} rows/statement`, int(rps), consumer!.perRound[batch]!.map(int).join(' / ')])
+    ]))
+    console.log(`stream entries left after the consumer: ${consumer.streamLeft}`)
   }
   console.log('\nratios')
   console.log(table([
@@ -215,6 +220,6 @@ if (f.json) {
     ['sold out / issue', r2(ratios.soldoutOverIssue), 'target >= 1.00', spread.soldoutOverIssue.map(r2).join(' / ')],
     ['issue / A', r2(ratios.issueOverA), '', ''],
     ['B / A', r2(ratios.bOverA), '', ''],
-    ['consumer / raw insert', r2(ratios.consumerOverRaw), 'target >= 0.80', '']
+    ['consumer / raw insert', r2(ratios.consumerOverRaw), 'target >= 0.80', consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / Math.max(...Object.keys(consumer!.raw).map((b) => consumer!.perRound[b]![i]!)))).join(' / ') : '']
   ]))
 }

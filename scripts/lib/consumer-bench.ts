@@ -12,7 +12,11 @@ import { connectRedis, createRedis } from '../../src/redis/client.js'
 import { createKeys } from '../../src/redis/keys.js'
 
 export interface ConsumerBenchResult {
+  /** rows per variant per round */
   rows: number
+  rounds: number
+  /** variant ('500', '1000', 'consumer') -> rows/s in each round */
+  perRound: Record<string, number[]>
   consumerBatchSize: number
   /** entries/s from a full stream into Postgres, the service's consumer loop */
   consumer: number
@@ -45,7 +49,12 @@ async function rawInsertLoop (pool: pg.Pool, couponId: number, rows: number, bat
   }
 }
 
-export async function consumerBench (config: Config, rows: number, rawBatches = [500, 1000], log: (s: string) => void = () => {}): Promise<ConsumerBenchResult> {
+/**
+ * Rounds of [raw inserts at each batch size, consumer], in rotating order, each on an emptied table,
+ * so a burst of background load on a shared machine does not land on one side only.
+ * Rates are total rows / total seconds over the rounds; perRound keeps the spread.
+ */
+export async function consumerBench (config: Config, rows: number, rawBatches = [500, 1000], rounds = 3, log: (s: string) => void = () => {}): Promise<ConsumerBenchResult> {
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir })
   await database.migrate()
   const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 1 })
@@ -53,36 +62,55 @@ export async function consumerBench (config: Config, rows: number, rawBatches = 
   const blockingRedis = await connectRedis(createRedis({ url: config.redisUrl, blocking: true }))
   const keys = createKeys(`${config.redisPrefix}consumer-bench:`)
   const truncate = () => pool.query('TRUNCATE coupon_issues')
+  const store = new CouponStore({ redis, db: database.db, keys, backlogCap: 0, idempotencyTtlSeconds: 60 })
   try {
-    const raw: Record<string, number> = {}
     const rawCoupon = await insertCoupon(database.db, { name: 'raw insert ceiling', totalQuantity: rows })
     // Warm up the table and the connection so the first measurement is not the odd one out.
     await rawInsertLoop(pool, rawCoupon.id, Math.min(rows, 20_000), 500)
-    for (const batch of rawBatches) {
-      await truncate()
-      raw[batch] = await rawInsertLoop(pool, rawCoupon.id, rows, batch)
-      log(`raw unnest insert, ${batch} rows per statement: ${Math.round(raw[batch]!)} rows/s`)
+    const seconds: Record<string, number> = {}
+    const perRound: Record<string, number[]> = {}
+    let streamLeft = 0
+    const variants = [...rawBatches.map(String), 'consumer']
+    for (let round = 0; round < rounds; round++) {
+      for (let k = 0; k < variants.length; k++) {
+        const variant = variants[(k + round) % variants.length]!
+        await truncate()
+        let s: number
+        if (variant === 'consumer') {
+          // Fill a real coupon's stream through the issue script, then let the consumer loose on it.
+          const coupon = await insertCoupon(database.db, { name: 'consumer bench', totalQuantity: rows })
+          await store.load(coupon)
+          for (let start = 0; start < rows; start += 2000) {
+            await Promise.all(Array.from({ length: Math.min(2000, rows - start) }, (_, i) => store.issue(coupon.id, `c-${start + i}`)))
+          }
+          const consumer = new IssueEventConsumer({
+            redis, blockingRedis, db: database.db, keys, log: pino({ level: 'silent' }), ...config.consumer, name: 'consumer-bench'
+          })
+          const t0 = performance.now()
+          consumer.start()
+          while (consumer.stats.inserted < rows) await sleep(1)
+          s = (performance.now() - t0) / 1000
+          await consumer.stop()
+          await redis.srem(keys.activeCoupons, String(coupon.id))
+          streamLeft += await redis.xlen(keys.coupon(coupon.id).events)
+        } else {
+          s = rows / await rawInsertLoop(pool, rawCoupon.id, rows, Number(variant))
+        }
+        seconds[variant] = (seconds[variant] ?? 0) + s
+        ;(perRound[variant] ??= []).push(rows / s)
+        log(`round ${round + 1}/${rounds} ${variant === 'consumer' ? 'consumer' : `raw unnest insert, ${variant} rows per statement`}: ${Math.round(rows / s)} rows/s`)
+      }
     }
-
-    // Fill a real coupon's stream through the issue script, then let the consumer loose on it.
-    await truncate()
-    const store = new CouponStore({ redis, db: database.db, keys, backlogCap: 0, idempotencyTtlSeconds: 60 })
-    const coupon = await insertCoupon(database.db, { name: 'consumer bench', totalQuantity: rows })
-    await store.load(coupon)
-    for (let start = 0; start < rows; start += 2000) {
-      await Promise.all(Array.from({ length: Math.min(2000, rows - start) }, (_, i) => store.issue(coupon.id, `c-${start + i}`)))
+    const rate = (v: string) => rows * rounds / seconds[v]!
+    return {
+      rows,
+      rounds,
+      consumerBatchSize: config.consumer.batchSize,
+      consumer: rate('consumer'),
+      raw: Object.fromEntries(rawBatches.map((b) => [b, rate(String(b))])),
+      perRound,
+      streamLeft
     }
-    const consumer = new IssueEventConsumer({
-      redis, blockingRedis, db: database.db, keys, log: pino({ level: 'silent' }), ...config.consumer, name: 'consumer-bench'
-    })
-    const t0 = performance.now()
-    consumer.start()
-    while (consumer.stats.inserted < rows) await sleep(1)
-    const seconds = (performance.now() - t0) / 1000
-    await consumer.stop()
-    const streamLeft = await redis.xlen(keys.coupon(coupon.id).events)
-    log(`consumer: ${Math.round(rows / seconds)} entries/s`)
-    return { rows, consumerBatchSize: config.consumer.batchSize, consumer: rows / seconds, raw, streamLeft }
   } finally {
     redis.disconnect()
     blockingRedis.disconnect()
