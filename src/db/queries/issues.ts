@@ -35,11 +35,15 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
 /** One unnest-based INSERT for a batch of issue events; returns how many rows were new. */
 async function insertIssues (db: Db, issues: IssueEvent[]): Promise<number> {
   if (issues.length === 0) return 0
+  const couponIds = [...new Set(issues.map((e) => e.couponId))]
+  // The per-row revocation lookup runs only when the batch's coupons have any revocation at all: the
+  // EXISTS is uncorrelated, so Postgres evaluates it once per statement (an InitPlan), not per row.
   const result: any = await db.execute(sql`
     INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, revoked_at)
     SELECT t.coupon_id, t.user_id, t.claim, t.created_at, t.stream_id,
-           (SELECT min(r.revoked_at) FROM ${couponRevocations} r
-             WHERE r.coupon_id = t.coupon_id AND r.user_id = t.user_id AND r.revoked_at >= t.created_at)
+           CASE WHEN (SELECT EXISTS (SELECT 1 FROM ${couponRevocations} r0 WHERE r0.coupon_id = ANY(${arrayParam(couponIds)}::bigint[])))
+           THEN (SELECT min(r.revoked_at) FROM ${couponRevocations} r
+                  WHERE r.coupon_id = t.coupon_id AND r.user_id = t.user_id AND r.revoked_at >= t.created_at) END
     FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
                 ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
                 ${arrayParam(issues.map((e) => e.id))}::text[]) AS t(coupon_id, user_id, claim, created_at, stream_id)
