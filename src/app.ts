@@ -32,6 +32,7 @@ export interface AppOptions {
 export function serverOptions (config: Config): FastifyServerOptions {
   return {
     logger: { level: config.logLevel },
+    disableRequestLogging: !config.logRequests,
     trustProxy: config.trustProxy,
     // A valid issue request is under 200 bytes; anything near this is not one of ours.
     bodyLimit: 4096,
