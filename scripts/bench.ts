@@ -4,6 +4,8 @@
 //   B  the same route plus one Redis round trip
 //   issue    the real endpoint, stock that never runs out (every request wins)
 //   soldout  the real endpoint on a sold-out coupon (every request loses)
+//   nopersist  diagnostic: the winning run on a service with its consumer off (own key prefix), to show
+//            what persisting in the same process costs the endpoint
 //   consumer the stream -> Postgres loop against a raw unnest INSERT loop on the same table
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
@@ -19,11 +21,11 @@ import { startChildServer } from './lib/server.js'
 const { values: f } = parseArgs({
   options: {
     connections: { type: 'string', default: '100' },
-    duration: { type: 'string', default: '5' },
-    rounds: { type: 'string', default: '3' },
+    duration: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
     warmup: { type: 'string', default: '3' },
     rows: { type: 'string', default: '50000' },
-    only: { type: 'string', default: 'a,b,issue,soldout,consumer' },
+    only: { type: 'string', default: 'a,b,issue,soldout,nopersist,consumer' },
     'log-level': { type: 'string' },
     'cpu-prof': { type: 'string' },
     json: { type: 'boolean', default: false }
@@ -36,9 +38,9 @@ const warmup = Number(f.warmup)
 const only = new Set(f.only.split(','))
 const say = f.json ? () => {} : (s: string) => console.error(s)
 
-type Target = 'a' | 'b' | 'issue' | 'soldout'
-const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout'] as const).filter((t) => only.has(t))
-const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call', issue: 'issue (winning)', soldout: 'issue (sold out)' }
+type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist'
+const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist'] as const).filter((t) => only.has(t))
+const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call', issue: 'issue (winning)', soldout: 'issue (sold out)', nopersist: 'issue, consumer off' }
 
 interface Slice {
   rps: number
@@ -78,28 +80,35 @@ try {
     const servers = {
       a: only.has('a') ? await startChildServer('bare', config, { cpuProfDir: f['cpu-prof'] }) : null,
       b: only.has('b') ? await startChildServer('redis', config, { cpuProfDir: f['cpu-prof'] }) : null,
-      app: only.has('issue') || only.has('soldout') ? await startChildServer('app', config, { cpuProfDir: f['cpu-prof'] }) : null
+      app: only.has('issue') || only.has('soldout') ? await startChildServer('app', config, { cpuProfDir: f['cpu-prof'] }) : null,
+      // Its own prefix, so the other server's consumer does not persist its issues either.
+      noConsumer: only.has('nopersist')
+        ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}nc:`, consumer: { ...config.consumer, enabled: false } })
+        : null
     }
     const redis = new Redis(REDIS_URL)
     const pool = new pg.Pool({ connectionString: scratch.databaseUrl, max: 2 })
     const keys = createKeys(scratch.prefix)
     try {
-      const create = async (totalQuantity: number) => {
-        const response = await fetch(`${servers.app!.url}/coupons`, {
+      const create = async (totalQuantity: number, server = servers.app) => {
+        if (!server) return 0
+        const response = await fetch(`${server.url}/coupons`, {
           method: 'POST',
           headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
           body: JSON.stringify({ name: 'bench', totalQuantity })
         })
         return (await response.json() as { id: number }).id
       }
-      const winning = servers.app ? await create(10_000_000) : 0
+      const winning = await create(10_000_000)
       // Sold out: 100 units, gone during the warm-up; every measured request loses.
-      const soldOut = servers.app ? await create(100) : 0
+      const soldOut = await create(100)
+      const unpersisted = await create(10_000_000, servers.noConsumer)
       const where: Record<Target, () => [string, string]> = {
         a: () => [servers.a!.url, '/coupons/1/issues'],
         b: () => [servers.b!.url, '/coupons/1/issues'],
         issue: () => [servers.app!.url, `/coupons/${winning}/issues`],
-        soldout: () => [servers.app!.url, `/coupons/${soldOut}/issues`]
+        soldout: () => [servers.app!.url, `/coupons/${soldOut}/issues`],
+        nopersist: () => [servers.noConsumer!.url, `/coupons/${unpersisted}/issues`]
       }
       const persisted = async (since: number) => {
         const issued = Number(await redis.hlen(keys.coupon(winning).holders))
@@ -164,6 +173,8 @@ const ratios = {
   soldoutOverB: ratio(http.soldout?.rps, http.b?.rps),
   soldoutOverIssue: ratio(http.soldout?.rps, http.issue?.rps),
   bOverA: ratio(http.b?.rps, http.a?.rps),
+  issueOverNoPersist: ratio(http.issue?.rps, http.nopersist?.rps),
+  noPersistOverB: ratio(http.nopersist?.rps, http.b?.rps),
   consumerOverRaw: ratio(consumer?.consumer, ceiling)
 }
 /** issue / B in each round, to show the spread behind the aggregate */
@@ -214,12 +225,14 @@ if (f.json) {
   }
   console.log('\nratios')
   console.log(table([
-    ['', 'all rounds', 'target', 'per round'],
-    ['issue / B', r2(ratios.issueOverB), 'target >= 0.95', spread.issueOverB.map(r2).join(' / ')],
-    ['sold out / B', r2(ratios.soldoutOverB), 'target >= 0.95', spread.soldoutOverB.map(r2).join(' / ')],
-    ['sold out / issue', r2(ratios.soldoutOverIssue), 'target >= 1.00', spread.soldoutOverIssue.map(r2).join(' / ')],
-    ['issue / A', r2(ratios.issueOverA), '', ''],
-    ['B / A', r2(ratios.bOverA), '', ''],
-    ['consumer / raw insert', r2(ratios.consumerOverRaw), 'target >= 0.80', consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / Math.max(...Object.keys(consumer!.raw).map((b) => consumer!.perRound[b]![i]!)))).join(' / ') : '']
+    ['', 'all rounds', 'median round', 'target', 'per round'],
+    ['issue / B', r2(ratios.issueOverB), r2(spread.issueOverB.length ? median(spread.issueOverB) : null), 'target >= 0.95', spread.issueOverB.map(r2).join(' / ')],
+    ['sold out / B', r2(ratios.soldoutOverB), r2(spread.soldoutOverB.length ? median(spread.soldoutOverB) : null), 'target >= 0.95', spread.soldoutOverB.map(r2).join(' / ')],
+    ['sold out / issue', r2(ratios.soldoutOverIssue), r2(spread.soldoutOverIssue.length ? median(spread.soldoutOverIssue) : null), 'target >= 1.00', spread.soldoutOverIssue.map(r2).join(' / ')],
+    ['issue / A', r2(ratios.issueOverA), '', '', ''],
+    ['B / A', r2(ratios.bOverA), '', '', ''],
+    ['consumer off / B', r2(ratios.noPersistOverB), '', '', ''],
+    ['issue / consumer off', r2(ratios.issueOverNoPersist), '', '', ''],
+    ['consumer / raw insert', r2(ratios.consumerOverRaw), '', 'target >= 0.80', consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / Math.max(...Object.keys(consumer!.raw).map((b) => consumer!.perRound[b]![i]!)))).join(' / ') : '']
   ]))
 }
