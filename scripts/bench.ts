@@ -16,7 +16,7 @@ import { runCannon, type CannonResult } from './lib/cannon.js'
 import { consumerBench, type ConsumerBenchResult } from './lib/consumer-bench.js'
 import { int, machine, ms, table } from './lib/format.js'
 import { ADMIN_TOKEN, REDIS_URL, createScratch, scratchConfig } from './lib/infra.js'
-import { startChildServer } from './lib/server.js'
+import { startChildServer, type RunningServer } from './lib/server.js'
 
 const { values: f } = parseArgs({
   options: {
@@ -44,6 +44,8 @@ const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call
 
 interface Slice {
   rps: number
+  /** server process CPU (user + system) per request, µs: far less disturbed by other load than req/s */
+  cpuUsPerRequest: number
   requests: number
   seconds: number
   latencyMs: CannonResult['latencyMs']
@@ -57,6 +59,8 @@ interface Slice {
 interface HttpRun {
   /** total requests / total seconds over every round */
   rps: number
+  /** total server CPU / total requests over every round, µs */
+  cpuUsPerRequest: number
   /** median over the rounds of each percentile */
   latencyMs: CannonResult['latencyMs']
   statuses: Record<string, number>
@@ -103,6 +107,9 @@ try {
       // Sold out: 100 units, gone during the warm-up; every measured request loses.
       const soldOut = await create(100)
       const unpersisted = await create(10_000_000, servers.noConsumer)
+      const serverOf: Record<Target, () => RunningServer> = {
+        a: () => servers.a!, b: () => servers.b!, issue: () => servers.app!, soldout: () => servers.app!, nopersist: () => servers.noConsumer!
+      }
       const where: Record<Target, () => [string, string]> = {
         a: () => [servers.a!.url, '/coupons/1/issues'],
         b: () => [servers.b!.url, '/coupons/1/issues'],
@@ -126,8 +133,12 @@ try {
           const target = TARGETS[(k + round) % TARGETS.length]!
           const [url, path] = where[target]()
           const sampler = target === 'issue' ? sampleBacklog(redis, keys.coupon(winning).events) : null
+          const cpu0 = await serverOf[target]().cpuMicros()
           const r = await runCannon({ url, path, connections, duration, userOf: (i) => `r${round}${target}-${i}`, progress: !f.json })
-          const slice: Slice = { rps: r.rps, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
+          // For the winning run this includes the consumer persisting the slice, which is part of its cost.
+          if (sampler) await persisted(r.endedAt)
+          const cpu = await serverOf[target]().cpuMicros() - cpu0
+          const slice: Slice = { rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
           if (sampler) {
             slice.persistenceLagMs = await persisted(r.endedAt)
             slice.maxBacklog = sampler.stop().max
@@ -143,6 +154,7 @@ try {
         const pick = (key: keyof CannonResult['latencyMs']) => median(list.map((s) => s.latencyMs[key]))
         http[target] = {
           rps: list.reduce((n, s) => n + s.requests, 0) / list.reduce((n, s) => n + s.seconds, 0),
+          cpuUsPerRequest: list.reduce((n, s) => n + s.cpuUsPerRequest * s.requests, 0) / list.reduce((n, s) => n + s.requests, 0),
           latencyMs: { p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), max: Math.max(...list.map((s) => s.latencyMs.max)), mean: pick('mean') },
           statuses,
           errors: list.reduce((n, s) => n + s.errors + s.timeouts, 0),
@@ -175,7 +187,12 @@ const ratios = {
   bOverA: ratio(http.b?.rps, http.a?.rps),
   issueOverNoPersist: ratio(http.issue?.rps, http.nopersist?.rps),
   noPersistOverB: ratio(http.nopersist?.rps, http.b?.rps),
-  consumerOverRaw: ratio(consumer?.consumer, ceiling)
+  consumerOverRaw: ratio(consumer?.consumer, ceiling),
+  /** CPU-cost ratios: B's server CPU per request / the issue endpoint's (1.0 = the issue path costs no more) */
+  cpuBOverIssue: ratio(http.b?.cpuUsPerRequest, http.issue?.cpuUsPerRequest),
+  cpuBOverSoldout: ratio(http.b?.cpuUsPerRequest, http.soldout?.cpuUsPerRequest),
+  cpuBOverNoPersist: ratio(http.b?.cpuUsPerRequest, http.nopersist?.cpuUsPerRequest),
+  cpuAOverB: ratio(http.a?.cpuUsPerRequest, http.b?.cpuUsPerRequest)
 }
 /** issue / B in each round, to show the spread behind the aggregate */
 const perRound = (x?: HttpRun, y?: HttpRun) => x && y ? x.slices.map((s, i) => s.rps / (y.slices[i]?.rps ?? NaN)) : []
@@ -201,10 +218,10 @@ if (f.json) {
   const r2 = (x: number | null) => (x === null ? '-' : x.toFixed(2))
   console.log(`\ncouponrush bench, ${report.date}\n${report.machine}`)
   console.log(`${connections} connections, ${warmup} s warm-up, then ${rounds} rounds x ${duration} s per target in rotating order; LOG_LEVEL ${config.logLevel}`)
-  console.log('req/s = all requests / all seconds over the rounds; latency = median over the rounds (max = overall)\n')
+  console.log('req/s = all requests / all seconds over the rounds; CPU µs/req = server process CPU / requests; latency = median over the rounds (max = overall)\n')
   console.log(table([
-    ['target', 'req/s', 'per round', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
-    ...(Object.entries(http) as [Target, HttpRun][]).map(([k, v]) => [LABELS[k], int(v.rps), v.slices.map((s) => int(s.rps)).join(' / '),
+    ['target', 'req/s', 'per round', 'CPU µs/req', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
+    ...(Object.entries(http) as [Target, HttpRun][]).map(([k, v]) => [LABELS[k], int(v.rps), v.slices.map((s) => int(s.rps)).join(' / '), int(v.cpuUsPerRequest),
       ms(v.latencyMs.p50), ms(v.latencyMs.p90), ms(v.latencyMs.p99), ms(v.latencyMs.max),
       int(Object.entries(v.statuses).filter(([s]) => !s.startsWith('2')).reduce((n, [, c]) => n + c, 0)), int(v.errors)])
   ]))
@@ -233,6 +250,10 @@ if (f.json) {
     ['B / A', r2(ratios.bOverA), '', '', ''],
     ['consumer off / B', r2(ratios.noPersistOverB), '', '', ''],
     ['issue / consumer off', r2(ratios.issueOverNoPersist), '', '', ''],
+    ['CPU/req: B / issue', r2(ratios.cpuBOverIssue), '', '>= 0.95 if server-bound', ''],
+    ['CPU/req: B / sold out', r2(ratios.cpuBOverSoldout), '', '>= 0.95 if server-bound', ''],
+    ['CPU/req: B / consumer off', r2(ratios.cpuBOverNoPersist), '', '', ''],
+    ['CPU/req: A / B', r2(ratios.cpuAOverB), '', '', ''],
     ['consumer / raw insert', r2(ratios.consumerOverRaw), '', 'target >= 0.80', consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / Math.max(...Object.keys(consumer!.raw).map((b) => consumer!.perRound[b]![i]!)))).join(' / ') : '']
   ]))
 }

@@ -3,7 +3,7 @@
 //   bare   baseline A: the service's Fastify options, a POST route with the issue body schema, no I/O
 //   redis  baseline B: the same route plus one Redis round trip (PING) on the service's Redis client
 //   app    the real service (buildApp)
-// Talks to the parent over IPC: sends { port } once listening; answers 'rss', 'stats', 'close'.
+// Talks to the parent over IPC: sends { port } once listening; answers 'rss', 'cpu' (µs used), 'stats', 'close'.
 import Fastify, { type FastifyInstance } from 'fastify'
 import { buildApp, serverOptions } from '../../src/app.js'
 import type { Config } from '../../src/config.js'
@@ -42,6 +42,7 @@ async function main () {
   process.on('message', async (msg: { id: number, cmd: string }) => {
     let value: unknown = null
     if (msg.cmd === 'rss') value = process.memoryUsage().rss
+    if (msg.cmd === 'cpu') { const { user, system } = process.cpuUsage(); value = user + system }
     if (msg.cmd === 'stats') value = mode === 'app' ? (app as FastifyInstance).consumer?.stats ?? null : null
     if (msg.cmd === 'close') {
       await app.close()

@@ -12,6 +12,8 @@ export interface RunningServer {
   url: string
   pid: number
   rss (): Promise<number>
+  /** CPU time (user + system) the server process has used so far, µs */
+  cpuMicros (): Promise<number>
   consumerStats (): Promise<ConsumerStats | null>
   close (): Promise<void>
 }
@@ -44,6 +46,7 @@ export async function startChildServer (mode: ServerMode, config: Config, { cpuP
     url: `http://127.0.0.1:${port}`,
     pid: child.pid!,
     rss: () => call('rss'),
+    cpuMicros: () => call('cpu'),
     consumerStats: () => call('stats'),
     async close () {
       const exited = new Promise((resolve) => child.once('exit', resolve))
@@ -61,6 +64,7 @@ export async function startInProcessServer (config: Config): Promise<RunningServ
     url,
     pid: process.pid,
     rss: async () => process.memoryUsage().rss,
+    cpuMicros: async () => { const { user, system } = process.cpuUsage(); return user + system },
     consumerStats: async () => app.consumer?.stats ?? null,
     close: () => app.close()
   }
