@@ -55,7 +55,8 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   fastify.setValidatorCompiler(validatorCompilers())
   let closing = false
   fastify.addHook('preClose', async () => { closing = true })
-  fastify.addHook('onRequest', async () => { if (closing) throw new ShuttingDown() })
+  // Callback style: runs on every request, and an async hook would allocate a promise each time.
+  fastify.addHook('onRequest', (_request, _reply, done) => { done(closing ? new ShuttingDown() : undefined) })
 
   await fastify.register(sensible)
   await fastify.register(errorHandlerPlugin)
