@@ -18,6 +18,7 @@ const { values: f } = parseArgs({
     'redis-url': { type: 'string' },
     'redis-prefix': { type: 'string' },
     'log-level': { type: 'string' },
+    'backlog-cap': { type: 'string' },
     'cpu-prof': { type: 'string' },
     'idle-probes': { type: 'string', default: '5' },
     json: { type: 'boolean', default: false },
@@ -27,7 +28,7 @@ const { values: f } = parseArgs({
 
 if (f.help) {
   console.log(`npm run loadtest -- [--quantity 1000] [--users 50000] [--connections 200] [--repeat 0.1] [--rushes 3]
-  [--in-process] [--log-level warn] [--cpu-prof DIR] [--idle-probes 5] [--json]
+  [--in-process] [--log-level warn] [--backlog-cap N] [--cpu-prof DIR] [--idle-probes 5] [--json]
   [--url http://host:port --admin-token T [--database-url URL] [--redis-prefix P [--redis-url URL]]]`)
   process.exit(0)
 }
@@ -44,7 +45,7 @@ function print (report: LoadtestReport) {
     console.log(table(Object.entries(r.outcomes).sort().map(([k, v]) => [`  ${k}`, int(v)])))
     if (r.errors || r.timeouts) console.log(`  socket errors ${r.errors}, timeouts ${r.timeouts}`)
     console.log(`persistence lag after the last response: ${r.persistenceLagMs < 0 ? 'never caught up' : ms(r.persistenceLagMs)}` +
-      (r.maxBacklog === null ? '' : `; largest unpersisted backlog during the rush: ${int(r.maxBacklog)} entries`))
+      (r.maxBacklog === null ? '' : `; largest unpersisted backlog during the rush: ${int(r.maxBacklog)} entries (${(r.maxBacklog / r.rps).toFixed(2)} s of traffic)`))
     if (r.rssAfterMb !== null) console.log(`server RSS: ${r.rssBeforeMb!.toFixed(0)} MB before, ${r.rssAfterMb.toFixed(0)} MB after`)
     for (const c of r.checks) console.log(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name} (${c.detail})`)
   }
@@ -65,7 +66,10 @@ const report = await runLoadtest({
   databaseUrl: f['database-url'],
   redisUrl: f['redis-url'],
   redisPrefix: f['redis-prefix'],
-  env: f['log-level'] ? { LOG_LEVEL: f['log-level'] } : {},
+  env: {
+    ...(f['log-level'] ? { LOG_LEVEL: f['log-level'] } : {}),
+    ...(f['backlog-cap'] ? { BACKLOG_CAP: f['backlog-cap'] } : {})
+  },
   cpuProfDir: f['cpu-prof'],
   idleProbes: Number(f['idle-probes']),
   progress: !f.json
