@@ -115,6 +115,8 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
     }
     const pool = databaseUrl ? new pg.Pool({ connectionString: databaseUrl, max: 2 }) : null
     if (pool) cleanups.unshift(() => pool.end())
+    // Connect now, so the persistence lag does not include opening the connection.
+    if (pool) await pool.query('SELECT 1')
     const redis = redisPrefix !== undefined ? new Redis(redisUrl, { maxRetriesPerRequest: 1 }) : null
     if (redis) cleanups.unshift(async () => redis.disconnect())
     const keys = createKeys(redisPrefix ?? '')
