@@ -45,7 +45,8 @@ function print (report: LoadtestReport) {
     console.log(table(Object.entries(r.outcomes).sort().map(([k, v]) => [`  ${k}`, int(v)])))
     if (r.errors || r.timeouts) console.log(`  socket errors ${r.errors}, timeouts ${r.timeouts}`)
     console.log(`persistence lag after the last response: ${r.persistenceLagMs < 0 ? 'never caught up' : ms(r.persistenceLagMs)}` +
-      (r.maxBacklog === null ? '' : `; largest unpersisted backlog during the rush: ${int(r.maxBacklog)} entries (${(r.maxBacklog / r.rps).toFixed(2)} s of traffic)`))
+      (r.maxBacklog === null ? '' : `; largest unpersisted backlog during the rush: ${int(r.maxBacklog)} entries (${(r.maxBacklog / r.rps).toFixed(2)} s of traffic), ${r.maxBacklogAtS!.toFixed(1)} s into the rush`))
+    if (r.backlogPerSecond.length > 0) console.log(`backlog, largest per second: ${r.backlogPerSecond.map(int).join(' ')}`)
     if (r.rssAfterMb !== null) console.log(`server RSS: ${r.rssBeforeMb!.toFixed(0)} MB before, ${r.rssAfterMb.toFixed(0)} MB after`)
     for (const c of r.checks) console.log(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name} (${c.detail})`)
   }

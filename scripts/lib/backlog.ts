@@ -5,17 +5,26 @@ import type { Redis } from 'ioredis'
 import type pg from 'pg'
 
 export interface BacklogSampler {
-  stop (): { max: number, samples: number }
+  /** largest stream length seen, and when (seconds after sampling started) */
+  stop (): { max: number, atS: number, samples: number, perSecondMax: number[] }
 }
 
 /** XLEN of the stream every intervalMs; the stream holds exactly the entries not yet persisted and trimmed. */
 export function sampleBacklog (redis: Redis, streamKey: string, intervalMs = 50): BacklogSampler {
   let max = 0
+  let atS = 0
   let samples = 0
+  const perSecondMax: number[] = []
+  const started = Date.now()
   const timer = setInterval(() => {
-    redis.xlen(streamKey).then((n) => { max = Math.max(max, n); samples++ }, () => {})
+    redis.xlen(streamKey).then((n) => {
+      samples++
+      const second = Math.floor((Date.now() - started) / 1000)
+      perSecondMax[second] = Math.max(perSecondMax[second] ?? 0, n)
+      if (n > max) { max = n; atS = (Date.now() - started) / 1000 }
+    }, () => {})
   }, intervalMs)
-  return { stop: () => { clearInterval(timer); return { max, samples } } }
+  return { stop: () => { clearInterval(timer); return { max, atS, samples, perSecondMax: Array.from(perSecondMax, (n) => n ?? 0) } } }
 }
 
 export async function countRows (pool: pg.Pool, couponId: number): Promise<number> {

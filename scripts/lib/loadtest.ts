@@ -58,6 +58,10 @@ export interface RushReport {
   persistenceLagMs: number
   /** largest unpersisted backlog seen while the rush ran (stream length), null when Redis is not reachable */
   maxBacklog: number | null
+  /** when the largest backlog was seen, seconds into the rush */
+  maxBacklogAtS: number | null
+  /** largest backlog in each second of the rush */
+  backlogPerSecond: number[]
   rssBeforeMb: number | null
   rssAfterMb: number | null
   checks: Check[]
@@ -192,7 +196,7 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
       rushes.push({
         couponId: coupon.id, requests: result.requests, rps: result.rps, seconds: result.seconds, latencyMs: result.latencyMs,
         statuses: result.statuses, outcomes: result.outcomes, errors: result.errors, timeouts: result.timeouts, issued, expected,
-        persistenceLagMs, maxBacklog: backlog?.max ?? null,
+        persistenceLagMs, maxBacklog: backlog?.max ?? null, maxBacklogAtS: backlog?.atS ?? null, backlogPerSecond: backlog?.perSecondMax ?? [],
         rssBeforeMb: rssBefore === null ? null : rssBefore / 2 ** 20, rssAfterMb: rssAfter === null ? null : rssAfter / 2 ** 20, checks
       })
     }
