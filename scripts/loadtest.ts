@@ -12,6 +12,7 @@ const { values: f } = parseArgs({
     repeat: { type: 'string', default: '0' },
     rushes: { type: 'string', default: '1' },
     'in-process': { type: 'boolean', default: false },
+    split: { type: 'boolean', default: false },
     url: { type: 'string' },
     'admin-token': { type: 'string' },
     'database-url': { type: 'string' },
@@ -28,7 +29,7 @@ const { values: f } = parseArgs({
 
 if (f.help) {
   console.log(`npm run loadtest -- [--quantity 1000] [--users 50000] [--connections 200] [--repeat 0.1] [--rushes 3]
-  [--in-process] [--log-level warn] [--backlog-cap N] [--cpu-prof DIR] [--idle-probes 5] [--json]
+  [--in-process] [--split] [--log-level warn] [--backlog-cap N] [--cpu-prof DIR] [--idle-probes 5] [--json]
   [--url http://host:port --admin-token T [--database-url URL] [--redis-prefix P [--redis-url URL]]]`)
   process.exit(0)
 }
@@ -62,6 +63,7 @@ const report = await runLoadtest({
   repeatShare: Number(f.repeat),
   rushes: Number(f.rushes),
   server: f['in-process'] ? 'inprocess' : 'child',
+  split: f.split,
   url: f.url,
   adminToken: f['admin-token'],
   databaseUrl: f['database-url'],

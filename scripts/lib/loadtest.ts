@@ -9,7 +9,7 @@ import { createKeys } from '../../src/redis/keys.js'
 import { sampleBacklog, waitForRows } from './backlog.js'
 import { runCannon, type CannonResult } from './cannon.js'
 import { ADMIN_TOKEN, REDIS_URL, createScratch, scratchConfig } from './infra.js'
-import { startChildServer, startInProcessServer, type RunningServer } from './server.js'
+import { startChildServer, startConsumerProcess, startInProcessServer, type RunningServer } from './server.js'
 
 export interface LoadtestOptions {
   quantity: number
@@ -34,6 +34,8 @@ export interface LoadtestOptions {
   cpuProfDir?: string
   /** how many single issues at idle to time into Postgres */
   idleProbes: number
+  /** run the consumer as its own process (npm run consume) and the service with CONSUMER_ENABLED=false */
+  split?: boolean
 }
 
 export const defaultLoadtestOptions: LoadtestOptions = {
@@ -109,9 +111,13 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
     } else {
       const scratch = await createScratch('loadtest')
       cleanups.push(() => scratch.cleanup())
-      const config: Config = scratchConfig(scratch, { ...o.env })
+      const config: Config = scratchConfig(scratch, { ...o.env, ...(o.split ? { CONSUMER_ENABLED: 'false' } : {}) })
       server = o.server === 'inprocess' ? await startInProcessServer(config) : await startChildServer('app', config, { cpuProfDir: o.cpuProfDir })
       cleanups.unshift(() => server!.close())
+      if (o.split) {
+        const consumer = await startConsumerProcess(config)
+        cleanups.unshift(() => consumer.close())
+      }
       base = server.url
       adminToken = ADMIN_TOKEN
       databaseUrl = scratch.databaseUrl
@@ -205,7 +211,8 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
     const idlePersistMs: number[] = []
     if (pool && o.idleProbes > 0) {
       const coupon = await api('POST', '/coupons', { name: 'loadtest idle probe', totalQuantity: o.idleProbes })
-      await sleep(200)
+      // A separate consumer process notices a new coupon's stream within a second (no wake-up call).
+      await sleep(o.split ? 1200 : 200)
       for (let i = 0; i < o.idleProbes; i++) {
         await api('POST', `/coupons/${coupon.id}/issues`, { userId: `idle-${i}` })
         const answered = Date.now()
@@ -220,7 +227,7 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
     const { adminToken: _, ...shown } = o
     return {
       options: shown,
-      target: o.url ? o.url : `${o.server === 'inprocess' ? 'in-process' : 'child-process'} service`,
+      target: o.url ? o.url : `${o.server === 'inprocess' ? 'in-process' : 'child-process'} service${o.split ? ' + consumer process' : ''}`,
       rushes,
       rssGrowthMb: first != null && last != null && rushes.length > 1 ? last - first : null,
       idlePersistMs,

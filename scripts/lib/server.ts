@@ -1,6 +1,7 @@
 // Starting the measured server: in a child process (the default: the load generator keeps its own
 // core) or in this process (the CI smoke test), behind one interface.
-import { fork, type ChildProcess } from 'node:child_process'
+import { fork, spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
@@ -67,5 +68,46 @@ export async function startInProcessServer (config: Config): Promise<RunningServ
     cpuMicros: async () => { const { user, system } = process.cpuUsage(); return user + system },
     consumerStats: async () => app.consumer?.stats ?? null,
     close: () => app.close()
+  }
+}
+
+export interface ConsumerProcess {
+  pid: number
+  /** CPU time used so far, µs (from /proc, 10 ms resolution) */
+  cpuMicros (): Promise<number>
+  close (): Promise<void>
+}
+
+/** `npm run consume` (src/cli/consume.ts) as a child process, configured like the given service. */
+export async function startConsumerProcess (config: Config): Promise<ConsumerProcess> {
+  const entry = fileURLToPath(new URL('../../src/cli/consume.ts', import.meta.url))
+  const env = {
+    ...process.env,
+    DATABASE_URL: config.databaseUrl,
+    REDIS_URL: config.redisUrl,
+    REDIS_PREFIX: config.redisPrefix,
+    LOG_LEVEL: config.logLevel,
+    CONSUMER_BATCH_SIZE: String(config.consumer.batchSize),
+    CONSUMER_BLOCK_MS: String(config.consumer.blockMs)
+  }
+  const child = spawn(process.execPath, ['--import', 'tsx', entry], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  // Ready once it logs that it consumes (its log goes to stdout).
+  await new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`consumer process exited with ${code} before starting`)))
+    child.stdout!.on('data', (chunk: Buffer) => { if (chunk.toString().includes('consuming issue events')) resolve() })
+  })
+  child.stdout!.resume()
+  const ticksToMicros = 1e6 / 100 // USER_HZ is 100 on Linux
+  return {
+    pid: child.pid!,
+    async cpuMicros () {
+      const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+      return (Number(fields[11]) + Number(fields[12])) * ticksToMicros
+    },
+    async close () {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGTERM')
+      await exited
+    }
   }
 }
