@@ -6,6 +6,8 @@
 //   soldout  the real endpoint on a sold-out coupon (every request loses)
 //   nopersist  diagnostic: the winning run on a service with its consumer off (own key prefix), to show
 //            what persisting in the same process costs the endpoint
+//   split    the winning run on a service with its consumer off plus `npm run consume` as its own
+//            process (own key prefix); CPU µs/req counts the web process only, the consumer's is shown apart
 //   consumer the stream -> Postgres loop against a raw unnest INSERT loop on the same table
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
@@ -16,7 +18,7 @@ import { runCannon, type CannonResult } from './lib/cannon.js'
 import { consumerBench, type ConsumerBenchResult } from './lib/consumer-bench.js'
 import { int, machine, ms, table } from './lib/format.js'
 import { ADMIN_TOKEN, REDIS_URL, createScratch, scratchConfig } from './lib/infra.js'
-import { startChildServer, type RunningServer } from './lib/server.js'
+import { startChildServer, startConsumerProcess, type RunningServer } from './lib/server.js'
 
 const { values: f } = parseArgs({
   options: {
@@ -25,7 +27,7 @@ const { values: f } = parseArgs({
     rounds: { type: 'string', default: '5' },
     warmup: { type: 'string', default: '3' },
     rows: { type: 'string', default: '50000' },
-    only: { type: 'string', default: 'a,b,issue,soldout,nopersist,consumer' },
+    only: { type: 'string', default: 'a,b,issue,soldout,nopersist,split,consumer' },
     'log-level': { type: 'string' },
     'cpu-prof': { type: 'string' },
     json: { type: 'boolean', default: false }
@@ -38,9 +40,9 @@ const warmup = Number(f.warmup)
 const only = new Set(f.only.split(','))
 const say = f.json ? () => {} : (s: string) => console.error(s)
 
-type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist'
-const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist'] as const).filter((t) => only.has(t))
-const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call', issue: 'issue (winning)', soldout: 'issue (sold out)', nopersist: 'issue, consumer off' }
+type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist' | 'split'
+const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist', 'split'] as const).filter((t) => only.has(t))
+const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call', issue: 'issue (winning)', soldout: 'issue (sold out)', nopersist: 'issue, consumer off', split: 'issue, consumer process' }
 
 interface Slice {
   rps: number
@@ -55,6 +57,8 @@ interface Slice {
   /** issue only: largest unpersisted backlog during the slice, ms from its last response to Postgres complete */
   maxBacklog?: number
   persistenceLagMs?: number
+  /** split only: the consumer process's CPU per request, µs */
+  consumerCpuUsPerRequest?: number
 }
 interface HttpRun {
   /** total requests / total seconds over every round */
@@ -88,8 +92,12 @@ try {
       // Its own prefix, so the other server's consumer does not persist its issues either.
       noConsumer: only.has('nopersist')
         ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}nc:`, consumer: { ...config.consumer, enabled: false } })
+        : null,
+      split: only.has('split')
+        ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}sp:`, consumer: { ...config.consumer, enabled: false } })
         : null
     }
+    const consumerProcess = only.has('split') ? await startConsumerProcess({ ...config, redisPrefix: `${config.redisPrefix}sp:` }) : null
     const redis = new Redis(REDIS_URL)
     const pool = new pg.Pool({ connectionString: scratch.databaseUrl, max: 2 })
     const keys = createKeys(scratch.prefix)
@@ -107,42 +115,51 @@ try {
       // Sold out: 100 units, gone during the warm-up; every measured request loses.
       const soldOut = await create(100)
       const unpersisted = await create(10_000_000, servers.noConsumer)
+      const splitCoupon = await create(10_000_000, servers.split)
+      // The consumer process discovers a new coupon's stream within a second.
+      if (consumerProcess) await new Promise((resolve) => setTimeout(resolve, 1200))
       const serverOf: Record<Target, () => RunningServer> = {
-        a: () => servers.a!, b: () => servers.b!, issue: () => servers.app!, soldout: () => servers.app!, nopersist: () => servers.noConsumer!
+        a: () => servers.a!, b: () => servers.b!, issue: () => servers.app!, soldout: () => servers.app!, nopersist: () => servers.noConsumer!, split: () => servers.split!
       }
       const where: Record<Target, () => [string, string]> = {
         a: () => [servers.a!.url, '/coupons/1/issues'],
         b: () => [servers.b!.url, '/coupons/1/issues'],
         issue: () => [servers.app!.url, `/coupons/${winning}/issues`],
         soldout: () => [servers.app!.url, `/coupons/${soldOut}/issues`],
-        nopersist: () => [servers.noConsumer!.url, `/coupons/${unpersisted}/issues`]
+        nopersist: () => [servers.noConsumer!.url, `/coupons/${unpersisted}/issues`],
+        split: () => [servers.split!.url, `/coupons/${splitCoupon}/issues`]
       }
-      const persisted = async (since: number) => {
-        const issued = Number(await redis.hlen(keys.coupon(winning).holders))
-        return (await waitForRows(pool, winning, issued, since)).lagMs
+      const splitKeys = createKeys(`${scratch.prefix}sp:`)
+      const persisted = async (since: number, target: Target = 'issue') => {
+        const [k, id] = target === 'split' ? [splitKeys, splitCoupon] : [keys, winning]
+        const issued = Number(await redis.hlen(k.coupon(id).holders))
+        return (await waitForRows(pool, id, issued, since)).lagMs
       }
       for (const target of TARGETS) {
         say(`warm-up ${LABELS[target]}: ${warmup} s`)
         const [url, path] = where[target]()
         const result = await runCannon({ url, path, connections, duration: warmup, userOf: (i) => `w${target}-${i}` })
-        if (target === 'issue') await persisted(result.endedAt)
+        if (target === 'issue' || target === 'split') await persisted(result.endedAt, target)
       }
       const slices: Record<string, Slice[]> = {}
       for (let round = 0; round < rounds; round++) {
         for (let k = 0; k < TARGETS.length; k++) {
           const target = TARGETS[(k + round) % TARGETS.length]!
           const [url, path] = where[target]()
-          const sampler = target === 'issue' ? sampleBacklog(redis, keys.coupon(winning).events) : null
+          const sampler = target === 'issue' ? sampleBacklog(redis, keys.coupon(winning).events)
+            : target === 'split' ? sampleBacklog(redis, splitKeys.coupon(splitCoupon).events) : null
           const cpu0 = await serverOf[target]().cpuMicros()
+          const consumerCpu0 = target === 'split' ? await consumerProcess!.cpuMicros() : 0
           const r = await runCannon({ url, path, connections, duration, userOf: (i) => `r${round}${target}-${i}`, progress: !f.json })
           // For the winning run this includes the consumer persisting the slice, which is part of its cost.
-          if (sampler) await persisted(r.endedAt)
+          const lag = sampler ? await persisted(r.endedAt, target) : undefined
           const cpu = await serverOf[target]().cpuMicros() - cpu0
           const slice: Slice = { rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
           if (sampler) {
-            slice.persistenceLagMs = await persisted(r.endedAt)
+            slice.persistenceLagMs = lag
             slice.maxBacklog = sampler.stop().max
           }
+          if (target === 'split') slice.consumerCpuUsPerRequest = (await consumerProcess!.cpuMicros() - consumerCpu0) / r.requests
           ;(slices[target] ??= []).push(slice)
           say(`round ${round + 1}/${rounds} ${LABELS[target]}: ${int(r.rps)} req/s, p99 ${ms(r.latencyMs.p99)}, ${JSON.stringify(r.statuses)}` +
             (sampler ? `, max backlog ${slice.maxBacklog}, lag ${slice.persistenceLagMs} ms` : ''))
@@ -166,6 +183,7 @@ try {
       redis.disconnect()
       await pool.end()
       for (const server of Object.values(servers)) await server?.close()
+      await consumerProcess?.close()
     }
   }
 
@@ -192,7 +210,9 @@ const ratios = {
   cpuBOverIssue: ratio(http.b?.cpuUsPerRequest, http.issue?.cpuUsPerRequest),
   cpuBOverSoldout: ratio(http.b?.cpuUsPerRequest, http.soldout?.cpuUsPerRequest),
   cpuBOverNoPersist: ratio(http.b?.cpuUsPerRequest, http.nopersist?.cpuUsPerRequest),
-  cpuAOverB: ratio(http.a?.cpuUsPerRequest, http.b?.cpuUsPerRequest)
+  cpuAOverB: ratio(http.a?.cpuUsPerRequest, http.b?.cpuUsPerRequest),
+  splitOverB: ratio(http.split?.rps, http.b?.rps),
+  cpuBOverSplit: ratio(http.b?.cpuUsPerRequest, http.split?.cpuUsPerRequest)
 }
 /** issue / B in each round, to show the spread behind the aggregate */
 const perRound = (x?: HttpRun, y?: HttpRun) => x && y ? x.slices.map((s, i) => s.rps / (y.slices[i]?.rps ?? NaN)) : []
@@ -231,6 +251,12 @@ if (f.json) {
     console.log(`\nissue slices: largest unpersisted backlog ${int(backlog)} entries (at most ${seconds.toFixed(2)} s of that slice's traffic); ` +
       `Postgres complete ${http.issue.slices.map((s) => ms(s.persistenceLagMs!)).join(' / ')} after each slice's last response; server RSS at the end ${serverRssMb[0]?.toFixed(0)} MB`)
   }
+  if (http.split) {
+    const sl = http.split.slices
+    const consumerCpu = sl.reduce((n, x) => n + x.consumerCpuUsPerRequest! * x.requests, 0) / sl.reduce((n, x) => n + x.requests, 0)
+    console.log(`split slices: consumer process ${int(consumerCpu)} µs CPU per request; largest backlog ${int(Math.max(...sl.map((x) => x.maxBacklog!)))} entries; ` +
+      `Postgres complete ${sl.map((x) => ms(x.persistenceLagMs!)).join(' / ')} after each slice's last response`)
+  }
   if (consumer) {
     console.log(`\nconsumer vs raw insert: ${consumer.rounds} rounds x ${int(consumer.rows)} rows each, rotating order, table emptied before each`)
     console.log(table([
@@ -254,6 +280,8 @@ if (f.json) {
     ['CPU/req: B / sold out', r2(ratios.cpuBOverSoldout), '', '>= 0.95 if server-bound', ''],
     ['CPU/req: B / consumer off', r2(ratios.cpuBOverNoPersist), '', '', ''],
     ['CPU/req: A / B', r2(ratios.cpuAOverB), '', '', ''],
+    ['consumer process / B', r2(ratios.splitOverB), '', '', ''],
+    ['CPU/req: B / web process (split)', r2(ratios.cpuBOverSplit), '', '', ''],
     ['consumer / raw insert', r2(ratios.consumerOverRaw), '', 'target >= 0.80', consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / Math.max(...Object.keys(consumer!.raw).map((b) => consumer!.perRound[b]![i]!)))).join(' / ') : '']
   ]))
 }
