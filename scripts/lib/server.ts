@@ -86,15 +86,17 @@ export async function startConsumerProcess (config: Config): Promise<ConsumerPro
     DATABASE_URL: config.databaseUrl,
     REDIS_URL: config.redisUrl,
     REDIS_PREFIX: config.redisPrefix,
-    LOG_LEVEL: config.logLevel,
+    // At least info: readiness is its 'consuming issue events' line (its log is discarded after that).
+    LOG_LEVEL: ['silent', 'fatal', 'error', 'warn'].includes(config.logLevel) ? 'info' : config.logLevel,
     CONSUMER_BATCH_SIZE: String(config.consumer.batchSize),
     CONSUMER_BLOCK_MS: String(config.consumer.blockMs)
   }
   const child = spawn(process.execPath, ['--import', 'tsx', entry], { env, stdio: ['ignore', 'pipe', 'inherit'] })
   // Ready once it logs that it consumes (its log goes to stdout).
   await new Promise<void>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`consumer process exited with ${code} before starting`)))
-    child.stdout!.on('data', (chunk: Buffer) => { if (chunk.toString().includes('consuming issue events')) resolve() })
+    const timer = setTimeout(() => { child.kill(); reject(new Error('consumer process did not start within 30 s')) }, 30_000)
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`consumer process exited with ${code} before starting`)) })
+    child.stdout!.on('data', (chunk: Buffer) => { if (chunk.toString().includes('consuming issue events')) { clearTimeout(timer); resolve() } })
   })
   child.stdout!.resume()
   const ticksToMicros = 1e6 / 100 // USER_HZ is 100 on Linux
