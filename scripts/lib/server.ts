@@ -9,6 +9,16 @@ import type { Config } from '../../src/config.js'
 import type { ConsumerStats } from '../../src/persistence/consumer.js'
 import type { ServerMode } from './server-child.js'
 
+/**
+ * The environment for a measured child: without a test runner's coverage and loader hooks (tap sets
+ * NODE_V8_COVERAGE and NODE_OPTIONS), which would slow the child down and, merged back, hid src/ from
+ * the suite's coverage report.
+ */
+function childEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const { NODE_V8_COVERAGE: _coverage, NODE_OPTIONS: _options, ...env } = process.env
+  return { ...env, ...extra }
+}
+
 export interface RunningServer {
   url: string
   pid: number
@@ -28,7 +38,7 @@ export async function startChildServer (mode: ServerMode, config: Config, { cpuP
   const entry = fileURLToPath(new URL('./server-child.ts', import.meta.url))
   const execArgv = ['--import', 'tsx', ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])]
   // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
-  const child: ChildProcess = fork(entry, [mode, JSON.stringify(config)], { execArgv, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+  const child: ChildProcess = fork(entry, [mode, JSON.stringify(config)], { execArgv, env: childEnv(), stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
   let nextId = 0
   const waiting = new Map<number, (value: unknown) => void>()
   const port = await new Promise<number>((resolve, reject) => {
@@ -81,8 +91,7 @@ export interface ConsumerProcess {
 /** `npm run consume` (src/cli/consume.ts) as a child process, configured like the given service. */
 export async function startConsumerProcess (config: Config): Promise<ConsumerProcess> {
   const entry = fileURLToPath(new URL('../../src/cli/consume.ts', import.meta.url))
-  const env = {
-    ...process.env,
+  const env = childEnv({
     DATABASE_URL: config.databaseUrl,
     REDIS_URL: config.redisUrl,
     REDIS_PREFIX: config.redisPrefix,
@@ -90,7 +99,7 @@ export async function startConsumerProcess (config: Config): Promise<ConsumerPro
     LOG_LEVEL: ['silent', 'fatal', 'error', 'warn'].includes(config.logLevel) ? 'info' : config.logLevel,
     CONSUMER_BATCH_SIZE: String(config.consumer.batchSize),
     CONSUMER_BLOCK_MS: String(config.consumer.blockMs)
-  }
+  })
   const child = spawn(process.execPath, ['--import', 'tsx', entry], { env, stdio: ['ignore', 'pipe', 'inherit'] })
   // Ready once it logs that it consumes (its log goes to stdout).
   await new Promise<void>((resolve, reject) => {
