@@ -4,7 +4,7 @@
 import type { Redis } from 'ioredis'
 import type { Db } from '../db/client.js'
 import type { Coupon } from '../db/queries/coupons.js'
-import type { Keys } from '../redis/keys.js'
+import type { CouponKeys, Keys } from '../redis/keys.js'
 import * as errors from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
 
@@ -42,6 +42,8 @@ const RESTORE_ATTEMPTS = 3
 // remembering the miss briefly keeps a flood of them off the database.
 const UNKNOWN_COUPON_TTL_MS = 1000
 const UNKNOWN_COUPON_CACHE_SIZE = 10_000
+/** Key sets kept for the hot path; a bound, because coupon ids in requests are chosen by clients. */
+const KEY_CACHE_LIMIT = 10_000
 
 /** Any Redis failure that is not one of our codes becomes a 503 the client can act on. */
 function redisFailure (err: unknown): Error {
@@ -59,6 +61,7 @@ export class CouponStore {
   readonly #unknownCoupons = new Map<number, number>()
   /** One rebuild per coupon per process at a time; concurrent requests share its outcome. */
   readonly #restoring = new Map<number, Promise<boolean>>()
+  readonly #couponKeys = new Map<number, CouponKeys>()
 
   constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds }: CouponStoreOptions) {
     this.#redis = redis
@@ -68,9 +71,20 @@ export class CouponStore {
     this.#idempotencyTtl = String(idempotencyTtlSeconds)
   }
 
+  /** The coupon's key names, built once per coupon instead of six strings per request. */
+  #keysOf (couponId: number): CouponKeys {
+    let k = this.#couponKeys.get(couponId)
+    if (k === undefined) {
+      if (this.#couponKeys.size >= KEY_CACHE_LIMIT) this.#couponKeys.clear()
+      k = this.#keys.coupon(couponId)
+      this.#couponKeys.set(couponId, k)
+    }
+    return k
+  }
+
   /** Hands one unit of the coupon to the user or throws a catalog error saying why not. */
   async issue (couponId: number, userId: string, idempotencyKey = ''): Promise<Issued> {
-    const k = this.#keys.coupon(couponId)
+    const k = this.#keysOf(couponId)
     const idem = idempotencyKey === '' ? k.meta : this.#keys.idempotency(couponId, 'issue', idempotencyKey)
     const reply = await this.#runWithRestore(couponId, () => this.#redis.issueCoupon(
       k.meta, k.stock, k.holders, k.claims, k.events, idem,

@@ -1,6 +1,7 @@
 // The consumer-group loop that moves issue events from the coupons' streams into Postgres.
-// read (XREADGROUP, blocking, own connection) -> persist (one transaction) -> ack + trim (one script per stream).
-// Reading the next batch overlaps with writing the current one. Nothing is acknowledged before its commit.
+// read (XREADGROUP, blocking, own connection) -> persist (one statement) -> ack + trim (one script per stream).
+// Reading the next batch and acknowledging the previous one overlap with writing the current one.
+// Nothing is acknowledged before its commit.
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
@@ -198,21 +199,30 @@ export class IssueEventConsumer {
       }
     }
     let inHand: Batch | null = null
+    // The acknowledgement of the last committed batch, running while the next one is written. A failed
+    // ack leaves its entries pending: they are reclaimed and re-inserted as duplicates, never lost.
+    let acking: Promise<void> = Promise.resolve()
+    const ackInBackground = (batch: Batch) => {
+      acking = acking.then(() => this.#ack(batch)).catch((err) => {
+        log.warn({ err, entries: batch.events.length }, 'acknowledging a committed batch failed; its entries stay pending and will be reclaimed')
+      })
+    }
     while (!signal.aborted || inHand) {
       try {
         if (!inHand) {
           inHand = await this.#read(this.#o.blockMs, signal)
           continue
         }
-        // Persist the batch in hand while the next read is already on its way. Only while persisting
-        // works: after a failure the batch is retried alone, so a dead database does not make this
-        // consumer take more and more entries it cannot write.
+        // Persist the batch in hand while the next read (and the previous batch's ack) is on its way.
+        // Only while persisting works: after a failure the batch is retried alone, so a dead database
+        // does not make this consumer take more and more entries it cannot write.
         const readAhead = signal.aborted || this.#failures > 0 ? Promise.resolve(null) : this.#read(0, signal)
-        const [persisted, read] = await Promise.allSettled([this.#persistAndAck(inHand), readAhead])
+        const [persisted, read] = await Promise.allSettled([this.#persist(inHand), readAhead])
         const next = read.status === 'fulfilled' ? read.value : null
         // A batch read while the write failed is already delivered to us: keep it, or it would sit
         // pending until a reclaim (RECLAIM_MIN_IDLE_MS) instead of being written when the database returns.
         if (persisted.status === 'fulfilled') {
+          ackInBackground(inHand)
           inHand = next
           this.#failures = 0
         } else if (next) {
@@ -238,18 +248,29 @@ export class IssueEventConsumer {
         await backoff(err, 'persisting issue events failed; retrying the same batch')
       }
     }
+    await acking
   }
 
   async #persistAndAck (batch: Batch): Promise<BatchOutcome> {
+    const outcome = await this.#persist(batch)
+    await this.#ack(batch)
+    return outcome
+  }
+
+  /** Commits a batch to Postgres; acknowledges nothing. */
+  async #persist (batch: Batch): Promise<BatchOutcome> {
     const outcome = await this.#persister.persist(batch.events, batch.poison)
     this.stats.batches++
     this.stats.inserted += outcome.inserted
     this.stats.duplicates += outcome.duplicates
     this.stats.failed += outcome.failed
     if (outcome.failed > 0) this.#o.log.warn({ failed: outcome.failed }, 'entries parked in failed_issue_events')
-    // Acknowledge only after the commit above; one script call per stream, all pipelined.
-    await Promise.all([...batch.ids].map(([stream, ids]) => this.#o.redis.ackAndTrim(stream, CONSUMER_GROUP, ...ids)))
     return outcome
+  }
+
+  /** Acknowledges and trims a committed batch: one script call per stream, all pipelined. */
+  async #ack (batch: Batch): Promise<void> {
+    await Promise.all([...batch.ids].map(([stream, ids]) => this.#o.redis.ackAndTrim(stream, CONSUMER_GROUP, ...ids)))
   }
 
   /** One XREADGROUP over every active stream; null when nothing arrived. blockMs null = do not block. */

@@ -9,6 +9,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     requireAdmin: (request: FastifyRequest) => Promise<void>
     requireShop: (request: FastifyRequest) => Promise<void>
+    /** onRequest hooks for the hot path: [requireShop] when API keys are configured, none otherwise */
+    shopAuth: ((request: FastifyRequest) => Promise<void>)[]
   }
 }
 
@@ -43,4 +45,6 @@ export default fp(async function authPlugin (fastify, { config }: { config: Conf
     const given = digest(token)
     if (!matchesAny(given, shopSecrets) && !matchesAny(given, adminSecret)) throw new Unauthorized()
   })
+  // Without API keys requireShop checks nothing, so the issue endpoint does not run it at all.
+  fastify.decorate('shopAuth', shopSecrets.length > 0 ? [fastify.requireShop] : [])
 }, { name: 'auth' })

@@ -40,7 +40,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
   const { countIssueOutcome } = fastify.metrics
 
   fastify.post<IssueRoute>('/coupons/:couponId/issues', {
-    onRequest: fastify.requireShop,
+    onRequest: fastify.shopAuth,
     preHandler: fastify.issueRateLimits,
     schema: {
       summary: 'Claim one unit of a coupon for a user (first come, first served)',

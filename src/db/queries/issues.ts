@@ -7,42 +7,48 @@ const iso = (ms: number) => new Date(ms).toISOString()
 const arrayParam = <T>(values: T[]) => sql.param(values)
 
 /**
- * Writes a batch of stream events in one transaction; idempotent, so a redelivered batch changes nothing.
+ * Writes a batch of stream events atomically (one statement, or one transaction when there are revokes); idempotent, so a redelivered batch changes nothing.
  * Issues go in with one unnest-based INSERT (one statement whatever the batch size). A revocation is
  * kept as a fact and applied to every matching issue, including ones that arrive in a later batch.
  * Returns how many issue rows were new.
  */
 export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[]): Promise<number> {
+  // A batch of issues alone is one statement, atomic by itself: BEGIN and COMMIT around it would only
+  // add two round trips per batch.
+  if (revokes.length === 0) return insertIssues(db, issues)
   return db.transaction(async (tx) => {
-    if (revokes.length > 0) {
-      await tx.execute(sql`
-        INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id)
-        SELECT * FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
-                             ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[], ${arrayParam(revokes.map((r) => r.id))}::text[])
-        ON CONFLICT (coupon_id, stream_id) DO NOTHING`)
-    }
-    let inserted = 0
-    if (issues.length > 0) {
-      const result: any = await tx.execute(sql`
-        INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, revoked_at)
-        SELECT t.coupon_id, t.user_id, t.claim, t.created_at, t.stream_id,
-               (SELECT min(r.revoked_at) FROM ${couponRevocations} r
-                 WHERE r.coupon_id = t.coupon_id AND r.user_id = t.user_id AND r.revoked_at >= t.created_at)
-        FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
-                    ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
-                    ${arrayParam(issues.map((e) => e.id))}::text[]) AS t(coupon_id, user_id, claim, created_at, stream_id)
-        ON CONFLICT (coupon_id, user_id, claim) DO NOTHING`)
-      inserted = Number(result.rowCount ?? result.affectedRows ?? 0)
-    }
-    if (revokes.length > 0) {
-      await tx.execute(sql`
-        UPDATE ${couponIssues} i SET revoked_at = r.revoked_at
-        FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
-                    ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[]) AS r(coupon_id, user_id, revoked_at)
-        WHERE i.coupon_id = r.coupon_id AND i.user_id = r.user_id AND i.revoked_at IS NULL AND i.created_at <= r.revoked_at`)
-    }
+    await tx.execute(sql`
+      INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id)
+      SELECT * FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
+                           ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[], ${arrayParam(revokes.map((r) => r.id))}::text[])
+      ON CONFLICT (coupon_id, stream_id) DO NOTHING`)
+    const inserted = await insertIssues(tx as unknown as Db, issues)
+    await tx.execute(sql`
+      UPDATE ${couponIssues} i SET revoked_at = r.revoked_at
+      FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
+                  ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[]) AS r(coupon_id, user_id, revoked_at)
+      WHERE i.coupon_id = r.coupon_id AND i.user_id = r.user_id AND i.revoked_at IS NULL AND i.created_at <= r.revoked_at`)
     return inserted
   })
+}
+
+/** One unnest-based INSERT for a batch of issue events; returns how many rows were new. */
+async function insertIssues (db: Db, issues: IssueEvent[]): Promise<number> {
+  if (issues.length === 0) return 0
+  const couponIds = [...new Set(issues.map((e) => e.couponId))]
+  // The per-row revocation lookup runs only when the batch's coupons have any revocation at all: the
+  // EXISTS is uncorrelated, so Postgres evaluates it once per statement (an InitPlan), not per row.
+  const result: any = await db.execute(sql`
+    INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, revoked_at)
+    SELECT t.coupon_id, t.user_id, t.claim, t.created_at, t.stream_id,
+           CASE WHEN (SELECT EXISTS (SELECT 1 FROM ${couponRevocations} r0 WHERE r0.coupon_id = ANY(${arrayParam(couponIds)}::bigint[])))
+           THEN (SELECT min(r.revoked_at) FROM ${couponRevocations} r
+                  WHERE r.coupon_id = t.coupon_id AND r.user_id = t.user_id AND r.revoked_at >= t.created_at) END
+    FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
+                ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
+                ${arrayParam(issues.map((e) => e.id))}::text[]) AS t(coupon_id, user_id, claim, created_at, stream_id)
+    ON CONFLICT (coupon_id, user_id, claim) DO NOTHING`)
+  return Number(result.rowCount ?? result.affectedRows ?? 0)
 }
 
 export interface PersistedIssue {

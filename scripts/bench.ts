@@ -1,0 +1,287 @@
+// `npm run bench`: the issue endpoint and the consumer measured side by side with their baselines,
+// in one run, under one load generator with one set of settings. See docs/load-and-bench.md.
+//   A  bare Fastify route, same options and body schema as the service, no I/O
+//   B  the same route plus one Redis round trip
+//   issue    the real endpoint, stock that never runs out (every request wins)
+//   soldout  the real endpoint on a sold-out coupon (every request loses)
+//   nopersist  diagnostic: the winning run on a service with its consumer off (own key prefix), to show
+//            what persisting in the same process costs the endpoint
+//   split    the winning run on a service with its consumer off plus `npm run consume` as its own
+//            process (own key prefix); CPU µs/req counts the web process only, the consumer's is shown apart
+//   consumer the stream -> Postgres loop against a raw unnest INSERT loop on the same table
+import { parseArgs } from 'node:util'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+import { createKeys } from '../src/redis/keys.js'
+import { sampleBacklog, waitForRows } from './lib/backlog.js'
+import { runCannon, type CannonResult } from './lib/cannon.js'
+import { consumerBench, type ConsumerBenchResult } from './lib/consumer-bench.js'
+import { int, machine, ms, table } from './lib/format.js'
+import { ADMIN_TOKEN, REDIS_URL, createScratch, scratchConfig } from './lib/infra.js'
+import { startChildServer, startConsumerProcess, type RunningServer } from './lib/server.js'
+
+const { values: f } = parseArgs({
+  options: {
+    connections: { type: 'string', default: '100' },
+    duration: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '5' },
+    warmup: { type: 'string', default: '3' },
+    rows: { type: 'string', default: '50000' },
+    only: { type: 'string', default: 'a,b,issue,soldout,nopersist,split,consumer' },
+    'log-level': { type: 'string' },
+    'cpu-prof': { type: 'string' },
+    json: { type: 'boolean', default: false }
+  }
+})
+const connections = Number(f.connections)
+const duration = Number(f.duration)
+const rounds = Number(f.rounds)
+const warmup = Number(f.warmup)
+const only = new Set(f.only.split(','))
+const say = f.json ? () => {} : (s: string) => console.error(s)
+
+type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist' | 'split'
+const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist', 'split'] as const).filter((t) => only.has(t))
+const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call', issue: 'issue (winning)', soldout: 'issue (sold out)', nopersist: 'issue, consumer off', split: 'issue, consumer process' }
+
+interface Slice {
+  rps: number
+  /** server process CPU (user + system) per request, µs: far less disturbed by other load than req/s */
+  cpuUsPerRequest: number
+  requests: number
+  seconds: number
+  latencyMs: CannonResult['latencyMs']
+  statuses: Record<string, number>
+  errors: number
+  timeouts: number
+  /** issue only: largest unpersisted backlog during the slice, ms from its last response to Postgres complete */
+  maxBacklog?: number
+  persistenceLagMs?: number
+  /** split only: the consumer process's CPU per request, µs */
+  consumerCpuUsPerRequest?: number
+}
+interface HttpRun {
+  /** total requests / total seconds over every round */
+  rps: number
+  /** total server CPU / total requests over every round, µs */
+  cpuUsPerRequest: number
+  /** median over the rounds of each percentile */
+  latencyMs: CannonResult['latencyMs']
+  statuses: Record<string, number>
+  errors: number
+  slices: Slice[]
+}
+
+const scratch = await createScratch('bench')
+const env: Record<string, string> = f['log-level'] ? { LOG_LEVEL: f['log-level'] } : {}
+const config = scratchConfig(scratch, env)
+const http: Partial<Record<Target, HttpRun>> = {}
+let consumer: ConsumerBenchResult | null = null
+let serverRssMb: number[] = []
+const started = new Date()
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!
+
+try {
+  if (TARGETS.length > 0) {
+    // Every server is up for the whole run and the targets take turns, in a rotating order, so
+    // background load on a shared machine falls on all of them alike instead of on whoever ran last.
+    const servers = {
+      a: only.has('a') ? await startChildServer('bare', config, { cpuProfDir: f['cpu-prof'] }) : null,
+      b: only.has('b') ? await startChildServer('redis', config, { cpuProfDir: f['cpu-prof'] }) : null,
+      app: only.has('issue') || only.has('soldout') ? await startChildServer('app', config, { cpuProfDir: f['cpu-prof'] }) : null,
+      // Its own prefix, so the other server's consumer does not persist its issues either.
+      noConsumer: only.has('nopersist')
+        ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}nc:`, consumer: { ...config.consumer, enabled: false } })
+        : null,
+      split: only.has('split')
+        ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}sp:`, consumer: { ...config.consumer, enabled: false } })
+        : null
+    }
+    const consumerProcess = only.has('split') ? await startConsumerProcess({ ...config, redisPrefix: `${config.redisPrefix}sp:` }) : null
+    const redis = new Redis(REDIS_URL)
+    const pool = new pg.Pool({ connectionString: scratch.databaseUrl, max: 2 })
+    const keys = createKeys(scratch.prefix)
+    try {
+      const create = async (totalQuantity: number, server = servers.app) => {
+        if (!server) return 0
+        const response = await fetch(`${server.url}/coupons`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ name: 'bench', totalQuantity })
+        })
+        return (await response.json() as { id: number }).id
+      }
+      const winning = await create(10_000_000)
+      // Sold out: 100 units, gone during the warm-up; every measured request loses.
+      const soldOut = await create(100)
+      const unpersisted = await create(10_000_000, servers.noConsumer)
+      const splitCoupon = await create(10_000_000, servers.split)
+      // The consumer process discovers a new coupon's stream within a second.
+      if (consumerProcess) await new Promise((resolve) => setTimeout(resolve, 1200))
+      const serverOf: Record<Target, () => RunningServer> = {
+        a: () => servers.a!, b: () => servers.b!, issue: () => servers.app!, soldout: () => servers.app!, nopersist: () => servers.noConsumer!, split: () => servers.split!
+      }
+      const where: Record<Target, () => [string, string]> = {
+        a: () => [servers.a!.url, '/coupons/1/issues'],
+        b: () => [servers.b!.url, '/coupons/1/issues'],
+        issue: () => [servers.app!.url, `/coupons/${winning}/issues`],
+        soldout: () => [servers.app!.url, `/coupons/${soldOut}/issues`],
+        nopersist: () => [servers.noConsumer!.url, `/coupons/${unpersisted}/issues`],
+        split: () => [servers.split!.url, `/coupons/${splitCoupon}/issues`]
+      }
+      const splitKeys = createKeys(`${scratch.prefix}sp:`)
+      const persisted = async (since: number, target: Target = 'issue') => {
+        const [k, id] = target === 'split' ? [splitKeys, splitCoupon] : [keys, winning]
+        const issued = Number(await redis.hlen(k.coupon(id).holders))
+        return (await waitForRows(pool, id, issued, since)).lagMs
+      }
+      for (const target of TARGETS) {
+        say(`warm-up ${LABELS[target]}: ${warmup} s`)
+        const [url, path] = where[target]()
+        const result = await runCannon({ url, path, connections, duration: warmup, userOf: (i) => `w${target}-${i}` })
+        if (target === 'issue' || target === 'split') await persisted(result.endedAt, target)
+      }
+      const slices: Record<string, Slice[]> = {}
+      for (let round = 0; round < rounds; round++) {
+        for (let k = 0; k < TARGETS.length; k++) {
+          const target = TARGETS[(k + round) % TARGETS.length]!
+          const [url, path] = where[target]()
+          const sampler = target === 'issue' ? sampleBacklog(redis, keys.coupon(winning).events)
+            : target === 'split' ? sampleBacklog(redis, splitKeys.coupon(splitCoupon).events) : null
+          const cpu0 = await serverOf[target]().cpuMicros()
+          const consumerCpu0 = target === 'split' ? await consumerProcess!.cpuMicros() : 0
+          const r = await runCannon({ url, path, connections, duration, userOf: (i) => `r${round}${target}-${i}`, progress: !f.json })
+          // For the winning run this includes the consumer persisting the slice, which is part of its cost.
+          const lag = sampler ? await persisted(r.endedAt, target) : undefined
+          const cpu = await serverOf[target]().cpuMicros() - cpu0
+          const slice: Slice = { rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
+          if (sampler) {
+            slice.persistenceLagMs = lag
+            slice.maxBacklog = sampler.stop().max
+          }
+          if (target === 'split') slice.consumerCpuUsPerRequest = (await consumerProcess!.cpuMicros() - consumerCpu0) / r.requests
+          ;(slices[target] ??= []).push(slice)
+          say(`round ${round + 1}/${rounds} ${LABELS[target]}: ${int(r.rps)} req/s, p99 ${ms(r.latencyMs.p99)}, ${JSON.stringify(r.statuses)}` +
+            (sampler ? `, max backlog ${slice.maxBacklog}, lag ${slice.persistenceLagMs} ms` : ''))
+        }
+      }
+      for (const [target, list] of Object.entries(slices) as [Target, Slice[]][]) {
+        const statuses: Record<string, number> = {}
+        for (const s of list) for (const [code, n] of Object.entries(s.statuses)) statuses[code] = (statuses[code] ?? 0) + n
+        const pick = (key: keyof CannonResult['latencyMs']) => median(list.map((s) => s.latencyMs[key]))
+        http[target] = {
+          rps: list.reduce((n, s) => n + s.requests, 0) / list.reduce((n, s) => n + s.seconds, 0),
+          cpuUsPerRequest: list.reduce((n, s) => n + s.cpuUsPerRequest * s.requests, 0) / list.reduce((n, s) => n + s.requests, 0),
+          latencyMs: { p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), max: Math.max(...list.map((s) => s.latencyMs.max)), mean: pick('mean') },
+          statuses,
+          errors: list.reduce((n, s) => n + s.errors + s.timeouts, 0),
+          slices: list
+        }
+      }
+      if (servers.app) serverRssMb = [await servers.app.rss() / 2 ** 20]
+    } finally {
+      redis.disconnect()
+      await pool.end()
+      for (const server of Object.values(servers)) await server?.close()
+      await consumerProcess?.close()
+    }
+  }
+
+  if (only.has('consumer')) {
+    say(`consumer: ${rounds} rounds of ${int(Number(f.rows))} entries`)
+    consumer = await consumerBench(config, Number(f.rows), [500, config.consumer.batchSize], rounds, say)
+  }
+} finally {
+  await scratch.cleanup()
+}
+
+const ratio = (a?: number, b?: number) => (a && b ? a / b : null)
+const ceiling = consumer ? Math.max(...Object.values(consumer.raw)) : undefined
+const ratios = {
+  issueOverB: ratio(http.issue?.rps, http.b?.rps),
+  issueOverA: ratio(http.issue?.rps, http.a?.rps),
+  soldoutOverB: ratio(http.soldout?.rps, http.b?.rps),
+  soldoutOverIssue: ratio(http.soldout?.rps, http.issue?.rps),
+  bOverA: ratio(http.b?.rps, http.a?.rps),
+  issueOverNoPersist: ratio(http.issue?.rps, http.nopersist?.rps),
+  noPersistOverB: ratio(http.nopersist?.rps, http.b?.rps),
+  consumerOverRaw: ratio(consumer?.consumer, ceiling),
+  /** CPU-cost ratios: B's server CPU per request / the issue endpoint's (1.0 = the issue path costs no more) */
+  cpuBOverIssue: ratio(http.b?.cpuUsPerRequest, http.issue?.cpuUsPerRequest),
+  cpuBOverSoldout: ratio(http.b?.cpuUsPerRequest, http.soldout?.cpuUsPerRequest),
+  cpuBOverNoPersist: ratio(http.b?.cpuUsPerRequest, http.nopersist?.cpuUsPerRequest),
+  cpuAOverB: ratio(http.a?.cpuUsPerRequest, http.b?.cpuUsPerRequest),
+  splitOverB: ratio(http.split?.rps, http.b?.rps),
+  cpuBOverSplit: ratio(http.b?.cpuUsPerRequest, http.split?.cpuUsPerRequest)
+}
+/** issue / B in each round, to show the spread behind the aggregate */
+const perRound = (x?: HttpRun, y?: HttpRun) => x && y ? x.slices.map((s, i) => s.rps / (y.slices[i]?.rps ?? NaN)) : []
+const spread = {
+  issueOverB: perRound(http.issue, http.b),
+  soldoutOverB: perRound(http.soldout, http.b),
+  soldoutOverIssue: perRound(http.soldout, http.issue)
+}
+const report = {
+  date: started.toISOString(),
+  machine: machine(),
+  settings: { connections, durationS: duration, rounds, warmupS: warmup, rows: Number(f.rows), logLevel: config.logLevel },
+  http,
+  consumer,
+  ratios,
+  ratiosPerRound: spread,
+  issueServerRssMb: serverRssMb[0] ?? null
+}
+
+if (f.json) {
+  console.log(JSON.stringify(report, null, 2))
+} else {
+  const r2 = (x: number | null) => (x === null ? '-' : x.toFixed(2))
+  console.log(`\ncouponrush bench, ${report.date}\n${report.machine}`)
+  console.log(`${connections} connections, ${warmup} s warm-up, then ${rounds} rounds x ${duration} s per target in rotating order; LOG_LEVEL ${config.logLevel}`)
+  console.log('req/s = all requests / all seconds over the rounds; CPU µs/req = server process CPU / requests; latency = median over the rounds (max = overall)\n')
+  console.log(table([
+    ['target', 'req/s', 'per round', 'CPU µs/req', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
+    ...(Object.entries(http) as [Target, HttpRun][]).map(([k, v]) => [LABELS[k], int(v.rps), v.slices.map((s) => int(s.rps)).join(' / '), int(v.cpuUsPerRequest),
+      ms(v.latencyMs.p50), ms(v.latencyMs.p90), ms(v.latencyMs.p99), ms(v.latencyMs.max),
+      int(Object.entries(v.statuses).filter(([s]) => !s.startsWith('2')).reduce((n, [, c]) => n + c, 0)), int(v.errors)])
+  ]))
+  if (http.issue) {
+    const backlog = Math.max(...http.issue.slices.map((s) => s.maxBacklog!))
+    const seconds = Math.max(...http.issue.slices.map((s) => s.maxBacklog! / s.rps))
+    console.log(`\nissue slices: largest unpersisted backlog ${int(backlog)} entries (at most ${seconds.toFixed(2)} s of that slice's traffic); ` +
+      `Postgres complete ${http.issue.slices.map((s) => ms(s.persistenceLagMs!)).join(' / ')} after each slice's last response; server RSS at the end ${serverRssMb[0]?.toFixed(0)} MB`)
+  }
+  if (http.split) {
+    const sl = http.split.slices
+    const consumerCpu = sl.reduce((n, x) => n + x.consumerCpuUsPerRequest! * x.requests, 0) / sl.reduce((n, x) => n + x.requests, 0)
+    console.log(`split slices: consumer process ${int(consumerCpu)} µs CPU per request; largest backlog ${int(Math.max(...sl.map((x) => x.maxBacklog!)))} entries; ` +
+      `Postgres complete ${sl.map((x) => ms(x.persistenceLagMs!)).join(' / ')} after each slice's last response`)
+  }
+  if (consumer) {
+    console.log(`\nconsumer vs raw insert: ${consumer.rounds} rounds x ${int(consumer.rows)} rows each, rotating order, table emptied before each`)
+    console.log(table([
+      ['', 'rows/s', 'per round'],
+      [`consumer (batch ${consumer.consumerBatchSize})`, int(consumer.consumer), consumer.perRound.consumer!.map(int).join(' / ')],
+      ...Object.entries(consumer.raw).map(([batch, rps]) => [`raw unnest INSERT, ${batch} rows/statement`, int(rps), consumer!.perRound[batch]!.map(int).join(' / ')])
+    ]))
+    console.log(`stream entries left after the consumer: ${consumer.streamLeft}`)
+  }
+  console.log('\nratios')
+  console.log(table([
+    ['', 'all rounds', 'median round', 'target', 'per round'],
+    ['issue / B', r2(ratios.issueOverB), r2(spread.issueOverB.length ? median(spread.issueOverB) : null), 'target >= 0.95', spread.issueOverB.map(r2).join(' / ')],
+    ['sold out / B', r2(ratios.soldoutOverB), r2(spread.soldoutOverB.length ? median(spread.soldoutOverB) : null), 'target >= 0.95', spread.soldoutOverB.map(r2).join(' / ')],
+    ['sold out / issue', r2(ratios.soldoutOverIssue), r2(spread.soldoutOverIssue.length ? median(spread.soldoutOverIssue) : null), 'target >= 1.00', spread.soldoutOverIssue.map(r2).join(' / ')],
+    ['issue / A', r2(ratios.issueOverA), '', '', ''],
+    ['B / A', r2(ratios.bOverA), '', '', ''],
+    ['consumer off / B', r2(ratios.noPersistOverB), '', '', ''],
+    ['issue / consumer off', r2(ratios.issueOverNoPersist), '', '', ''],
+    ['CPU/req: B / issue', r2(ratios.cpuBOverIssue), '', '>= 0.95 if server-bound', ''],
+    ['CPU/req: B / sold out', r2(ratios.cpuBOverSoldout), '', '>= 0.95 if server-bound', ''],
+    ['CPU/req: B / consumer off', r2(ratios.cpuBOverNoPersist), '', '', ''],
+    ['CPU/req: A / B', r2(ratios.cpuAOverB), '', '', ''],
+    ['consumer process / B', r2(ratios.splitOverB), '', '', ''],
+    ['CPU/req: B / web process (split)', r2(ratios.cpuBOverSplit), '', '', ''],
+    ['consumer / raw insert', r2(ratios.consumerOverRaw), '', 'target >= 0.80', consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / Math.max(...Object.keys(consumer!.raw).map((b) => consumer!.perRound[b]![i]!)))).join(' / ') : '']
+  ]))
+}
