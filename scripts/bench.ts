@@ -132,7 +132,7 @@ try {
       const splitKeys = createKeys(`${scratch.prefix}sp:`)
       const persisted = async (since: number, target: Target = 'issue') => {
         const [k, id] = target === 'split' ? [splitKeys, splitCoupon] : [keys, winning]
-        const issued = Number(await redis.hlen(k.coupon(id).holders))
+        const issued = Number(await redis.hlen(k.coupon(id).holders)) - 1 // minus the completeness marker field
         return (await waitForRows(pool, id, issued, since)).lagMs
       }
       for (const target of TARGETS) {

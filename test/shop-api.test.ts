@@ -2,6 +2,7 @@
 import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
+import { COMPLETE_MARKER } from '../src/redis/keys.js'
 import { IssueEventConsumer } from '../src/persistence/consumer.js'
 import { admin, createCoupon, inParallel, testApp } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
@@ -73,7 +74,7 @@ t.test('a rush of issues and cancels never exceeds quantity and ends with Redis 
     if (stock < 0) t.fail('stock went negative')
   })
   t.ok(maxHeld <= 20, 'never more out than the quantity')
-  const { '#': _complete, ...holders } = await app.redis.hgetall(app.keys.coupon(coupon.id).holders)
+  const { [COMPLETE_MARKER]: _complete, ...holders } = await app.redis.hgetall(app.keys.coupon(coupon.id).holders)
   const heldInRedis = Object.values(holders).reduce((n, v) => n + Number(v), 0)
   t.equal(heldInRedis + Number(await app.redis.get(app.keys.coupon(coupon.id).stock)), 20, 'held + stock = quantity')
   await drain(app)

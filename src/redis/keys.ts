@@ -4,6 +4,12 @@
 
 export const CONSUMER_GROUP = 'persisters'
 
+/**
+ * A field present in every complete holders and claims hash. A userId cannot contain '#', so the
+ * scripts tell "nobody claimed yet" from "the hash was lost" (see issue.lua).
+ */
+export const COMPLETE_MARKER = '#'
+
 export interface CouponKeys {
   /** hash: total, perUserLimit, startsAt (ms), endsAt (ms or '') */
   meta: string
