@@ -3,14 +3,13 @@
 // no longer takes CPU from the request path (see docs/benchmarks.md, "What limits the issue endpoint").
 // Stops on SIGINT/SIGTERM after committing and acknowledging the batch in hand.
 import closeWithGrace from 'close-with-grace'
-import cron from 'node-cron'
 import { pino } from 'pino'
 import { loadConfig } from '../config.js'
 import { openDatabase } from '../db/client.js'
 import { assertDurableCommits } from '../plugins/database.js'
 import { connectRedis, createRedis } from '../redis/client.js'
 import { createKeys } from '../redis/keys.js'
-import { IssueEventConsumer } from '../persistence/consumer.js'
+import { IssueEventConsumer, schedulePeriodicReclaim } from '../persistence/consumer.js'
 
 async function main (): Promise<void> {
   const config = loadConfig()
@@ -28,10 +27,7 @@ async function main (): Promise<void> {
   const consumer = new IssueEventConsumer({
     redis, blockingRedis, db: database.db, keys: createKeys(config.redisPrefix), log: log.child({ component: 'consumer' }), ...config.consumer
   })
-  const reclaimTask = cron.schedule(config.consumer.reclaimCron, async () => {
-    const perCoupon = await consumer.reclaim().catch((err) => { log.error({ err }, 'periodic reclaim failed') })
-    if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
-  }, { noOverlap: true, name: 'reclaim-pending-issue-events' })
+  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log)
   consumer.start()
   log.info({ consumer: consumer.name }, 'consuming issue events')
   closeWithGrace({ delay: config.shutdownTimeoutMs }, async ({ signal, err }) => {

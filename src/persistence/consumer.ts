@@ -3,6 +3,7 @@
 // Reading the next batch and acknowledging the previous one overlap with writing the current one.
 // Nothing is acknowledged before its commit.
 import { hostname } from 'node:os'
+import cron, { type ScheduledTask } from 'node-cron'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
@@ -339,4 +340,16 @@ export class IssueEventConsumer {
     if (this.#blockingClientId === null) return
     await this.#o.redis.client('UNBLOCK', this.#blockingClientId).catch(() => {})
   }
+}
+
+/** Runs consumer.reclaim() on a node-cron schedule (the web process and `npm run consume` alike). */
+export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expression: string, log: FastifyBaseLogger): ScheduledTask {
+  return cron.schedule(expression, async () => {
+    // While our own writes fail, a reclaim cannot write either; it would only claim entries again
+    // (our own batch in hand included) and push their delivery count past MAX_DELIVERIES, so that good
+    // entries get parked as poison once the database is back.
+    if (consumer.backingOff) return
+    const perCoupon = await consumer.reclaim().catch((err) => { log.error({ err }, 'periodic reclaim failed') })
+    if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
+  }, { noOverlap: true, name: 'reclaim-pending-issue-events' })
 }

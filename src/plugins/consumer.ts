@@ -1,8 +1,7 @@
 // Runs the persistence loop inside the web process, plus a periodic reclaim of abandoned entries.
 import fp from 'fastify-plugin'
-import cron from 'node-cron'
 import { connectRedis, createRedis } from '../redis/client.js'
-import { IssueEventConsumer } from '../persistence/consumer.js'
+import { IssueEventConsumer, schedulePeriodicReclaim } from '../persistence/consumer.js'
 import type { Config } from '../config.js'
 
 declare module 'fastify' {
@@ -29,14 +28,7 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     ...config.consumer
   })
   fastify.decorate('consumer', consumer)
-  const reclaimTask = cron.schedule(config.consumer.reclaimCron, async () => {
-    // While our own writes fail, a reclaim cannot write either; it would only claim entries again
-    // (our own batch in hand included) and push their delivery count past MAX_DELIVERIES, so that good
-    // entries get parked as poison once the database is back.
-    if (consumer.backingOff) return
-    const perCoupon = await consumer.reclaim().catch((err) => { log.error({ err }, 'periodic reclaim failed') })
-    if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
-  }, { noOverlap: true, name: 'reclaim-pending-issue-events' })
+  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log)
 
   fastify.addHook('onReady', async () => { consumer.start() })
   // Registered after the redis plugin, so this runs before its connection closes.
