@@ -92,7 +92,7 @@ export class CouponStore {
     const [code, at, claim, entryId, replayed] = reply
     switch (code) {
       case 0: return { couponId, userId, issuedAt: new Date(at), claim, entryId, replayed: replayed === 1 }
-      case 2: throw new errors.AlreadyIssued(userId, couponId, await this.#perUserLimit(couponId))
+      case 2: throw new errors.AlreadyIssued(userId, couponId, at)
       case 3: throw new errors.SoldOut(couponId)
       case 4: throw new errors.NotStarted(couponId, new Date(at).toISOString())
       case 5: throw new errors.Ended(couponId, new Date(at).toISOString())
@@ -165,11 +165,6 @@ export class CouponStore {
     } catch (err) {
       throw redisFailure(err)
     }
-  }
-
-  async #perUserLimit (couponId: number): Promise<number> {
-    const limit = await this.#redis.hget(this.#keys.coupon(couponId).meta, 'perUserLimit').catch(() => null)
-    return Number(limit ?? 1)
   }
 
   async #restore (couponId: number): Promise<void> {

@@ -201,12 +201,12 @@ export class IssueEventConsumer {
     }
     let inHand: Batch | null = null
     // The acknowledgement of the last committed batch, running while the next one is written. A failed
-    // ack leaves its entries pending: they are reclaimed and re-inserted as duplicates, never lost.
+    // ack is retried until it succeeds (Redis back) or the consumer stops: leaving it to a reclaim would
+    // hold the entries for RECLAIM_MIN_IDLE_MS. Entries still unacked at a stop stay pending and are
+    // reclaimed later as duplicates, never lost.
     let acking: Promise<void> = Promise.resolve()
     const ackInBackground = (batch: Batch) => {
-      acking = acking.then(() => this.#ack(batch)).catch((err) => {
-        log.warn({ err, entries: batch.events.length }, 'acknowledging a committed batch failed; its entries stay pending and will be reclaimed')
-      })
+      acking = acking.then(() => this.#ackUntilDone(batch, signal))
     }
     while (!signal.aborted || inHand) {
       try {
@@ -267,6 +267,22 @@ export class IssueEventConsumer {
     this.stats.failed += outcome.failed
     if (outcome.failed > 0) this.#o.log.warn({ failed: outcome.failed }, 'entries parked in failed_issue_events')
     return outcome
+  }
+
+  async #ackUntilDone (batch: Batch, signal: AbortSignal): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.#ack(batch)
+        return
+      } catch (err) {
+        if (signal.aborted) {
+          this.#o.log.warn({ err, entries: batch.events.length }, 'stopping with a committed batch not acknowledged; its entries stay pending and will be reclaimed')
+          return
+        }
+        if (attempt === 0) this.#o.log.warn({ err }, 'acknowledging a committed batch failed; retrying')
+        await sleep(Math.min(100 * 2 ** attempt, 2000), undefined, { signal }).catch(() => {})
+      }
+    }
   }
 
   /** Acknowledges and trims a committed batch: one script call per stream, all pipelined. */

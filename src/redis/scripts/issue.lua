@@ -23,7 +23,7 @@
   Returns { code, issuedAtMs, claim, entryId, replayed }
     code 0 ISSUED          issuedAtMs/claim/entryId set
     code 1 NEEDS_RESTORE   counters missing: rebuild from Postgres + stream, then call again
-    code 2 LIMIT_REACHED   user already holds perUserLimit units
+    code 2 LIMIT_REACHED   user already holds perUserLimit units; issuedAtMs carries perUserLimit
     code 3 SOLD_OUT
     code 4 NOT_STARTED     issuedAtMs carries startsAt
     code 5 ENDED           issuedAtMs carries endsAt
@@ -54,7 +54,7 @@ if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0 } end
 if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0 } end
 
 local held = tonumber(holding[1]) or 0
-if held >= tonumber(m[1]) then return finish(2, 0, 0, '') end
+if held >= tonumber(m[1]) then return finish(2, tonumber(m[1]), 0, '') end
 if left <= 0 then return finish(3, 0, 0, '') end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
