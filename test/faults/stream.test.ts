@@ -120,7 +120,8 @@ t.test('a duplicate delivery forced with XCLAIM while the consumer works: no ext
   const second = intruder.reclaim(0)
   await lock.release()
   const reclaimed = await second
-  t.equal(reclaimed[String(coupon.id)], ids.length, 'the intruder persisted the entries it claimed')
+  // reclaim(0) takes every pending entry, so it may also take the app consumer's read-ahead batch.
+  t.ok((reclaimed[String(coupon.id)] ?? 0) >= ids.length, 'the intruder persisted (at least) the entries forced on it')
   const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
   t.equal(summary.rows.length, 20, 'no extra row from the duplicate delivery')
   t.ok(intruder.stats.duplicates + app.consumer!.stats.duplicates >= ids.length, 'the second write of each entry was recognised as a duplicate')
