@@ -31,6 +31,7 @@ const schema = {
     CONSUMER_ENABLED: { type: 'boolean', default: true },
     CONSUMER_BATCH_SIZE: { type: 'integer', minimum: 1, maximum: 10000, default: 1000 },
     CONSUMER_BLOCK_MS: { type: 'integer', minimum: 1, default: 1000 },
+    CONSUMER_LINGER_MS: { type: 'integer', minimum: 0, maximum: 1000, default: 50 },
     RECLAIM_MIN_IDLE_MS: { type: 'integer', minimum: 0, default: 30000 },
     RECLAIM_CRON: { type: 'string', default: '*/15 * * * * *' },
     MAX_DELIVERIES: { type: 'integer', minimum: 1, default: 5 },
@@ -61,6 +62,7 @@ export interface Config {
     enabled: boolean
     batchSize: number
     blockMs: number
+    lingerMs: number
     reclaimMinIdleMs: number
     reclaimCron: string
     maxDeliveries: number
@@ -111,6 +113,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       enabled: raw.CONSUMER_ENABLED,
       batchSize: raw.CONSUMER_BATCH_SIZE,
       blockMs: raw.CONSUMER_BLOCK_MS,
+      lingerMs: raw.CONSUMER_LINGER_MS,
       reclaimMinIdleMs: raw.RECLAIM_MIN_IDLE_MS,
       reclaimCron: raw.RECLAIM_CRON,
       maxDeliveries: raw.MAX_DELIVERIES

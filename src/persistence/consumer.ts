@@ -22,6 +22,8 @@ export interface ConsumerOptions {
   keys: Keys
   log: FastifyBaseLogger
   batchSize: number
+  /** pause before reading again after a batch smaller than batchSize; 0 = read on at once */
+  lingerMs: number
   blockMs: number
   reclaimMinIdleMs: number
   maxDeliveries: number
@@ -68,6 +70,12 @@ function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T
     signal.addEventListener('abort', onAbort, { once: true })
     promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
   })
+}
+
+const batchSize = (batch: Batch) => {
+  let entries = 0
+  for (const ids of batch.ids.values()) entries = Math.max(entries, ids.length)
+  return entries
 }
 
 export function defaultConsumerName () {
@@ -217,7 +225,13 @@ export class IssueEventConsumer {
         // Persist the batch in hand while the next read (and the previous batch's ack) is on its way.
         // Only while persisting works: after a failure the batch is retried alone, so a dead database
         // does not make this consumer take more and more entries it cannot write.
-        const readAhead = signal.aborted || this.#failures > 0 ? Promise.resolve(null) : this.#read(0, signal)
+        // A batch below the batch size means the consumer is keeping up: linger before the next read so
+        // a steady trickle is written in fewer, larger batches (each batch costs the web process a read,
+        // an insert and an ack whatever its size). A full batch means a backlog: read on at once.
+        const linger = this.#o.lingerMs > 0 && batchSize(inHand) < this.#o.batchSize ? this.#o.lingerMs : 0
+        const readAhead = signal.aborted || this.#failures > 0
+          ? Promise.resolve(null)
+          : (linger > 0 ? sleep(linger, undefined, { signal }).catch(() => {}) : Promise.resolve()).then(() => this.#read(0, signal))
         const [persisted, read] = await Promise.allSettled([this.#persist(inHand), readAhead])
         const next = read.status === 'fulfilled' ? read.value : null
         // A batch read while the write failed is already delivered to us: keep it, or it would sit
