@@ -109,7 +109,10 @@ export class CouponStore {
     const [code, at, units, , replayed] = await this.#runWithRestore(couponId, () => this.#redis.revokeCoupon(
       k.meta, k.stock, k.holders, k.events, idem, couponId, userId, idempotencyKey, this.#idempotencyTtl))
     switch (code) {
-      case 0: return { couponId, userId, revokedAt: new Date(at), units, replayed: replayed === 1 }
+      case 0:
+        // A cancel may come after the coupon ended and its stream left the consumer's read list.
+        await this.#redis.sadd(this.#keys.activeCoupons, String(couponId)).catch((err) => { throw redisFailure(err) })
+        return { couponId, userId, revokedAt: new Date(at), units, replayed: replayed === 1 }
       case 2: throw new errors.IssueNotFound(userId, couponId)
       case 7: throw new errors.IdempotencyKeyReused()
       default: throw new errors.IssueScriptFailed()

@@ -55,6 +55,8 @@ interface Batch {
 }
 
 const STREAM_LIST_TTL_MS = 1000
+/** An ended coupon stays on the read list this long, for late cancels to be read without a detour. */
+const PRUNE_GRACE_MS = 60_000
 const MAX_BACKOFF_MS = 5000
 
 function mergeBatches (a: Batch, b: Batch): Batch {
@@ -178,6 +180,35 @@ export class IssueEventConsumer {
       }
     }
     return { perCoupon, stats: { ...this.stats } }
+  }
+
+  /**
+   * Drops ended coupons whose events are all persisted from the set of streams the loop reads: every
+   * stream in that set is part of every XREADGROUP. Checked again after the removal, so an event that
+   * arrives meanwhile (a cancel after the end; revoke re-adds its coupon too) is never stranded.
+   */
+  async pruneEndedStreams (graceMs = PRUNE_GRACE_MS): Promise<string[]> {
+    const { redis, keys } = this.#o
+    const pruned: string[] = []
+    const settled = async (stream: string) => {
+      const groups = await redis.xinfo('GROUPS', stream).catch(() => []) as unknown[][]
+      for (const group of groups) {
+        const info = new Map<unknown, unknown>()
+        for (let i = 0; i + 1 < group.length; i += 2) info.set(group[i], group[i + 1])
+        if (info.get('name') === CONSUMER_GROUP) return info.get('pending') === 0 && info.get('lag') === 0
+      }
+      return false
+    }
+    for (const id of await redis.smembers(keys.activeCoupons)) {
+      const k = keys.coupon(id)
+      const endsAt = Number(await redis.hget(k.meta, 'endsAt') || NaN)
+      if (!(endsAt + graceMs < Date.now()) || !await settled(k.events)) continue
+      await redis.srem(keys.activeCoupons, id)
+      if (await settled(k.events)) pruned.push(id)
+      else await redis.sadd(keys.activeCoupons, id)
+    }
+    if (pruned.length > 0) this.#streamsReadAt = 0
+    return pruned
   }
 
   /** Creates the group on every active stream (MKSTREAM), e.g. after Redis lost it. */
@@ -381,5 +412,7 @@ export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expressio
     if (consumer.backingOff) return
     const perCoupon = await consumer.reclaim().catch((err) => { log.error({ err }, 'periodic reclaim failed') })
     if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
+    const pruned = await consumer.pruneEndedStreams().catch((err) => { log.error({ err }, 'pruning ended coupons failed') })
+    if (pruned && pruned.length > 0) log.info({ coupons: pruned }, 'stopped reading the streams of ended, fully persisted coupons')
   }, { noOverlap: true, name: 'reclaim-pending-issue-events' })
 }
