@@ -1,7 +1,7 @@
 // Per-file isolation: a throwaway Postgres database and a unique Redis key prefix.
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { deletePrefix } from '../../scripts/lib/infra.js'
+import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
@@ -33,7 +33,20 @@ export async function createTestDatabase (t: Teardown, adminUrl = PG_ADMIN_URL):
 /** Deletes every key under the prefix at teardown. */
 export function uniquePrefix (t: Teardown, redisUrl = REDIS_URL): string {
   const prefix = `test:${randomBytes(6).toString('hex')}:`
-  t.teardown(() => deletePrefix(redisUrl, prefix).catch(() => {}))
+  t.teardown(async () => {
+    const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
+    try {
+      await redis.connect()
+      let cursor = '0'
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+        cursor = next
+        if (keys.length > 0) await redis.del(...keys)
+      } while (cursor !== '0')
+    } catch {} finally {
+      redis.disconnect()
+    }
+  })
   return prefix
 }
 
