@@ -21,18 +21,6 @@ t.test('a small rush issues exactly the quantity, once per user, in Redis and Po
   t.ok(report.ok)
 })
 
-t.test('the same rush against the service in a child process, its consumer in another (npm run consume)', async (t) => {
-  const report = await runLoadtest({
-    quantity: 100, users: 1000, connections: 20, rushes: 1, server: 'child', split: true, idleProbes: 1,
-    env: { LOG_LEVEL: 'silent', CONSUMER_BLOCK_MS: '200' }
-  })
-  for (const check of report.rushes[0]!.checks) t.ok(check.ok, `${check.name}: ${check.detail}`)
-  t.equal(report.rushes[0]!.issued, 100)
-  t.ok(report.rushes[0]!.rssAfterMb! > 0, 'the child reports its RSS')
-  t.ok(report.idlePersistMs.every((ms) => ms >= 0), 'an issue at idle reaches Postgres')
-  t.ok(report.ok)
-})
-
 t.test('repeat users are spread among new ones and only name earlier users', async (t) => {
   const seq = userSequence('x', 100, 0.25)
   t.equal(seq.length, 125)

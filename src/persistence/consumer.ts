@@ -145,24 +145,28 @@ export class IssueEventConsumer {
     // abandoned entries toward MAX_DELIVERIES and park good entries, so claim only when it answers.
     await pingDatabase(this.#o.db)
     for (const stream of await this.#activeStreams(true)) {
+      // Claim everything first, persist second: a slow insert must not leave a dead consumer's later
+      // entries unclaimed (and a sibling free to take them) while the first page waits on Postgres.
+      const claimed: [string, string[] | null][] = []
       let cursor = '0-0'
       do {
         const reply = await this.#o.redis.xautoclaim(stream, CONSUMER_GROUP, this.name, minIdleMs, cursor, 'COUNT', this.#o.batchSize) as
           [string, [string, string[] | null][], string[]?]
         cursor = reply[0]
-        const entries = reply[1]
+        claimed.push(...reply[1])
         const deleted = reply[2] ?? []
         if (deleted.length > 0) {
           this.stats.deletedWhilePending += deleted.length
           this.#o.log.error({ stream, ids: deleted }, 'pending entries were deleted from the stream before they were persisted')
         }
-        if (entries.length === 0) continue
+      } while (cursor !== '0-0')
+      for (let i = 0; i < claimed.length; i += this.#o.batchSize) {
+        const entries = claimed.slice(i, i + this.#o.batchSize)
         const deliveries = await this.#deliveryCounts(stream, entries)
-        const batch = this.#toBatch([[stream, entries]], deliveries)
-        await this.#persistAndAck(batch)
+        await this.#persistAndAck(this.#toBatch([[stream, entries]], deliveries))
         const couponId = this.#o.keys.couponIdOfStream(stream) ?? stream
         perCoupon[couponId] = (perCoupon[couponId] ?? 0) + entries.length
-      } while (cursor !== '0-0')
+      }
     }
     return perCoupon
   }
