@@ -5,7 +5,7 @@ import t from 'tap'
 import pg from 'pg'
 import { Redis } from 'ioredis'
 import { createTestDatabase, uniquePrefix, REDIS_URL } from '../helpers/env.js'
-import { spawnService } from './helpers/procs.js'
+import { spawnService, until } from './helpers/procs.js'
 import { checkInvariants, groupState, load, type Call } from './helpers/invariants.js'
 import { createCouponOver } from './helpers/service.js'
 import { createKeys } from '../../src/redis/keys.js'
@@ -44,7 +44,9 @@ t.test('kill -9 while Postgres is locked and at random points: reclaimed, no los
   for (let round = 1; round <= 4; round++) {
     service = await spawnService(t, env)
     const running = load(() => service.base, coupon.id, { userPrefix: `r${round}-`, width: 6, maxCalls: 500 })
-    await new Promise((resolve) => setTimeout(resolve, 150 + Math.floor(Math.random() * 600)))
+    // A random moment: after a random number of issues, so the kill lands mid-rush on any machine speed.
+    const killAfter = 5 + Math.floor(Math.random() * 60)
+    await until(() => running.calls.filter((c) => c.outcome === 'ok').length >= killAfter, 15_000, `${killAfter} issues before the kill`)
     await service.kill9()
     await running.stop()
     calls.push(...running.calls)

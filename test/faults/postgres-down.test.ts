@@ -6,7 +6,7 @@ import t from 'tap'
 import pg from 'pg'
 import { Redis } from 'ioredis'
 import { uniquePrefix, REDIS_URL } from '../helpers/env.js'
-import { createDatabase, spawnService, throwawayPostgres } from './helpers/procs.js'
+import { createDatabase, pollPause, spawnService, throwawayPostgres, until } from './helpers/procs.js'
 import { checkInvariants, groupState, load, rowsOf } from './helpers/invariants.js'
 import { createCouponOver } from './helpers/service.js'
 import { createKeys } from '../../src/redis/keys.js'
@@ -28,7 +28,7 @@ t.test('Postgres down for 8 s under load: issuing continues, consumer backs off 
   const stream = createKeys(prefix).coupon(coupon.id).events
 
   const running = load(() => service.base, coupon.id, { width: 4, maxCalls: 3000, maxMs: 60_000 })
-  await new Promise((resolve) => setTimeout(resolve, 500))
+  await until(() => running.calls.filter((c) => c.outcome === 'ok').length >= 20, 10_000, 'some issues before Postgres stops')
   await postgres.stop()
   const downAt = Date.now()
   const okBefore = running.calls.filter((c) => c.outcome === 'ok').length
@@ -41,7 +41,7 @@ t.test('Postgres down for 8 s under load: issuing continues, consumer backs off 
     const { length } = await groupState(redis, stream)
     if (length < last) shrank++
     last = length
-    await new Promise((resolve) => setTimeout(resolve, 250))
+    await pollPause(250)
   }
   const okWhileDown = running.calls.filter((c) => c.outcome === 'ok').length - okBefore
   const duringOutage = await groupState(redis, stream)

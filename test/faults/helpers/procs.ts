@@ -34,14 +34,15 @@ export async function freePort (): Promise<number> {
   })
 }
 
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
+/** The interval between two checks of a polling loop. */
+export const pollPause = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Polls check() every 50 ms until it is truthy or timeoutMs passes. */
 export async function until (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (await check()) return
-    await pause(50)
+    await pollPause(50)
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
 }
@@ -49,8 +50,8 @@ export async function until (check: () => Promise<boolean> | boolean, timeoutMs:
 async function exited (child: ChildProcess, timeoutMs: number): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return child.exitCode
   return new Promise((done) => {
-    const timer = setTimeout(() => done(null), timeoutMs)
-    child.once('exit', (code) => { clearTimeout(timer); done(code) })
+    const deadline = setTimeout(() => done(null), timeoutMs)
+    child.once('exit', (code) => { clearTimeout(deadline); done(code) })
   })
 }
 
