@@ -32,18 +32,28 @@ export const couponIssues = pgTable('coupon_issues', {
   createdAt: moment('created_at').notNull(),
   persistedAt: moment('persisted_at').notNull().defaultNow(),
   streamId: text('stream_id').notNull(),
-  revokedAt: moment('revoked_at')
+  revokedAt: moment('revoked_at'),
+  /** The Idempotency-Key the claim was made with, so a counter rebuild can still replay it. */
+  idempotencyKey: text('idempotency_key')
 }, (t) => [
   uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
   index('coupon_issues_user').on(t.userId)
 ])
 
-/** Cancellations as facts, so a revoke persisted before its issue still marks that issue. */
+/**
+ * Cancellations as facts, so a revoke persisted before its issue still marks that issue. A cancel
+ * revokes exactly the user's claims numbered up to `up_to_claim` (claim numbers only grow, so a claim
+ * made after the cancel is never hit, even within the same millisecond). Rows written before that
+ * column existed have it null and fall back to comparing moments.
+ */
 export const couponRevocations = pgTable('coupon_revocations', {
   couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
   userId: text('user_id').notNull(),
   revokedAt: moment('revoked_at').notNull(),
-  streamId: text('stream_id').notNull()
+  streamId: text('stream_id').notNull(),
+  upToClaim: integer('up_to_claim'),
+  units: integer('units'),
+  idempotencyKey: text('idempotency_key')
 }, (t) => [
   uniqueIndex('coupon_revocations_coupon_stream').on(t.couponId, t.streamId),
   index('coupon_revocations_coupon_user').on(t.couponId, t.userId)
@@ -58,7 +68,10 @@ export const failedIssueEvents = pgTable('failed_issue_events', {
   error: text('error').notNull(),
   deliveries: integer('deliveries').notNull(),
   failedAt: moment('failed_at').notNull().defaultNow(),
-  retriedAt: moment('retried_at')
+  retriedAt: moment('retried_at'),
+  /** An admin gave the entry up: its unit went back to stock and it no longer counts as issued. */
+  discardedAt: moment('discarded_at'),
+  discardReason: text('discard_reason')
 }, (t) => [
   uniqueIndex('failed_issue_events_stream_entry').on(t.streamKey, t.streamId)
 ])

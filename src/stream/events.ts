@@ -10,6 +10,8 @@ export interface IssueEvent {
   claim: number
   /** ms since epoch, from Redis TIME inside the script */
   at: number
+  /** the Idempotency-Key of the request, carried so a counter rebuild can still replay it */
+  idempotencyKey?: string
 }
 
 export interface RevokeEvent {
@@ -20,6 +22,9 @@ export interface RevokeEvent {
   userId: string
   units: number
   at: number
+  /** the user's claims numbered up to this one are revoked (absent on entries written before it existed) */
+  upToClaim?: number
+  idempotencyKey?: string
 }
 
 export type CouponEvent = IssueEvent | RevokeEvent
@@ -32,6 +37,8 @@ export interface UndecodableEntry {
 }
 
 export const USER_ID_PATTERN = /^[A-Za-z0-9._:@-]{1,128}$/
+/** What an Idempotency-Key may look like (the route schema holds the same rule). */
+export const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/
 
 const positiveInt = (value: string | undefined) => value !== undefined && /^[1-9]\d{0,15}$/.test(value) ? Number(value) : null
 
@@ -52,15 +59,20 @@ export function decodeEntry (streamKey: string, streamCouponId: number | null, i
   if (streamCouponId !== null && couponId !== streamCouponId) return fail(`couponId ${couponId} does not match stream of coupon ${streamCouponId}`)
   if (userId === undefined || !USER_ID_PATTERN.test(userId)) return fail('userId missing or malformed')
   if (at === null) return fail('at missing or not a timestamp in ms')
+  const idempotencyKey = payload.idem
+  if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY_PATTERN.test(idempotencyKey)) return fail('idem malformed')
+  const withKey = idempotencyKey === undefined ? {} : { idempotencyKey }
   if (payload.type === 'issue') {
     const claim = positiveInt(payload.claim)
     if (claim === null) return fail('claim missing or not a positive integer')
-    return { type: 'issue', streamKey, id, couponId, userId, claim, at }
+    return { type: 'issue', streamKey, id, couponId, userId, claim, at, ...withKey }
   }
   if (payload.type === 'revoke') {
     const units = positiveInt(payload.units)
     if (units === null) return fail('units missing or not a positive integer')
-    return { type: 'revoke', streamKey, id, couponId, userId, units, at }
+    const upToClaim = payload.upTo === undefined ? undefined : positiveInt(payload.upTo)
+    if (upToClaim === null) return fail('upTo not a positive integer')
+    return { type: 'revoke', streamKey, id, couponId, userId, units, at, ...(upToClaim === undefined ? {} : { upToClaim }), ...withKey }
   }
   return fail(`unknown event type ${JSON.stringify(payload.type)}`)
 }
