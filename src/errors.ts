@@ -12,7 +12,7 @@ export const SoldOut = createError('SOLD_OUT', 'Coupon %s is sold out. Do not re
 export const NotStarted = createError('NOT_STARTED', 'Coupon %s opens at %s. Retry after that moment.', 409, Error, LOSER)
 export const Ended = createError('ENDED', 'Coupon %s closed at %s.', 409, Error, LOSER)
 export const IdempotencyKeyReused = createError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body. Use a new key for a new request.', 422)
-export const StockBelowIssued = createError('STOCK_BELOW_ISSUED', 'totalQuantity %s is below the %s units already issued. Stock can be raised, never lowered below what went out.', 409)
+export const StockBelowIssued = createError('STOCK_BELOW_ISSUED', 'totalQuantity %s is below the %s units out right now (issued and not cancelled). Stock can be lowered down to what is out, never below it.', 409)
 export const InvalidWindow = createError('INVALID_WINDOW', 'endsAt must be later than startsAt.', 400)
 export const Unauthorized = createError('UNAUTHORIZED', 'Missing or invalid credentials. Send `Authorization: Bearer <token>`.', 401)
 export const Forbidden = createError('FORBIDDEN', 'This key may not use this route. Admin routes need the ADMIN_TOKEN.', 403)
@@ -22,10 +22,24 @@ export const BacklogFull = createError('BACKLOG_FULL', 'Too many issues are wait
 export const Restoring = createError('RESTORING', 'Stock of coupon %s is being rebuilt. Retry in a moment.', 503)
 export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon store rejected the operation; nothing was changed. Retry later or contact the operator.', 503)
 export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
+export const FailedEventSettled = createError('FAILED_EVENT_SETTLED', 'Failed event %s was already %s; nothing changed.', 409)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
 export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503)
 
 /** True for errors from this catalog (they carry a code and status for the client). */
 export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {
   return err instanceof Error && err.name === 'FastifyError' && typeof (err as { statusCode?: unknown }).statusCode === 'number'
+}
+
+/** Any Redis failure that is not one of our codes becomes a 503 the client can act on. */
+export function redisFailure (err: unknown): Error {
+  if (isCatalogError(err)) return err
+  if ((err as Error)?.name === 'ReplyError') return new IssueScriptFailed({ cause: err })
+  return new RedisUnavailable({ cause: err })
+}
+
+/** Any database failure that is not one of our codes becomes DATABASE_UNAVAILABLE. */
+export function databaseFailure (err: unknown): Error {
+  if (isCatalogError(err)) return err
+  return new DatabaseUnavailable({ cause: err })
 }

@@ -21,6 +21,12 @@ export interface CouponKeys {
   claims: string
   /** stream of issue and revoke events, persisted by the consumer group */
   events: string
+  /** hash: remembered outcomes of requests sent with an Idempotency-Key ("issue:<key>", "revoke:<key>") */
+  idempotency: string
+  /** hash: userId -> "upTo|revokedAtMs" of the user's last cancel */
+  revoked: string
+  /** set: ids of parked entries an admin discarded since the last rebuild */
+  discarded: string
   /** string: short lock while one request rebuilds the counters */
   restoreLock: string
 }
@@ -35,13 +41,14 @@ export function createKeys (prefix: string) {
         holders: couponKey(couponId, 'holders'),
         claims: couponKey(couponId, 'claims'),
         events: couponKey(couponId, 'events'),
+        idempotency: couponKey(couponId, 'idempotency'),
+        revoked: couponKey(couponId, 'revoked'),
+        discarded: couponKey(couponId, 'discarded'),
         restoreLock: couponKey(couponId, 'restore-lock')
       }
     },
-    /** string: remembered outcome of a request sent with an Idempotency-Key */
-    idempotency (couponId: number | string, action: 'issue' | 'revoke', key: string) {
-      return couponKey(couponId, `idem:${action}:${key}`)
-    },
+    /** SCAN pattern matching every coupon's events stream under this prefix */
+    eventStreamPattern: `${prefix.replace(/[*?[\]\\]/g, '\\$&')}coupon:*:events`,
     /** string: id of the Postgres database these keys belong to */
     databaseId: `${prefix}database-id`,
     /** set of coupon ids whose event streams the consumer reads */

@@ -6,13 +6,13 @@
   of memory, instead of failing after its first write. Every read that could fail (wrong key type)
   also runs before the first write, because Lua does not roll back.
 
-  KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or '')
+  KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or ''), dormant (set by markDormant)
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks the hash as complete
   KEYS[4] claims      hash   userId -> last claim number (never decreases); field '#' likewise
                       (a userId cannot contain '#'; a hash without it was lost and must be rebuilt)
   KEYS[5] events      stream issue/revoke events for the consumer group
-  KEYS[6] idempotency string remembered outcome (ignored when ARGV[3] is '')
+  KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
 
   ARGV[1] couponId
   ARGV[2] userId
@@ -20,54 +20,69 @@
   ARGV[4] idempotency ttl, seconds
   ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
 
-  Returns { code, issuedAtMs, claim, entryId, replayed }
-    code 0 ISSUED          issuedAtMs/claim/entryId set
-    code 1 NEEDS_RESTORE   counters missing: rebuild from Postgres + stream, then call again
-    code 2 LIMIT_REACHED   user already holds perUserLimit units; issuedAtMs carries perUserLimit
+  Returns { code, at, claim, entryId, replayed, reactivated }
+    code 0 ISSUED                  at = issuedAt ms; claim, entryId set
+    code 1 NEEDS_RESTORE           counters (or the idempotency hash, for a keyed call) missing: rebuild, call again
+    code 2 ALREADY_ISSUED          user already holds perUserLimit units; at carries perUserLimit
     code 3 SOLD_OUT
-    code 4 NOT_STARTED     issuedAtMs carries startsAt
-    code 5 ENDED           issuedAtMs carries endsAt
-    code 6 BACKLOG_FULL    too many unpersisted events; nothing changed
-    code 7 IDEMPOTENCY_MISMATCH  the key was used with another userId
+    code 4 NOT_STARTED             at carries startsAt
+    code 5 ENDED                   at carries endsAt
+    code 6 BACKLOG_FULL            too many unpersisted events; nothing changed
+    code 7 IDEMPOTENCY_KEY_REUSED  the key was used with another userId
   replayed is 1 when the outcome was remembered from an earlier call with the same key.
+  reactivated is 1 when the stream had been marked dormant (dropped from the consumer's read list):
+  the caller must put the coupon back on that list.
 ]]
 
 -- @include outcomes.lua
 
 local meta, stock, holders, claims, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
+local field = idemKey == '' and '' or 'issue:' .. idemKey
+local now = nowMs()
 
-local seen = recallOutcome(idem, idemKey, userId)
-if seen then return seen end
-local function finish (code, at, claim, entry)
-  return rememberOutcome(idem, idemKey, ARGV[4], userId, code, at, claim, entry)
-end
-
-local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt')
+local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
-if not m[1] or not left or not holding[2] then return { 1, 0, 0, '', 0 } end
+if not m[1] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
+if field ~= '' then
+  if redis.call('HEXISTS', idem, '#') == 0 then return { 1, 0, 0, '', 0, 0 } end
+  local seen = recallOutcome(idem, field, userId, now, tonumber(ARGV[4]) * 1000)
+  if seen then return seen end
+end
+local function finish (code, at, claim, entry, reactivated)
+  return rememberOutcome(idem, field, userId, now, code, at, claim, entry, reactivated or 0)
+end
 
-local now = nowMs()
 local startsAt, endsAt = tonumber(m[2]), tonumber(m[3])
-if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0 } end
-if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0 } end
+if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0, 0 } end
+if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0, 0 } end
 
 local held = tonumber(holding[1]) or 0
 if held >= tonumber(m[1]) then return finish(2, tonumber(m[1]), 0, '') end
 if left <= 0 then return finish(3, 0, 0, '') end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
-if not claimed[2] then return { 1, 0, 0, '', 0 } end
-local lastClaim = tonumber(claimed[1]) or 0
+if not claimed[2] then return { 1, 0, 0, '', 0, 0 } end
+local claim = (tonumber(claimed[1]) or 0) + 1
 local backlog = redis.call('XLEN', events)
 local cap = tonumber(ARGV[5])
-if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0 } end
+if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
 
 -- All checks passed and every key has the right type: from here on nothing can fail halfway.
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
-redis.call('HSET', claims, userId, lastClaim + 1)
-local entry = redis.call('XADD', events, '*', 'type', 'issue', 'couponId', couponId, 'userId', userId,
-  'claim', lastClaim + 1, 'at', now)
-return finish(0, now, lastClaim + 1, entry)
+redis.call('HSET', claims, userId, claim)
+local entry
+if idemKey == '' then
+  entry = redis.call('XADD', events, '*', 'type', 'issue', 'couponId', couponId, 'userId', userId, 'claim', claim, 'at', now)
+else
+  entry = redis.call('XADD', events, '*', 'type', 'issue', 'couponId', couponId, 'userId', userId, 'claim', claim, 'at', now,
+    'idem', idemKey)
+end
+local reactivated = 0
+if m[4] then
+  redis.call('HDEL', meta, 'dormant')
+  reactivated = 1
+end
+return finish(0, now, claim, entry, reactivated)

@@ -1,20 +1,27 @@
 #!lua
 --[[
-  restore.lua: install a coupon's counters (at creation, or after they went missing) from state
-  the caller computed out of Postgres plus the events still in the stream. Refuses when the stream
-  moved on since the caller read it, so a rebuild can never miss an event.
+  restoreCounters.lua: install a coupon's counters (at creation, or after they went missing) from
+  state the caller computed out of Postgres plus the events still in the stream. Refuses when the
+  stream moved on since the caller read it, so a rebuild can never miss an event.
 
-  KEYS[1] meta     hash
-  KEYS[2] stock    string
-  KEYS[3] holders  hash (gets the completeness marker field '#')
-  KEYS[4] claims   hash (likewise)
-  KEYS[5] events   stream (created with the consumer group if missing)
+  KEYS[1] meta        hash
+  KEYS[2] stock       string
+  KEYS[3] holders     hash (gets the completeness marker field '#')
+  KEYS[4] claims      hash (likewise)
+  KEYS[5] events      stream (created with the consumer group if missing)
+  KEYS[6] idempotency hash (likewise; records are added, never dropped: a kept record is never wrong)
+  KEYS[7] revoked     hash (likewise)
+  KEYS[8] discarded   set of parked entry ids given back since the last rebuild (cleared: the
+                      caller's state already leaves discarded entries out)
 
   ARGV[1] consumer group name
   ARGV[2] id of the last stream entry the caller saw ('' = stream empty or missing)
   ARGV[3] total      ARGV[4] perUserLimit   ARGV[5] startsAt ms   ARGV[6] endsAt ms or ''
   ARGV[7] stock left
-  ARGV[8..] triples: userId, units held now, last claim number
+  ARGV[8] U, ARGV[9] I, ARGV[10] R: how many of each group follow
+  then U triples  userId, units held now, last claim number
+  then I pairs    idempotency field, record
+  then R pairs    userId, "upTo|revokedAtMs"
 
   Returns code
     0 PRESENT       counters already there (another request restored them): nothing written
@@ -22,24 +29,40 @@
     2 STREAM_MOVED  new events arrived since the caller's read: read again and retry
 ]]
 
-local meta, stock, holders, claims, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, stock, holders, claims, events, idem, revoked, discarded =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1
-  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then return 0 end
+  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1
+  and redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1 then return 0 end
 
 local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
 local lastId = last[1] and last[1][1] or ''
 if lastId ~= ARGV[2] then return 2 end
-redis.call('TYPE', holders)
+redis.call('HLEN', idem) -- type checks before the first write
+redis.call('SCARD', discarded)
 
-redis.call('DEL', meta, stock, holders, claims)
+redis.call('DEL', meta, stock, holders, claims, revoked, discarded)
 redis.call('HSET', meta, 'total', ARGV[3], 'perUserLimit', ARGV[4], 'startsAt', ARGV[5], 'endsAt', ARGV[6])
 redis.call('SET', stock, ARGV[7])
 redis.call('HSET', holders, '#', 1)
 redis.call('HSET', claims, '#', 1)
-for i = 8, #ARGV, 3 do
+redis.call('HSET', idem, '#', 1)
+redis.call('HSET', revoked, '#', 1)
+local users, records, cancels = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local i = 11
+for _ = 1, users do
   if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', holders, ARGV[i], ARGV[i + 1]) end
   redis.call('HSET', claims, ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+for _ = 1, records do
+  redis.call('HSET', idem, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, cancels do
+  redis.call('HSET', revoked, ARGV[i], ARGV[i + 1])
+  i = i + 2
 end
 
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events, ARGV[1], '0', 'MKSTREAM')

@@ -3,47 +3,71 @@
   revoke.lua: take back every unit a user holds (an order was cancelled), return them to stock,
   and record a revoke event on the same stream so Postgres marks the rows instead of deleting them.
 
-  KEYS[1] meta        hash   (checked only to detect missing counters)
+  The event names what it revokes: the user's claims numbered up to `upTo` (the last claim number
+  handed out). Claim numbers only grow, so a claim made after this cancel, even in the same
+  millisecond, is never revoked by it. Never compare moments to decide what a cancel hit.
+
+  KEYS[1] meta        hash   (checked to detect missing counters; dormant, see issue.lua)
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks it complete (see issue.lua)
-  KEYS[4] events      stream
-  KEYS[5] idempotency string remembered outcome (ignored when ARGV[3] is '')
+  KEYS[4] claims      hash   userId -> last claim number; field '#' likewise
+  KEYS[5] events      stream
+  KEYS[6] idempotency hash   (see includes/outcomes.lua)
+  KEYS[7] revoked     hash   userId -> "upTo|revokedAtMs" of the user's last cancel; field '#' likewise
 
   ARGV[1] couponId
   ARGV[2] userId
   ARGV[3] idempotency key given ('' = none)
   ARGV[4] idempotency ttl, seconds
 
-  Returns { code, revokedAtMs, units, entryId, replayed }
+  Returns { code, revokedAtMs, units, entryId, replayed, reactivated }
     code 0 REVOKED        units returned to stock
     code 1 NEEDS_RESTORE
     code 2 NOT_HELD       the user holds nothing (a repeated cancel lands here)
-    code 7 IDEMPOTENCY_MISMATCH
+    code 7 IDEMPOTENCY_KEY_REUSED
 ]]
 
 -- @include outcomes.lua
 
-local meta, stock, holders, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, stock, holders, claims, events, idem, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
+local field = idemKey == '' and '' or 'revoke:' .. idemKey
+local now = nowMs()
 
-local seen = recallOutcome(idem, idemKey, userId)
-if seen then return seen end
-local function finish (code, at, units, entry)
-  return rememberOutcome(idem, idemKey, ARGV[4], userId, code, at, units, entry)
-end
-
-local known = redis.call('HGET', meta, 'perUserLimit')
+local m = redis.call('HMGET', meta, 'perUserLimit', 'dormant')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
-if not known or not left or not holding[2] then return { 1, 0, 0, '', 0 } end
+local claimed = redis.call('HMGET', claims, userId, '#')
+local complete = redis.call('HEXISTS', revoked, '#')
+if not m[1] or not left or not holding[2] or not claimed[2] or complete == 0 then return { 1, 0, 0, '', 0, 0 } end
+if field ~= '' then
+  if redis.call('HEXISTS', idem, '#') == 0 then return { 1, 0, 0, '', 0, 0 } end
+  local seen = recallOutcome(idem, field, userId, now, tonumber(ARGV[4]) * 1000)
+  if seen then return seen end
+end
+local function finish (code, at, units, entry, reactivated)
+  return rememberOutcome(idem, field, userId, now, code, at, units, entry, reactivated or 0)
+end
 
 local held = tonumber(holding[1]) or 0
 if held <= 0 then return finish(2, 0, 0, '') end
 redis.call('XLEN', events) -- type check before the first write
+local upTo = tonumber(claimed[1]) or 0
 
-local now = nowMs()
 redis.call('INCRBY', stock, held)
 redis.call('HDEL', holders, userId)
-local entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId,
-  'units', held, 'at', now)
-return finish(0, now, held, entry)
+redis.call('HSET', revoked, userId, upTo .. '|' .. now)
+local entry
+if idemKey == '' then
+  entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId, 'units', held, 'at', now,
+    'upTo', upTo)
+else
+  entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId, 'units', held, 'at', now,
+    'upTo', upTo, 'idem', idemKey)
+end
+local reactivated = 0
+if m[2] then
+  redis.call('HDEL', meta, 'dormant')
+  reactivated = 1
+end
+return finish(0, now, held, entry, reactivated)

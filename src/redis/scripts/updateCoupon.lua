@@ -1,22 +1,30 @@
 #!lua
 --[[
-  update-coupon.lua: apply an admin change (window, more stock) to live counters.
-  When the counters are missing nothing is written: the next restore reads the new values from Postgres.
+  updateCoupon.lua: apply an admin change (stock, window) to live counters, in one atomic step.
+
+  Stock is derived from the new total and what is out now (issued = old total - stock left), never
+  added as a delta computed from an earlier read: any number of identical changes converge to the
+  same state, and concurrent different ones serialize here. The caller holds the coupon's row lock in
+  Postgres while it calls this, and commits the same values only when this answers UPDATED.
 
   KEYS[1] meta   hash
   KEYS[2] stock  string
 
   ARGV[1] total (new)   ARGV[2] startsAt ms   ARGV[3] endsAt ms or ''
-  ARGV[4] units added to stock (new total minus old total, >= 0)
 
-  Returns code
-    0 MISSING  counters absent; nothing written
-    1 UPDATED
+  Returns { code, issued }
+    code 0 UPDATED             issued = units out at the moment of the change
+    code 1 NEEDS_RESTORE       counters absent: rebuild them, then call again
+    code 2 STOCK_BELOW_ISSUED  the new total is below what is out; nothing written
 ]]
 
 local meta, stock = KEYS[1], KEYS[2]
-if redis.call('HEXISTS', meta, 'perUserLimit') == 0 or redis.call('EXISTS', stock) == 0 then return 0 end
-redis.call('GET', stock) -- type check before the first write
-redis.call('HSET', meta, 'total', ARGV[1], 'startsAt', ARGV[2], 'endsAt', ARGV[3])
-redis.call('INCRBY', stock, ARGV[4])
-return 1
+local current = redis.call('HMGET', meta, 'perUserLimit', 'total')
+local left = tonumber(redis.call('GET', stock))
+if not current[1] or not current[2] or not left then return { 1, 0 } end
+local issued = tonumber(current[2]) - left
+local total = tonumber(ARGV[1])
+if total < issued then return { 2, issued } end
+redis.call('HSET', meta, 'total', total, 'startsAt', ARGV[2], 'endsAt', ARGV[3])
+redis.call('SET', stock, total - issued)
+return { 0, issued }

@@ -1,7 +1,12 @@
 --[[
-  Shared by issue.lua and revoke.lua (inlined at load time by src/redis/client.ts).
-  Idempotency records are strings "userId|code|at|count|entryId" that live for the key's TTL.
-  Replies are { code, at, count, entryId, replayed }; code 7 = IDEMPOTENCY_MISMATCH.
+  Shared by issue.lua and revoke.lua (inlined at load time by src/redis/scripts.ts).
+
+  Idempotency records live in the coupon's idempotency hash: field "<action>:<key>" ->
+  "userId|code|at|count|entryId|recordedAtMs". The hash carries no TTL, so a volatile-* eviction policy
+  cannot pick it first; a record older than the TTL is ignored here (and pruned by the maintenance
+  tick). Field '#' marks the hash complete: without it the hash was lost, and a keyed request must wait
+  for a rebuild (which restores every issue and cancel made with a key) instead of acting twice.
+  Replies are { code, at, count, entryId, replayed, reactivated }; code 7 = IDEMPOTENCY_KEY_REUSED.
 ]]
 
 -- Redis TIME in ms: one clock for every app instance.
@@ -10,20 +15,20 @@ local function nowMs ()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- The remembered reply for this key, a mismatch reply when the key came with another user, or nil.
-local function recallOutcome (idem, idemKey, userId)
-  if idemKey == '' then return nil end
-  local seen = redis.call('GET', idem)
+-- The remembered reply for this field, a mismatch reply when the key came with another user, or nil.
+local function recallOutcome (idem, field, userId, now, ttlMs)
+  local seen = redis.call('HGET', idem, field)
   if not seen then return nil end
-  local user, code, at, count, entry = string.match(seen, '^(.*)|(%d+)|(%d*)|(%d*)|(.*)$')
-  if user ~= userId then return { 7, 0, 0, '', 0 } end
-  return { tonumber(code), tonumber(at) or 0, tonumber(count) or 0, entry, 1 }
+  local user, code, at, count, entry, recorded = string.match(seen, '^(.*)|(%d+)|(%d*)|(%d*)|(.*)|(%d+)$')
+  if not user or tonumber(recorded) + ttlMs <= now then return nil end
+  if user ~= userId then return { 7, 0, 0, '', 0, 0 } end
+  return { tonumber(code), tonumber(at) or 0, tonumber(count) or 0, entry, 1, 0 }
 end
 
--- Builds a final reply and remembers it when the request carried a key.
-local function rememberOutcome (idem, idemKey, ttl, userId, code, at, count, entry)
-  if idemKey ~= '' then
-    redis.call('SET', idem, userId .. '|' .. code .. '|' .. at .. '|' .. count .. '|' .. entry, 'EX', ttl)
+-- Builds a final reply and remembers it when the request carried a key (field ~= '').
+local function rememberOutcome (idem, field, userId, now, code, at, count, entry, reactivated)
+  if field ~= '' then
+    redis.call('HSET', idem, field, userId .. '|' .. code .. '|' .. at .. '|' .. count .. '|' .. entry .. '|' .. now)
   end
-  return { code, at, count, entry, 0 }
+  return { code, at, count, entry, 0, reactivated }
 end

@@ -1,0 +1,157 @@
+// The Lua scripts as typed functions: one wrapper per script, taking named arguments and returning a
+// typed reply whose code is named here, next to the script loader (as BullMQ keeps its error codes).
+// The file name and the command name are the same (issue.lua <-> issue). Nothing else calls a script.
+import { readFileSync } from 'node:fs'
+import type { Redis, Result } from 'ioredis'
+import type { CouponKeys } from './keys.js'
+
+const read = (path: string) => readFileSync(new URL(`./scripts/${path}`, import.meta.url), 'utf8')
+// `-- @include x.lua` lines are replaced by scripts/includes/x.lua, so scripts share helpers (as BullMQ does).
+const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include (\S+)$/gm, (_, file: string) => read(`includes/${file}`))
+
+const SCRIPTS = {
+  issue: 6,
+  revoke: 7,
+  restoreCounters: 8,
+  updateCoupon: 2,
+  ackAndTrim: 1,
+  markDormant: 2,
+  discardIssue: 5
+} as const
+
+type Arg = string | number
+type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number]
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    issue (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
+    revoke (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
+    restoreCounters (keysThenArgs: Arg[]): Result<number, Context>
+    updateCoupon (...keysThenArgs: Arg[]): Result<[code: number, issued: number], Context>
+    ackAndTrim (...keysThenArgs: Arg[]): Result<[acked: number, trimmed: number], Context>
+    markDormant (...keysThenArgs: Arg[]): Result<number, Context>
+    discardIssue (...keysThenArgs: Arg[]): Result<number, Context>
+  }
+}
+
+/** Defines every script as a command on the connection (EVALSHA, loaded on first use). */
+export function defineScripts (redis: Redis): void {
+  for (const [name, numberOfKeys] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: scriptSource(name), numberOfKeys })
+}
+
+export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
+export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
+export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
+/** Every script that can find the counters missing answers this code. */
+export const NEEDS_RESTORE = 1
+
+export type IssueCode = typeof IssueCode[keyof typeof IssueCode]
+export type RevokeCode = typeof RevokeCode[keyof typeof RevokeCode]
+export type RestoreCode = typeof RestoreCode[keyof typeof RestoreCode]
+export type UpdateCode = typeof UpdateCode[keyof typeof UpdateCode]
+export type DiscardCode = typeof DiscardCode[keyof typeof DiscardCode]
+
+export interface Outcome<C extends number> {
+  code: C
+  /** ms: the moment of the issue/cancel; for some refusals the limit or window edge (see the script header) */
+  at: number
+  /** the claim number (issue) or the units returned (revoke) */
+  count: number
+  entryId: string
+  /** remembered from an earlier call with the same Idempotency-Key */
+  replayed: boolean
+  /** the stream had been marked dormant: put the coupon back on the consumer's read list */
+  reactivated: boolean
+}
+
+const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated]: RawOutcome): Outcome<C> =>
+  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1 })
+
+export interface IssueArgs {
+  couponId: number
+  userId: string
+  /** '' = none */
+  idempotencyKey: string
+  idempotencyTtlSeconds: number
+  /** 0 = no cap */
+  backlogCap: number
+}
+
+export async function issue (redis: Redis, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
+  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency,
+    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
+}
+
+export interface RevokeArgs {
+  couponId: number
+  userId: string
+  idempotencyKey: string
+  idempotencyTtlSeconds: number
+}
+
+export async function revoke (redis: Redis, k: CouponKeys, a: RevokeArgs): Promise<Outcome<RevokeCode>> {
+  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked,
+    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds))
+}
+
+export interface CounterValues {
+  total: number
+  perUserLimit: number
+  startsAtMs: number
+  endsAtMs: number | null
+  stock: number
+  /** userId -> [units held now, last claim number] */
+  users: Map<string, [number, number]>
+  /** idempotency hash field -> record (see includes/outcomes.lua) */
+  idempotency: Map<string, string>
+  /** userId -> [upTo claim, revokedAt ms] of the last cancel */
+  lastCancels: Map<string, [number, number]>
+}
+
+export interface RestoreArgs {
+  group: string
+  /** id of the last stream entry the caller saw ('' = none) */
+  lastEntryId: string
+  values: CounterValues
+}
+
+export async function restoreCounters (redis: Redis, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
+  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded,
+    group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size]
+  for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
+  for (const [field, record] of v.idempotency) args.push(field, record)
+  for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
+  return await redis.restoreCounters(args) as RestoreCode
+}
+
+export interface UpdateArgs {
+  total: number
+  startsAtMs: number
+  endsAtMs: number | null
+}
+
+export async function updateCoupon (redis: Redis, k: CouponKeys, a: UpdateArgs): Promise<{ code: UpdateCode, issued: number }> {
+  const [code, issued] = await redis.updateCoupon(k.meta, k.stock, a.total, a.startsAtMs, a.endsAtMs ?? '')
+  return { code: code as UpdateCode, issued }
+}
+
+export async function ackAndTrim (redis: Redis, stream: string, group: string, ids: string[]): Promise<{ acked: number, trimmed: number }> {
+  const [acked, trimmed] = await redis.ackAndTrim(stream, group, ...ids)
+  return { acked, trimmed }
+}
+
+export async function markDormant (redis: Redis, k: CouponKeys, group: string): Promise<boolean> {
+  return await redis.markDormant(k.meta, k.events, group) === 1
+}
+
+export interface DiscardArgs {
+  userId: string
+  claim: number
+  entryId: string
+}
+
+export async function discardIssue (redis: Redis, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
+  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, a.userId, a.claim, a.entryId) as DiscardCode
+}
