@@ -4,6 +4,7 @@ import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
 import { computeCounters } from '../src/issuing/restore-counters.js'
+import { restoreCounters } from '../src/redis/scripts.js'
 import { IssueEventConsumer } from '../src/persistence/consumer.js'
 import { createCoupon, inParallel, testApp } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
@@ -79,7 +80,11 @@ t.test('the restore script refuses when the stream moved since it was read', asy
   const k = app.keys.coupon(coupon.id)
   await issue(app, coupon.id, 'x')
   await app.redis.del(k.stock)
-  const code = await app.redis.restoreCoupon([k.meta, k.stock, k.holders, k.claims, k.events, 'persisters', '0-1', 3, 1, 0, '', 3])
+  const code = await restoreCounters(app.redis, k, {
+    group: 'persisters',
+    lastEntryId: '0-1',
+    values: { total: 3, perUserLimit: 1, startsAtMs: 0, endsAtMs: null, stock: 3, users: new Map(), idempotency: new Map(), lastCancels: new Map() }
+  })
   t.equal(code, 2, 'STREAM_MOVED')
   t.equal(await app.redis.exists(k.stock), 0, 'nothing written')
 })
@@ -89,8 +94,8 @@ t.test('computeCounters: persisted rows plus stream events, claims and cancellat
   const entry = (id: string, fields: Record<string, string | number>) =>
     [id, Object.entries({ couponId: 7, ...fields }).flat().map(String)] as [string, string[]]
   const state = computeCounters(coupon, [
-    { userId: 'a', claim: 1, createdAt: new Date(1000), revokedAt: null },
-    { userId: 'b', claim: 1, createdAt: new Date(1001), revokedAt: new Date(1500) }
+    { userId: 'a', claim: 1, createdAt: new Date(1000), revokedAt: null, streamId: '1000-0', idempotencyKey: null },
+    { userId: 'b', claim: 1, createdAt: new Date(1001), revokedAt: new Date(1500), streamId: '1001-0', idempotencyKey: null }
   ], [
     entry('1000-0', { type: 'issue', userId: 'a', claim: 1, at: 1000 }), // persisted already: counted once
     entry('2000-0', { type: 'issue', userId: 'b', claim: 2, at: 2000 }),

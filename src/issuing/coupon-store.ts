@@ -1,11 +1,14 @@
 // Where a coupon is issued: the route calls issue(), which runs src/redis/scripts/issue.lua in one
-// round trip and maps its return code to a typed error. Postgres is touched only when the counters
-// must be rebuilt.
+// round trip and maps its reply code to a typed error. Postgres is touched only when the counters
+// must be rebuilt, and by admin changes (which hold the coupon's row lock while Redis applies them).
 import type { Redis } from 'ioredis'
 import type { Db } from '../db/client.js'
-import type { Coupon } from '../db/queries/coupons.js'
+import { findCoupon, updateCoupon as updateCouponRow, type Coupon, type CouponChanges } from '../db/queries/coupons.js'
 import type { CouponKeys, Keys } from '../redis/keys.js'
+import * as scripts from '../redis/scripts.js'
+import { DiscardCode, IssueCode, NEEDS_RESTORE, RevokeCode, UpdateCode } from '../redis/scripts.js'
 import * as errors from '../errors.js'
+import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
 
 export interface Issued {
@@ -26,6 +29,13 @@ export interface Revoked {
   replayed: boolean
 }
 
+export interface Holding {
+  /** units held now, persisted or not */
+  units: number
+  /** the user's last cancel as Redis knows it: claims up to `upTo` were revoked at `at` */
+  lastCancel: { upTo: number, at: Date } | null
+}
+
 export interface CouponStoreOptions {
   redis: Redis
   db: Db
@@ -34,9 +44,6 @@ export interface CouponStoreOptions {
   idempotencyTtlSeconds: number
 }
 
-type ScriptReply = [code: number, at: number, count: number, entryId: string, replayed: number]
-
-const NEEDS_RESTORE = 1
 const RESTORE_ATTEMPTS = 3
 // Requests for a coupon id that does not exist reach Postgres (counters missing -> look it up);
 // remembering the miss briefly keeps a flood of them off the database.
@@ -45,33 +52,28 @@ const UNKNOWN_COUPON_CACHE_SIZE = 10_000
 /** Key sets kept for the hot path; a bound, because coupon ids in requests are chosen by clients. */
 const KEY_CACHE_LIMIT = 10_000
 
-/** Any Redis failure that is not one of our codes becomes a 503 the client can act on. */
-function redisFailure (err: unknown): Error {
-  if (errors.isCatalogError(err)) return err
-  if ((err as Error)?.name === 'ReplyError') return new errors.IssueScriptFailed({ cause: err })
-  return new errors.RedisUnavailable({ cause: err })
-}
-
 export class CouponStore {
   readonly #redis: Redis
   readonly #db: Db
   readonly #keys: Keys
-  readonly #backlogCap: string
-  readonly #idempotencyTtl: string
+  readonly #backlogCap: number
+  readonly #idempotencyTtlSeconds: number
   readonly #unknownCoupons = new Map<number, number>()
   /** One rebuild per coupon per process at a time; concurrent requests share its outcome. */
   readonly #restoring = new Map<number, Promise<boolean>>()
   readonly #couponKeys = new Map<number, CouponKeys>()
+  /** Coupons whose stream was reactivated but could not be put back on the read list (Redis failed). */
+  readonly #stranded = new Set<number>()
 
   constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds }: CouponStoreOptions) {
     this.#redis = redis
     this.#db = db
     this.#keys = keys
-    this.#backlogCap = String(backlogCap)
-    this.#idempotencyTtl = String(idempotencyTtlSeconds)
+    this.#backlogCap = backlogCap
+    this.#idempotencyTtlSeconds = idempotencyTtlSeconds
   }
 
-  /** The coupon's key names, built once per coupon instead of six strings per request. */
+  /** The coupon's key names, built once per coupon instead of eight strings per request. */
   #keysOf (couponId: number): CouponKeys {
     let k = this.#couponKeys.get(couponId)
     if (k === undefined) {
@@ -85,59 +87,100 @@ export class CouponStore {
   /** Hands one unit of the coupon to the user or throws a catalog error saying why not. */
   async issue (couponId: number, userId: string, idempotencyKey = ''): Promise<Issued> {
     const k = this.#keysOf(couponId)
-    const idem = idempotencyKey === '' ? k.meta : this.#keys.idempotency(couponId, 'issue', idempotencyKey)
-    const reply = await this.#runWithRestore(couponId, () => this.#redis.issueCoupon(
-      k.meta, k.stock, k.holders, k.claims, k.events, idem,
-      couponId, userId, idempotencyKey, this.#idempotencyTtl, this.#backlogCap))
-    const [code, at, claim, entryId, replayed] = reply
-    switch (code) {
-      case 0: return { couponId, userId, issuedAt: new Date(at), claim, entryId, replayed: replayed === 1 }
-      case 2: throw new errors.AlreadyIssued(userId, couponId, at)
-      case 3: throw new errors.SoldOut(couponId)
-      case 4: throw new errors.NotStarted(couponId, new Date(at).toISOString())
-      case 5: throw new errors.Ended(couponId, new Date(at).toISOString())
-      case 6: throw new errors.BacklogFull(couponId)
-      case 7: throw new errors.IdempotencyKeyReused()
+    const reply = await this.#runWithRestore(couponId, () => scripts.issue(this.#redis, k, {
+      couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
+    }))
+    switch (reply.code) {
+      case IssueCode.ISSUED:
+        if (reply.reactivated) await this.#reactivate(couponId)
+        return { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed }
+      case IssueCode.ALREADY_ISSUED: throw new errors.AlreadyIssued(userId, couponId, reply.at)
+      case IssueCode.SOLD_OUT: throw new errors.SoldOut(couponId)
+      case IssueCode.NOT_STARTED: throw new errors.NotStarted(couponId, new Date(reply.at).toISOString())
+      case IssueCode.ENDED: throw new errors.Ended(couponId, new Date(reply.at).toISOString())
+      case IssueCode.BACKLOG_FULL: throw new errors.BacklogFull(couponId)
+      case IssueCode.IDEMPOTENCY_KEY_REUSED: throw new errors.IdempotencyKeyReused()
       default: throw new errors.IssueScriptFailed()
     }
   }
 
   /** Takes back every unit the user holds and returns them to stock. */
   async revoke (couponId: number, userId: string, idempotencyKey = ''): Promise<Revoked> {
-    const k = this.#keys.coupon(couponId)
-    const idem = idempotencyKey === '' ? k.meta : this.#keys.idempotency(couponId, 'revoke', idempotencyKey)
-    const [code, at, units, , replayed] = await this.#runWithRestore(couponId, () => this.#redis.revokeCoupon(
-      k.meta, k.stock, k.holders, k.events, idem, couponId, userId, idempotencyKey, this.#idempotencyTtl))
-    switch (code) {
-      case 0:
-        // A cancel may come after the coupon ended and its stream left the consumer's read list.
-        await this.#redis.sadd(this.#keys.activeCoupons, String(couponId)).catch((err) => { throw redisFailure(err) })
-        return { couponId, userId, revokedAt: new Date(at), units, replayed: replayed === 1 }
-      case 2: throw new errors.IssueNotFound(userId, couponId)
-      case 7: throw new errors.IdempotencyKeyReused()
+    const k = this.#keysOf(couponId)
+    const reply = await this.#runWithRestore(couponId, () => scripts.revoke(this.#redis, k, {
+      couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds
+    }))
+    switch (reply.code) {
+      case RevokeCode.REVOKED:
+        if (reply.reactivated) await this.#reactivate(couponId)
+        return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
+      case RevokeCode.NOT_HELD: throw new errors.IssueNotFound(userId, couponId)
+      case RevokeCode.IDEMPOTENCY_KEY_REUSED: throw new errors.IdempotencyKeyReused()
       default: throw new errors.IssueScriptFailed()
     }
   }
 
+  /**
+   * A script found the coupon's stream dormant (off the consumer's read list) and appended to it: put
+   * it back before answering. If Redis fails right here the answer stands (the act happened); the
+   * coupon is remembered for the maintenance tick, and a restarted consumer finds such streams too.
+   */
+  async #reactivate (couponId: number): Promise<void> {
+    try {
+      await this.#redis.sadd(this.#keys.activeCoupons, String(couponId))
+    } catch {
+      this.#stranded.add(couponId)
+    }
+  }
+
+  /** Coupons whose reactivation failed, for the maintenance tick to put back (and forget). */
+  takeStranded (): number[] {
+    const ids = [...this.#stranded]
+    this.#stranded.clear()
+    return ids
+  }
+
   /** Installs the counters of a coupon just written to Postgres. */
   async load (coupon: Coupon): Promise<void> {
+    // A request for this id a moment ago may have cached it as unknown.
+    this.#unknownCoupons.delete(coupon.id)
     await this.#restore(coupon.id)
   }
 
-  /** Applies a changed window or added stock to live counters (missing counters pick it up on restore). */
-  async update (coupon: Coupon, addedUnits: number): Promise<void> {
-    const k = this.#keys.coupon(coupon.id)
-    try {
-      await this.#redis.updateCoupon(k.meta, k.stock, coupon.totalQuantity, coupon.startsAt.getTime(),
-        coupon.endsAt === null ? '' : coupon.endsAt.getTime(), addedUnits)
-    } catch (err) {
-      throw redisFailure(err)
+  /**
+   * Applies an admin change to Postgres and the live counters as one step. The coupon's row is locked
+   * for the whole change, so concurrent changes (from any instance) and counter rebuilds serialize;
+   * Redis derives stock from the new total and what is out at that moment (never from a stale read),
+   * and the row is committed only when Redis accepted it. A failure between the two writes leaves Redis
+   * ahead of Postgres at worst; sending the same change again converges both.
+   */
+  async change (couponId: number, changes: CouponChanges): Promise<{ coupon: Coupon, remaining: number }> {
+    const k = this.#keysOf(couponId)
+    for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
+      // Outside the transaction: a rebuild takes the row in share mode and would wait for us.
+      await this.#ensureCounters(couponId)
+      const result = await this.#db.transaction(async (tx) => {
+        const current = await findCoupon(tx as unknown as Db, couponId, 'update')
+        if (!current) throw new errors.CouponNotFound(couponId)
+        const total = changes.totalQuantity ?? current.totalQuantity
+        const startsAt = changes.startsAt ?? current.startsAt
+        const endsAt = changes.endsAt === undefined ? current.endsAt : changes.endsAt
+        if (endsAt && endsAt.getTime() <= startsAt.getTime()) throw new errors.InvalidWindow()
+        const { code, issued } = await scripts.updateCoupon(this.#redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null })
+          .catch((err) => { throw redisFailure(err) })
+        if (code === UpdateCode.NEEDS_RESTORE) return null
+        if (code === UpdateCode.STOCK_BELOW_ISSUED) throw new errors.StockBelowIssued(total, issued)
+        const coupon = (await updateCouponRow(tx as unknown as Db, couponId, { totalQuantity: total, startsAt, endsAt }))!
+        return { coupon, remaining: total - issued }
+      }).catch((err) => { throw databaseFailure(err) })
+      if (result) return result
     }
+    throw new errors.Restoring(couponId)
   }
 
   /** Units left, rebuilding the counters first when they are missing. */
   async remaining (couponId: number): Promise<number> {
-    const k = this.#keys.coupon(couponId)
+    const k = this.#keysOf(couponId)
     try {
       const left = await this.#redis.get(k.stock)
       if (left !== null) return Number(left)
@@ -148,12 +191,14 @@ export class CouponStore {
     }
   }
 
-  /** What a user holds of a coupon right now, persisted or not: [units held, last claim]. */
-  async holding (couponId: number, userId: string): Promise<number> {
-    const k = this.#keys.coupon(couponId)
+  /** What a user holds of a coupon right now, persisted or not, and their last cancel. */
+  async holding (couponId: number, userId: string): Promise<Holding> {
+    const k = this.#keysOf(couponId)
     try {
-      if (await this.#redis.exists(k.stock) === 0) await this.#restore(couponId)
-      return Number(await this.#redis.hget(k.holders, userId) ?? 0)
+      await this.#ensureCounters(couponId)
+      const [held, cancel] = await Promise.all([this.#redis.hget(k.holders, userId), this.#redis.hget(k.revoked, userId)])
+      const [upTo, at] = (cancel ?? '').split('|').map(Number)
+      return { units: Number(held ?? 0), lastCancel: cancel ? { upTo: upTo!, at: new Date(at!) } : null }
     } catch (err) {
       throw redisFailure(err)
     }
@@ -170,12 +215,24 @@ export class CouponStore {
     }
   }
 
+  /** Gives a parked issue's unit back to stock (unless a cancel did already); idempotent. */
+  async discardParkedIssue (couponId: number, entry: scripts.DiscardArgs): Promise<'returned' | 'not-held'> {
+    const code = await this.#runWithRestore(couponId, () => scripts.discardIssue(this.#redis, this.#keysOf(couponId), entry))
+    return code === DiscardCode.RETURNED ? 'returned' : 'not-held'
+  }
+
+  async #ensureCounters (couponId: number): Promise<void> {
+    const k = this.#keysOf(couponId)
+    const present = await this.#redis.exists(k.stock).catch((err) => { throw redisFailure(err) })
+    if (present === 0) await this.#restore(couponId)
+  }
+
   async #restore (couponId: number): Promise<void> {
     const missUntil = this.#unknownCoupons.get(couponId)
     if (missUntil !== undefined && missUntil > Date.now()) throw new errors.CouponNotFound(couponId)
     let restoring = this.#restoring.get(couponId)
     if (!restoring) {
-      restoring = restoreCounters({ redis: this.#redis, db: this.#db, keys: this.#keys }, couponId)
+      restoring = restoreCounters({ redis: this.#redis, db: this.#db, keys: this.#keys, idempotencyTtlSeconds: this.#idempotencyTtlSeconds }, couponId)
         .finally(() => this.#restoring.delete(couponId))
       this.#restoring.set(couponId, restoring)
     }
@@ -185,11 +242,11 @@ export class CouponStore {
     throw new errors.CouponNotFound(couponId)
   }
 
-  async #runWithRestore (couponId: number, run: () => Promise<ScriptReply>): Promise<ScriptReply> {
+  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>): Promise<R> {
     try {
       for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
         const reply = await run()
-        if (reply[0] !== NEEDS_RESTORE) return reply
+        if ((typeof reply === 'number' ? reply : reply.code) !== NEEDS_RESTORE) return reply
         await this.#restore(couponId)
       }
     } catch (err) {

@@ -3,68 +3,96 @@
 // out again every unit whose event is not persisted yet.
 import type { Redis } from 'ioredis'
 import { findCoupon, type Coupon } from '../db/queries/coupons.js'
-import { issuesOfCoupon, parkedEntriesOfStream, type PersistedIssue } from '../db/queries/issues.js'
+import { issuesOfCoupon, parkedEntriesOfStream, revocationsOfCoupon, type PersistedIssue, type PersistedRevocation } from '../db/queries/issues.js'
 import type { Db } from '../db/client.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
+import { RestoreCode, restoreCounters as installCounters, type CounterValues } from '../redis/scripts.js'
 import { decodeEntry, isEvent } from '../stream/events.js'
-import { DatabaseUnavailable, Restoring } from '../errors.js'
+import { databaseFailure, redisFailure, Restoring } from '../errors.js'
 
-export interface CounterState {
-  stock: number
-  /** userId -> [units held now, last claim number] */
-  users: Map<string, [number, number]>
-}
+export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels'>
 
 type RawEntry = [id: string, fields: string[]]
 
-/** Pure: the counters implied by persisted issues and the stream's entries (in stream order). */
-export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, persisted: PersistedIssue[], entries: RawEntry[], streamKey = ''): CounterState {
-  const claimsByUser = new Map<string, Map<number, { at: number, revoked: boolean }>>()
-  const claimsOf = (userId: string) => {
-    let claims = claimsByUser.get(userId)
-    if (!claims) claimsByUser.set(userId, claims = new Map())
-    return claims
+interface Claim { at: number, revoked: boolean, entryId: string, idempotencyKey: string | null }
+interface Cancel { upTo: number | null, at: number, units: number, entryId: string, idempotencyKey: string | null }
+
+/** The idempotency record of an outcome, as includes/outcomes.lua writes it (recorded at the moment of the act). */
+const record = (userId: string, at: number, count: number, entryId: string) => `${userId}|0|${at}|${count}|${entryId}|${at}`
+
+/**
+ * Pure: the counters implied by persisted issues, recorded cancels and the stream's entries. A cancel
+ * revokes the user's claims numbered up to its `upTo`, whatever their moments; only a cancel written
+ * before `upTo` existed (legacy) falls back to comparing moments. Order does not matter.
+ * Idempotency records are rebuilt for issues and cancels made with a key within `idempotencyTtlMs` of `nowMs`.
+ */
+export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, persisted: PersistedIssue[], entries: RawEntry[],
+  { streamKey = '', revocations = [], idempotencyTtlMs = Infinity, nowMs = Date.now() }: { streamKey?: string, revocations?: PersistedRevocation[], idempotencyTtlMs?: number, nowMs?: number } = {}): CounterState {
+  const claimsByUser = new Map<string, Map<number, Claim>>()
+  const cancelsByUser = new Map<string, Map<string, Cancel>>()
+  const of = <T>(map: Map<string, Map<any, T>>, userId: string) => {
+    let inner = map.get(userId)
+    if (!inner) map.set(userId, inner = new Map())
+    return inner
   }
   for (const row of persisted) {
-    claimsOf(row.userId).set(row.claim, { at: row.createdAt.getTime(), revoked: row.revokedAt !== null })
+    of(claimsByUser, row.userId).set(row.claim, { at: row.createdAt.getTime(), revoked: row.revokedAt !== null, entryId: row.streamId, idempotencyKey: row.idempotencyKey })
+  }
+  for (const fact of revocations) {
+    of(cancelsByUser, fact.userId).set(fact.streamId, { upTo: fact.upToClaim, at: fact.revokedAt.getTime(), units: fact.units ?? 0, entryId: fact.streamId, idempotencyKey: fact.idempotencyKey })
   }
   for (const [id, fields] of entries) {
     const event = decodeEntry(streamKey, coupon.id, id, fields)
     if (!isEvent(event)) continue
-    const claims = claimsOf(event.userId)
     if (event.type === 'issue') {
-      if (!claims.has(event.claim)) claims.set(event.claim, { at: event.at, revoked: false })
+      const claims = of(claimsByUser, event.userId)
+      if (!claims.has(event.claim)) claims.set(event.claim, { at: event.at, revoked: false, entryId: id, idempotencyKey: event.idempotencyKey ?? null })
     } else {
-      for (const claim of claims.values()) if (claim.at <= event.at) claim.revoked = true
+      of(cancelsByUser, event.userId).set(id, { upTo: event.upToClaim ?? null, at: event.at, units: event.units, entryId: id, idempotencyKey: event.idempotencyKey ?? null })
     }
   }
   const users = new Map<string, [number, number]>()
+  const idempotency = new Map<string, string>()
+  const lastCancels = new Map<string, [number, number]>()
+  const fresh = (at: number) => at + idempotencyTtlMs > nowMs
   let held = 0
-  for (const [userId, claims] of claimsByUser) {
+  for (const userId of new Set([...claimsByUser.keys(), ...cancelsByUser.keys()])) {
+    const claims = claimsByUser.get(userId) ?? new Map<number, Claim>()
+    for (const cancel of cancelsByUser.get(userId)?.values() ?? []) {
+      for (const [number, claim] of claims) {
+        if (cancel.upTo !== null ? number <= cancel.upTo : claim.at <= cancel.at) claim.revoked = true
+      }
+      if (cancel.upTo !== null) {
+        const last = lastCancels.get(userId)
+        if (!last || cancel.upTo > last[0] || (cancel.upTo === last[0] && cancel.at > last[1])) lastCancels.set(userId, [cancel.upTo, cancel.at])
+      }
+      if (cancel.idempotencyKey && fresh(cancel.at)) idempotency.set(`revoke:${cancel.idempotencyKey}`, record(userId, cancel.at, cancel.units, cancel.entryId))
+    }
     let active = 0
     let last = 0
     for (const [number, claim] of claims) {
       if (!claim.revoked) active++
       if (number > last) last = number
+      if (claim.idempotencyKey && fresh(claim.at)) idempotency.set(`issue:${claim.idempotencyKey}`, record(userId, claim.at, number, claim.entryId))
     }
     held += active
     users.set(userId, [active, last])
   }
-  return { stock: Math.max(0, coupon.totalQuantity - held), users }
+  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels }
 }
 
-const fromDb = <T>(query: Promise<T>): Promise<T> => query.catch((err) => { throw new DatabaseUnavailable({ cause: err }) })
+const fromRedis = <T>(call: Promise<T>): Promise<T> => call.catch((err) => { throw redisFailure(err) })
 const byStreamId = ([a]: RawEntry, [b]: RawEntry) => {
   const [aMs, aSeq] = a.split('-').map(Number)
   const [bMs, bSeq] = b.split('-').map(Number)
   return aMs! - bMs! || aSeq! - bSeq!
 }
-const msOrEmpty = (date: Date | null) => date === null ? '' : String(date.getTime())
 
 export interface RestoreDeps {
   redis: Redis
   db: Db
   keys: Keys
+  idempotencyTtlSeconds: number
 }
 
 const MAX_ATTEMPTS = 5
@@ -95,23 +123,32 @@ export async function restoreCounters (deps: RestoreDeps, couponId: number): Pro
   }
 }
 
-async function rebuild ({ redis, db, keys }: RestoreDeps, couponId: number): Promise<boolean> {
+async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps, couponId: number): Promise<boolean> {
   const k = keys.coupon(couponId)
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const coupon = await fromDb(findCoupon(db, couponId))
-    if (!coupon) return false
-    // Stream first, Postgres second: an entry persisted and trimmed in between is then in Postgres.
-    const entries = await redis.xrange(k.events, '-', '+') as RawEntry[]
-    const lastId = entries.length > 0 ? entries[entries.length - 1]![0] : ''
-    const persisted = await fromDb(issuesOfCoupon(db, couponId))
-    // A parked entry's unit went out with a 201 and may be retried into a row later: count it.
-    const parked = await fromDb(parkedEntriesOfStream(db, k.events))
-    const state = computeCounters(coupon, persisted, [...parked, ...entries].sort(byStreamId), k.events)
-    const args: (string | number)[] = [k.meta, k.stock, k.holders, k.claims, k.events, CONSUMER_GROUP, lastId,
-      coupon.totalQuantity, coupon.perUserLimit, coupon.startsAt.getTime(), msOrEmpty(coupon.endsAt), state.stock]
-    for (const [userId, [held, last]] of state.users) args.push(userId, held, last)
-    const code = await redis.restoreCoupon(args)
-    if (code !== 2) {
+    // The coupon row stays share-locked until the counters are installed: an admin change (which takes
+    // the row for update) waits for the rebuild and then applies on top of it, instead of landing in
+    // Postgres between our read and our install and being overwritten in Redis by the older values.
+    const code = await db.transaction(async (tx) => {
+      const coupon = await findCoupon(tx as unknown as Db, couponId, 'share')
+      if (!coupon) return null
+      // Stream first, Postgres second: an entry persisted and trimmed in between is then in Postgres.
+      const entries = await fromRedis(redis.xrange(k.events, '-', '+')) as RawEntry[]
+      const lastEntryId = entries.length > 0 ? entries[entries.length - 1]![0] : ''
+      const persisted = await issuesOfCoupon(tx as unknown as Db, couponId)
+      const revocations = await revocationsOfCoupon(tx as unknown as Db, couponId)
+      // A parked entry's unit went out with a 201 and may be retried into a row later: count it.
+      const parked = await parkedEntriesOfStream(tx as unknown as Db, k.events)
+      const state = computeCounters(coupon, persisted, [...parked, ...entries].sort(byStreamId),
+        { streamKey: k.events, revocations, idempotencyTtlMs: idempotencyTtlSeconds * 1000 })
+      return await fromRedis(installCounters(redis, k, {
+        group: CONSUMER_GROUP,
+        lastEntryId,
+        values: { total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, ...state }
+      }))
+    }).catch((err) => { throw databaseFailure(err) })
+    if (code === null) return false
+    if (code !== RestoreCode.STREAM_MOVED) {
       await redis.sadd(keys.activeCoupons, String(couponId))
       return true
     }

@@ -11,6 +11,7 @@ import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
+import { ackAndTrim, markDormant } from '../redis/scripts.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
 export interface ConsumerOptions {
@@ -58,6 +59,12 @@ const STREAM_LIST_TTL_MS = 1000
 /** An ended coupon stays on the read list this long, for late cancels to be read without a detour. */
 const PRUNE_GRACE_MS = 60_000
 const MAX_BACKOFF_MS = 5000
+
+function compareIds (a: string, b: string): number {
+  const [aMs, aSeq] = a.split('-').map(Number)
+  const [bMs, bSeq] = b.split('-').map(Number)
+  return aMs! - bMs! || aSeq! - bSeq!
+}
 
 function mergeBatches (a: Batch, b: Batch): Batch {
   const ids = new Map(a.ids)
@@ -173,6 +180,8 @@ export class IssueEventConsumer {
 
   /** One-shot flush: reclaim every pending entry regardless of idle time, then read until the streams are empty. */
   async drain (): Promise<DrainReport> {
+    await this.discoverStreams()
+    await this.ensureGroups()
     const perCoupon = await this.reclaim(0)
     for (;;) {
       const batch = await this.#read(null)
@@ -188,31 +197,69 @@ export class IssueEventConsumer {
 
   /**
    * Drops ended coupons whose events are all persisted from the set of streams the loop reads: every
-   * stream in that set is part of every XREADGROUP. Checked again after the removal, so an event that
-   * arrives meanwhile (a cancel after the end; revoke re-adds its coupon too) is never stranded.
+   * stream in that set is part of every XREADGROUP. The coupon leaves the set first and is then marked
+   * dormant only if its stream is settled (markDormant.lua); an entry appended before the mark keeps it
+   * in the set, one appended after it finds the mark and puts it back (issue.lua/revoke.lua answer
+   * `reactivated`). No stream with unpersisted entries stays off the list, whatever code path wrote.
    */
   async pruneEndedStreams (graceMs = PRUNE_GRACE_MS): Promise<string[]> {
     const { redis, keys } = this.#o
     const pruned: string[] = []
-    const settled = async (stream: string) => {
-      const groups = await redis.xinfo('GROUPS', stream).catch(() => []) as unknown[][]
-      for (const group of groups) {
-        const info = new Map<unknown, unknown>()
-        for (let i = 0; i + 1 < group.length; i += 2) info.set(group[i], group[i + 1])
-        if (info.get('name') === CONSUMER_GROUP) return info.get('pending') === 0 && info.get('lag') === 0
-      }
-      return false
-    }
     for (const id of await redis.smembers(keys.activeCoupons)) {
       const k = keys.coupon(id)
       const endsAt = Number(await redis.hget(k.meta, 'endsAt') || NaN)
-      if (!(endsAt + graceMs < Date.now()) || !await settled(k.events)) continue
+      if (!(endsAt + graceMs < Date.now())) continue
       await redis.srem(keys.activeCoupons, id)
-      if (await settled(k.events)) pruned.push(id)
+      if (await markDormant(redis, k, CONSUMER_GROUP)) pruned.push(id)
       else await redis.sadd(keys.activeCoupons, id)
     }
     if (pruned.length > 0) this.#streamsReadAt = 0
     return pruned
+  }
+
+  /**
+   * Puts back on the read list every coupon stream under the prefix that holds entries not yet
+   * consumed (SCAN: a full pass over the keyspace, so for startup, drain and repair, not every tick).
+   * A safety net under the dormant marks: it finds what a crash between a script and its caller's
+   * SADD, or a lost active set, left behind.
+   */
+  async discoverStreams (): Promise<string[]> {
+    const { redis, keys } = this.#o
+    const found: string[] = []
+    const active = new Set(await redis.smembers(keys.activeCoupons))
+    let cursor = '0'
+    do {
+      const [next, streams] = await redis.scan(cursor, 'MATCH', keys.eventStreamPattern, 'COUNT', 1000, 'TYPE', 'stream')
+      cursor = next
+      for (const stream of streams) {
+        const couponId = keys.couponIdOfStream(stream)
+        if (couponId === null || active.has(String(couponId))) continue
+        if (!await this.#settled(stream)) {
+          await redis.sadd(keys.activeCoupons, String(couponId))
+          found.push(String(couponId))
+        }
+      }
+    } while (cursor !== '0')
+    if (found.length > 0) {
+      this.#streamsReadAt = 0
+      this.#o.log.warn({ coupons: found }, 'found coupon streams with unpersisted entries off the read list; reading them again')
+    }
+    return found
+  }
+
+  /** Nothing pending and nothing undelivered in the group (or no such stream). */
+  async #settled (stream: string): Promise<boolean> {
+    const { redis } = this.#o
+    if (await redis.xlen(stream) === 0) return true
+    const groups = await redis.xinfo('GROUPS', stream).catch(() => []) as unknown[][]
+    for (const group of groups) {
+      const info = new Map<unknown, unknown>()
+      for (let i = 0; i + 1 < group.length; i += 2) info.set(group[i], group[i + 1])
+      if (info.get('name') !== CONSUMER_GROUP) continue
+      const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1)
+      return info.get('pending') === 0 && compareIds(String(info.get('last-delivered-id')), last![0]) >= 0
+    }
+    return false
   }
 
   /** Creates the group on every active stream (MKSTREAM), e.g. after Redis lost it. */
@@ -235,6 +282,7 @@ export class IssueEventConsumer {
     }
     while (!signal.aborted) {
       try {
+        await this.discoverStreams()
         await this.ensureGroups()
         await this.reclaim()
         break
@@ -336,7 +384,7 @@ export class IssueEventConsumer {
 
   /** Acknowledges and trims a committed batch: one script call per stream, all pipelined. */
   async #ack (batch: Batch): Promise<void> {
-    await Promise.all([...batch.ids].map(([stream, ids]) => this.#o.redis.ackAndTrim(stream, CONSUMER_GROUP, ...ids)))
+    await Promise.all([...batch.ids].map(([stream, ids]) => ackAndTrim(this.#o.redis, stream, CONSUMER_GROUP, ids)))
   }
 
   /** One XREADGROUP over every active stream; null when nothing arrived. blockMs null = do not block. */
@@ -408,8 +456,11 @@ export class IssueEventConsumer {
 }
 
 /** Runs consumer.reclaim() on a node-cron schedule (the web process and `npm run consume` alike). */
-export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expression: string, log: FastifyBaseLogger): ScheduledTask {
+export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expression: string, log: FastifyBaseLogger,
+  strandedCoupons: () => number[] = () => []): ScheduledTask {
   return cron.schedule(expression, async () => {
+    // A reactivated stream whose SADD failed in this process: look for every such stream once.
+    if (strandedCoupons().length > 0) await consumer.discoverStreams().catch((err) => { log.error({ err }, 'looking for unread streams failed') })
     // While our own writes fail, a reclaim cannot write either; it would only claim entries again
     // (our own batch in hand included) and push their delivery count past MAX_DELIVERIES, so that good
     // entries get parked as poison once the database is back.

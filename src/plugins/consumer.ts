@@ -28,7 +28,7 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     ...config.consumer
   })
   fastify.decorate('consumer', consumer)
-  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log)
+  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log, () => fastify.couponStore.takeStranded())
 
   fastify.addHook('onReady', async () => { consumer.start() })
   // Registered after the redis plugin, so this runs before its connection closes.
@@ -37,4 +37,4 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     await consumer.stop()
     blockingRedis.disconnect()
   })
-}, { name: 'consumer', dependencies: ['redis', 'database'] })
+}, { name: 'consumer', dependencies: ['redis', 'database', 'coupon-store'] })

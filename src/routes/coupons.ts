@@ -1,7 +1,7 @@
 // Coupon administration and reads. Creating writes Postgres first, then loads the counters into Redis.
 import type { FastifyPluginAsync } from 'fastify'
-import { findCoupon, insertCoupon, listCoupons, updateCoupon, type Coupon } from '../db/queries/coupons.js'
-import { CouponNotFound, InvalidWindow, StockBelowIssued } from '../errors.js'
+import { findCoupon, insertCoupon, listCoupons, type Coupon } from '../db/queries/coupons.js'
+import { CouponNotFound, InvalidWindow } from '../errors.js'
 import { couponBody, couponParams, dateTime, errors } from './schemas.js'
 
 const view = (coupon: Coupon, remaining?: number) => ({ ...coupon, ...(remaining === undefined ? {} : { remaining }) })
@@ -72,28 +72,21 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
   fastify.patch<{ Params: { couponId: number }, Body: { totalQuantity?: number, startsAt?: string, endsAt?: string | null } }>('/coupons/:couponId', {
     onRequest: fastify.requireAdmin,
     schema: {
-      summary: 'Change the window or add stock (admin); stock never drops below what was issued',
+      summary: 'Change the stock or the window (admin); stock never drops below what is out',
       tags: ['coupons'],
       security: [{ bearer: [] }],
       params: couponParams,
       body: couponChanges,
-      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE'] }) }
+      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'ISSUE_SCRIPT_FAILED'] }) }
     }
   }, async (request) => {
-    const { couponId } = request.params
-    const current = await findCoupon(db, couponId)
-    if (!current) throw new CouponNotFound(couponId)
-    const { totalQuantity = current.totalQuantity, startsAt, endsAt } = request.body
-    const starts = startsAt === undefined ? current.startsAt : new Date(startsAt)
-    const ends = endsAt === undefined ? current.endsAt : endsAt === null ? null : new Date(endsAt)
-    if (ends && ends.getTime() <= starts.getTime()) throw new InvalidWindow()
-    if (totalQuantity < current.totalQuantity) {
-      const issued = current.totalQuantity - await couponStore.remaining(couponId)
-      throw new StockBelowIssued(totalQuantity, issued)
-    }
-    const updated = (await updateCoupon(db, couponId, { totalQuantity, startsAt: starts, endsAt: ends }))!
-    await couponStore.update(updated, totalQuantity - current.totalQuantity)
-    return view(updated, await couponStore.remaining(couponId))
+    const { totalQuantity, startsAt, endsAt } = request.body
+    const { coupon, remaining } = await couponStore.change(request.params.couponId, {
+      totalQuantity,
+      startsAt: startsAt === undefined ? undefined : new Date(startsAt),
+      endsAt: endsAt === undefined ? undefined : endsAt === null ? null : new Date(endsAt)
+    })
+    return view(coupon, remaining)
   })
 
   fastify.get<{ Querystring: { after: number, limit: number } }>('/coupons', {

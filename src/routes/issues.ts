@@ -3,6 +3,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import { issuesOfUser } from '../db/queries/issues.js'
 import { findCoupon } from '../db/queries/coupons.js'
 import { CouponNotFound, IssueNotFound } from '../errors.js'
+import type { Holding } from '../issuing/coupon-store.js'
 import { couponParams, couponUserParams, dateTime, errors, idempotencyHeaders, userId } from './schemas.js'
 
 interface IssueRoute {
@@ -34,6 +35,17 @@ const holdingBody = {
     }
   }
 } as const
+
+type PersistedView = Awaited<ReturnType<typeof issuesOfUser>>[number]
+
+/**
+ * Persisted rows as of now: a cancel the consumer has not written yet is known to Redis, so a row it
+ * revoked shows that cancel's moment instead of looking active until the consumer catches up.
+ */
+function withRedisCancel (rows: PersistedView[], { lastCancel }: Holding): PersistedView[] {
+  if (!lastCancel) return rows
+  return rows.map((row) => row.revokedAt === null && row.claim <= lastCancel.upTo ? { ...row, revokedAt: lastCancel.at } : row)
+}
 
 const issueRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, couponStore } = fastify
@@ -119,9 +131,9 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
   }, async (request) => {
     const { couponId, userId } = request.params
     if (!await findCoupon(db, couponId)) throw new CouponNotFound(couponId)
-    const [units, issues] = await Promise.all([couponStore.holding(couponId, userId), issuesOfUser(db, userId, couponId)])
-    if (units === 0 && issues.length === 0) throw new IssueNotFound(userId, couponId)
-    return { couponId, userId, units, issues }
+    const [holding, issues] = await Promise.all([couponStore.holding(couponId, userId), issuesOfUser(db, userId, couponId)])
+    if (holding.units === 0 && issues.length === 0) throw new IssueNotFound(userId, couponId)
+    return { couponId, userId, units: holding.units, issues: withRedisCancel(issues, holding) }
   })
 
   fastify.get<{ Params: { userId: string } }>('/users/:userId/coupons', {
@@ -145,12 +157,10 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     const couponIds = new Set(persisted.map((row) => row.couponId))
     // Issues still on their way to Postgres are known only to Redis.
     for (const id of await couponStore.couponsHeldInRedis(userId)) couponIds.add(id)
-    const coupons = await Promise.all([...couponIds].sort((a, b) => a - b).map(async (couponId) => ({
-      couponId,
-      userId,
-      units: await couponStore.holding(couponId, userId),
-      issues: persisted.filter((row) => row.couponId === couponId)
-    })))
+    const coupons = await Promise.all([...couponIds].sort((a, b) => a - b).map(async (couponId) => {
+      const holding = await couponStore.holding(couponId, userId)
+      return { couponId, userId, units: holding.units, issues: withRedisCancel(persisted.filter((row) => row.couponId === couponId), holding) }
+    }))
     return { userId, coupons }
   })
 }

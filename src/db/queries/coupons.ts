@@ -23,8 +23,13 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
   return row!
 }
 
-export async function findCoupon (db: Db, id: number): Promise<Coupon | undefined> {
-  const [row] = await db.select().from(coupons).where(eq(coupons.id, id))
+/**
+ * The coupon row; with `lock`, row-locked until the caller's transaction ends: 'update' serializes
+ * admin changes, 'share' keeps them out while a counter rebuild reads and installs the row.
+ */
+export async function findCoupon (db: Db, id: number, lock?: 'update' | 'share'): Promise<Coupon | undefined> {
+  const query = db.select().from(coupons).where(eq(coupons.id, id))
+  const [row] = lock ? await query.for(lock) : await query
   return row
 }
 

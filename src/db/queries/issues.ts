@@ -7,48 +7,63 @@ const iso = (ms: number) => new Date(ms).toISOString()
 const arrayParam = <T>(values: T[]) => sql.param(values)
 
 /**
- * Writes a batch of stream events atomically (one statement, or one transaction when there are revokes); idempotent, so a redelivered batch changes nothing.
- * Issues go in with one unnest-based INSERT (one statement whatever the batch size). A revocation is
- * kept as a fact and applied to every matching issue, including ones that arrive in a later batch.
- * Returns how many issue rows were new.
+ * Writes a batch of stream events; idempotent, so a redelivered batch changes nothing. Returns how many
+ * issue rows were new.
+ *
+ * Revocations are kept as facts ("this user's claims up to N are revoked") and applied to the rows
+ * they name by a fix-up that each writer runs AFTER its own write committed. Two consumers may persist
+ * an issue and its cancel in concurrent transactions, neither seeing the other's uncommitted row; but
+ * whichever commits second starts its fix-up after both commits and so sees both (READ COMMITTED takes
+ * a fresh snapshot per statement). A crash between commit and fix-up leaves the entries unacknowledged:
+ * the redelivery runs the fix-up again.
  */
 export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[]): Promise<number> {
-  // A batch of issues alone is one statement, atomic by itself: BEGIN and COMMIT around it would only
-  // add two round trips per batch.
-  if (revokes.length === 0) return insertIssues(db, issues)
-  return db.transaction(async (tx) => {
-    await tx.execute(sql`
-      INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id)
+  if (issues.length === 0 && revokes.length === 0) return 0
+  const couponIds = [...new Set([...issues, ...revokes].map((e) => e.couponId))]
+  // One statement: facts and rows commit together. It also says whether any revocation exists for these
+  // coupons; a coupon nobody ever cancelled (most of a rush) then costs no second statement.
+  const result: any = await db.execute(sql`
+    WITH facts AS (
+      INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id, up_to_claim, units, idempotency_key)
       SELECT * FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
-                           ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[], ${arrayParam(revokes.map((r) => r.id))}::text[])
-      ON CONFLICT (coupon_id, stream_id) DO NOTHING`)
-    const inserted = await insertIssues(tx as unknown as Db, issues)
-    await tx.execute(sql`
-      UPDATE ${couponIssues} i SET revoked_at = r.revoked_at
-      FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
-                  ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[]) AS r(coupon_id, user_id, revoked_at)
-      WHERE i.coupon_id = r.coupon_id AND i.user_id = r.user_id AND i.revoked_at IS NULL AND i.created_at <= r.revoked_at`)
-    return inserted
-  })
+                           ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[], ${arrayParam(revokes.map((r) => r.id))}::text[],
+                           ${arrayParam(revokes.map((r) => r.upToClaim ?? null))}::int[], ${arrayParam(revokes.map((r) => r.units))}::int[],
+                           ${arrayParam(revokes.map((r) => r.idempotencyKey ?? null))}::text[])
+      ON CONFLICT (coupon_id, stream_id) DO NOTHING
+      RETURNING 1
+    ), inserted AS (
+      INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key)
+      SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
+                           ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
+                           ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[])
+      ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
+      RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts,
+           EXISTS (SELECT 1 FROM ${couponRevocations} r WHERE r.coupon_id = ANY(${arrayParam(couponIds)}::bigint[])) AS has_revocations`)
+  const row = (result.rows ?? result)[0] as { inserted: number, has_revocations: boolean }
+  // The EXISTS does not see this statement's own facts (one snapshot), hence the revokes.length check.
+  if (revokes.length > 0 || row.has_revocations) await applyRevocations(db, [...issues, ...revokes])
+  return Number(row.inserted)
 }
 
-/** One unnest-based INSERT for a batch of issue events; returns how many rows were new. */
-async function insertIssues (db: Db, issues: IssueEvent[]): Promise<number> {
-  if (issues.length === 0) return 0
-  const couponIds = [...new Set(issues.map((e) => e.couponId))]
-  // The per-row revocation lookup runs only when the batch's coupons have any revocation at all: the
-  // EXISTS is uncorrelated, so Postgres evaluates it once per statement (an InitPlan), not per row.
-  const result: any = await db.execute(sql`
-    INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, revoked_at)
-    SELECT t.coupon_id, t.user_id, t.claim, t.created_at, t.stream_id,
-           CASE WHEN (SELECT EXISTS (SELECT 1 FROM ${couponRevocations} r0 WHERE r0.coupon_id = ANY(${arrayParam(couponIds)}::bigint[])))
-           THEN (SELECT min(r.revoked_at) FROM ${couponRevocations} r
-                  WHERE r.coupon_id = t.coupon_id AND r.user_id = t.user_id AND r.revoked_at >= t.created_at) END
-    FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
-                ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
-                ${arrayParam(issues.map((e) => e.id))}::text[]) AS t(coupon_id, user_id, claim, created_at, stream_id)
-    ON CONFLICT (coupon_id, user_id, claim) DO NOTHING`)
-  return Number(result.rowCount ?? result.affectedRows ?? 0)
+/** Marks revoked every row of these events' (coupon, user) pairs that a recorded cancel names. */
+async function applyRevocations (db: Db, events: (IssueEvent | RevokeEvent)[]): Promise<void> {
+  const pairs = new Map<string, [number, string]>()
+  for (const e of events) pairs.set(`${e.couponId}|${e.userId}`, [e.couponId, e.userId])
+  const list = [...pairs.values()]
+  // A fact without up_to_claim predates it (legacy): only then is the moment compared.
+  await db.execute(sql`
+    UPDATE ${couponIssues} i SET revoked_at = hit.revoked_at
+    FROM (
+      SELECT i2.id, min(r.revoked_at) AS revoked_at
+      FROM unnest(${arrayParam(list.map(([c]) => c))}::bigint[], ${arrayParam(list.map(([, u]) => u))}::text[]) AS p(coupon_id, user_id)
+      JOIN ${couponIssues} i2 ON i2.coupon_id = p.coupon_id AND i2.user_id = p.user_id AND i2.revoked_at IS NULL
+      JOIN ${couponRevocations} r ON r.coupon_id = p.coupon_id AND r.user_id = p.user_id
+       AND (r.up_to_claim >= i2.claim OR (r.up_to_claim IS NULL AND r.revoked_at >= i2.created_at))
+      GROUP BY i2.id
+    ) AS hit
+    WHERE i.id = hit.id AND i.revoked_at IS NULL`)
 }
 
 export interface PersistedIssue {
@@ -56,6 +71,8 @@ export interface PersistedIssue {
   claim: number
   createdAt: Date
   revokedAt: Date | null
+  streamId: string
+  idempotencyKey: string | null
 }
 
 /** Every issue of a coupon, the input of a counter rebuild. */
@@ -64,8 +81,24 @@ export async function issuesOfCoupon (db: Db, couponId: number): Promise<Persist
     userId: couponIssues.userId,
     claim: couponIssues.claim,
     createdAt: couponIssues.createdAt,
-    revokedAt: couponIssues.revokedAt
+    revokedAt: couponIssues.revokedAt,
+    streamId: couponIssues.streamId,
+    idempotencyKey: couponIssues.idempotencyKey
   }).from(couponIssues).where(eq(couponIssues.couponId, couponId))
+}
+
+export type PersistedRevocation = Pick<typeof couponRevocations.$inferSelect, 'userId' | 'revokedAt' | 'streamId' | 'upToClaim' | 'units' | 'idempotencyKey'>
+
+/** Every cancel of a coupon recorded in Postgres, the other input of a counter rebuild. */
+export async function revocationsOfCoupon (db: Db, couponId: number): Promise<PersistedRevocation[]> {
+  return db.select({
+    userId: couponRevocations.userId,
+    revokedAt: couponRevocations.revokedAt,
+    streamId: couponRevocations.streamId,
+    upToClaim: couponRevocations.upToClaim,
+    units: couponRevocations.units,
+    idempotencyKey: couponRevocations.idempotencyKey
+  }).from(couponRevocations).where(eq(couponRevocations.couponId, couponId))
 }
 
 export async function issuesOfUser (db: Db, userId: string, couponId?: number) {
@@ -102,22 +135,34 @@ export async function recordFailedEvents (db: Db, entries: FailedEntry[]): Promi
 
 export async function listFailedEvents (db: Db, { includeRetried = false, limit = 100 } = {}) {
   return db.select().from(failedIssueEvents)
-    .where(includeRetried ? undefined : isNull(failedIssueEvents.retriedAt))
+    .where(includeRetried ? undefined : and(isNull(failedIssueEvents.retriedAt), isNull(failedIssueEvents.discardedAt)))
     .orderBy(desc(failedIssueEvents.id)).limit(limit)
 }
 
-/** Parked entries of one stream not yet retried: their units were handed out, a rebuild must count them. */
+/**
+ * Parked entries of one stream neither retried nor discarded: their units were handed out, a rebuild
+ * must count them.
+ */
 export async function parkedEntriesOfStream (db: Db, streamKey: string): Promise<[id: string, fields: string[]][]> {
   const rows = await db.select({ streamId: failedIssueEvents.streamId, payload: failedIssueEvents.payload }).from(failedIssueEvents)
-    .where(and(eq(failedIssueEvents.streamKey, streamKey), isNull(failedIssueEvents.retriedAt)))
+    .where(and(eq(failedIssueEvents.streamKey, streamKey), isNull(failedIssueEvents.retriedAt), isNull(failedIssueEvents.discardedAt)))
   return rows.map((row) => [row.streamId, Object.entries(row.payload as Record<string, string>).flat()])
 }
 
-export async function findFailedEvent (db: Db, id: number) {
-  const [row] = await db.select().from(failedIssueEvents).where(eq(failedIssueEvents.id, id))
+/** A parked entry; with `forUpdate`, locked until the caller's transaction ends (retry and discard serialize on it). */
+export async function findFailedEvent (db: Db, id: number, forUpdate = false) {
+  const query = db.select().from(failedIssueEvents).where(eq(failedIssueEvents.id, id))
+  const [row] = forUpdate ? await query.for('update') : await query
   return row
 }
 
 export async function markFailedEventRetried (db: Db, id: number): Promise<void> {
   await db.update(failedIssueEvents).set({ retriedAt: new Date() }).where(eq(failedIssueEvents.id, id))
+}
+
+/** Records that an admin gave the parked entry up; returns the moment. */
+export async function markFailedEventDiscarded (db: Db, id: number, reason: string | null): Promise<Date> {
+  const discardedAt = new Date()
+  await db.update(failedIssueEvents).set({ discardedAt, discardReason: reason }).where(eq(failedIssueEvents.id, id))
+  return discardedAt
 }
