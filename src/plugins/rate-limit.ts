@@ -16,7 +16,8 @@ export default fp(async function rateLimitPlugin (fastify, { config }: { config:
   const limiters: preHandlerAsyncHookHandler[] = []
   // @fastify/rate-limit lets only one of its limiters run per request, so each limit gets its own
   // registration in its own encapsulated context.
-  const limiter = async (max: number, keyGenerator: (request: FastifyRequest) => string) => {
+  const limiter = async (max: number, keyGenerator: (request: FastifyRequest) => string,
+    allowList?: (request: FastifyRequest) => Promise<boolean>) => {
     let handler: preHandlerAsyncHookHandler | undefined
     await fastify.register(async (scope) => {
       await scope.register(rateLimit, {
@@ -24,14 +25,17 @@ export default fp(async function rateLimitPlugin (fastify, { config }: { config:
         redis: fastify.redis,
         nameSpace: fastify.keys.rateLimit,
         skipOnError: true,
-        errorResponseBuilder: (_request, context) => ({
+        errorResponseBuilder: (_request, context) => {
+          fastify.metrics?.countIssueOutcome('RATE_LIMITED')
+          return {
           statusCode: 429,
           code: 'RATE_LIMITED',
           error: 'Too Many Requests',
-          message: `Rate limit exceeded; retry in ${Math.ceil(context.ttl / 1000)} s.`
-        })
+            message: `Rate limit exceeded; retry in ${Math.ceil(context.ttl / 1000)} s.`
+          }
+        }
       })
-      handler = scope.rateLimit({ max, timeWindow: windowMs, keyGenerator }) as unknown as preHandlerAsyncHookHandler
+      handler = scope.rateLimit({ max, timeWindow: windowMs, keyGenerator, ...(allowList ? { allowList } : {}) }) as unknown as preHandlerAsyncHookHandler
     })
     return handler!
   }
@@ -41,6 +45,13 @@ export default fp(async function rateLimitPlugin (fastify, { config }: { config:
       const { couponId } = request.params as { couponId?: number }
       const { userId } = (request.body ?? {}) as { userId?: string }
       return `user:${couponId}:${userId}`
+    }, async (request) => {
+      // The README tells clients to retry with the same Idempotency-Key: a retry whose outcome is
+      // remembered only replays it, so it must not use up the user's allowance (one HEXISTS, keyed calls only).
+      const key = request.headers['idempotency-key']
+      const { couponId } = request.params as { couponId?: number }
+      if (typeof key !== 'string' || couponId === undefined) return false
+      return await fastify.redis.hexists(fastify.keys.coupon(couponId).idempotency, `issue:${key}`).catch(() => 0) === 1
     }))
   }
   fastify.decorate('issueRateLimits', limiters)

@@ -87,7 +87,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
       countIssueOutcome((err as { code?: string }).code ?? 'ERROR')
       throw err
     }
-    countIssueOutcome('issued')
+    countIssueOutcome(issued.replayed ? 'replayed' : 'issued')
     if (issued.replayed) reply.header('idempotent-replayed', 'true')
     return reply.status(201).send(issued)
   })

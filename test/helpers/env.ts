@@ -5,6 +5,8 @@ import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
+import { createRedis } from '../../src/redis/client.js'
+import { IssueEventConsumer, type ConsumerOptions } from '../../src/persistence/consumer.js'
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789'
 export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -111,4 +113,23 @@ export async function waitFor<T> (check: () => Promise<T | null | undefined | fa
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await new Promise((resolve) => setTimeout(resolve, pollIntervalMs))
   }
+}
+
+export type TestApp = FastifyInstance & { env: TestEnv }
+
+/**
+ * A consumer of the app's group for a test (drain, reclaim, or a second loop). With `blocking` it gets
+ * its own connection for the blocking read and can run start(); stopped at teardown.
+ */
+export function testConsumer (t: Teardown, app: TestApp, name: string, overrides: Partial<Omit<ConsumerOptions, 'redis' | 'blockingRedis' | 'db' | 'keys' | 'log'>> = {}): IssueEventConsumer {
+  const blockingRedis = createRedis({ url: app.env.config.redisUrl, blocking: true, name })
+  blockingRedis.on('error', () => {})
+  const consumer = new IssueEventConsumer({
+    redis: app.redis, blockingRedis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, ...overrides, name
+  })
+  t.teardown(async () => {
+    await consumer.stop()
+    blockingRedis.disconnect()
+  })
+  return consumer
 }
