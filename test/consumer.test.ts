@@ -162,12 +162,16 @@ t.test('a reclaim while the database is down claims nothing, so delivery counts 
 
 t.test('ended, fully persisted coupons leave the read list; a late cancel brings the stream back', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
-  const endsAt = Date.now() + 300
-  const ended = await createCoupon(app, { totalQuantity: 5, endsAt: new Date(endsAt).toISOString() })
+  // Open for an hour, so the issue and the first check happen inside the window on any machine; then
+  // the window is set to close a moment later and the test waits for that moment to pass.
+  const ended = await createCoupon(app, { totalQuantity: 5, endsAt: new Date(Date.now() + 3_600_000).toISOString() })
   const open = await createCoupon(app, { totalQuantity: 5 })
-  await app.inject({ method: 'POST', url: `/coupons/${ended.id}/issues`, payload: { userId: 'early' } })
+  t.equal((await app.inject({ method: 'POST', url: `/coupons/${ended.id}/issues`, payload: { userId: 'early' } })).statusCode, 201)
   const consumer = consumerFor(app)
   t.same(await consumer.pruneEndedStreams(0), [], 'not while its window is open')
+  const endsAt = Date.now() + 100
+  const closed = await app.inject({ method: 'PATCH', url: `/coupons/${ended.id}`, headers: admin, payload: { endsAt: new Date(endsAt).toISOString() } })
+  t.equal(closed.statusCode, 200)
   await waitFor(async () => Date.now() > endsAt + 10, { what: 'the window to close' })
   t.same(await consumer.pruneEndedStreams(0), [], 'not while an event waits to be persisted')
   await consumer.drain()

@@ -62,10 +62,14 @@ t.test('the coupon window is enforced with Redis time', async (t) => {
   t.equal(early.statusCode, 409)
   t.equal(early.json().code, 'NOT_STARTED')
 
-  const endsAt = Date.now() + 300
-  const closing = await createCoupon(app, { totalQuantity: 5, endsAt: new Date(endsAt).toISOString() })
+  // The window is open while the first request is served however slow the machine, then set to close
+  // a moment later: the request after that moment is refused by the clock alone.
+  const closing = await createCoupon(app, { totalQuantity: 5, endsAt: new Date(Date.now() + 3_600_000).toISOString() })
   const inTime = await app.inject({ method: 'POST', url: `/coupons/${closing.id}/issues`, payload: { userId: 'on-time' } })
   t.equal(inTime.statusCode, 201)
+  const endsAt = Date.now() + 100
+  const closed = await app.inject({ method: 'PATCH', url: `/coupons/${closing.id}`, headers: admin, payload: { endsAt: new Date(endsAt).toISOString() } })
+  t.equal(closed.statusCode, 200)
   await waitFor(async () => Date.now() > endsAt + 20, { what: 'the coupon window to close' })
   const late = await app.inject({ method: 'POST', url: `/coupons/${closing.id}/issues`, payload: { userId: 'too-late' } })
   t.equal(late.statusCode, 409)

@@ -5,7 +5,7 @@ import t from 'tap'
 import { createCoupon, inParallel, testApp, waitFor, admin } from '../helpers/env.js'
 import { CONSUMER_GROUP } from '../../src/redis/keys.js'
 import { checkInvariants, groupState, issue, rowsOf, type Call } from './helpers/invariants.js'
-import { extraConsumer, lockTable } from './helpers/inprocess.js'
+import { extraConsumer, lockTable, lockWaits, requestLock } from './helpers/inprocess.js'
 
 const pendingIds = async (app: any, stream: string, consumer?: string) =>
   (await app.redis.xpending(stream, CONSUMER_GROUP, '-', '+', 1000, ...(consumer ? [consumer] : [])) as [string, string, number, number][])
@@ -105,26 +105,47 @@ t.test('poison entries in a batch of good ones: good ones land, bad ones are par
 })
 
 t.test('a duplicate delivery forced with XCLAIM while the consumer works: no extra row, acked', async (t) => {
-  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '600000' })
+  // Two explicit consumers and Postgres' lock queue fix who writes when; the app's own consumer stays off.
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
   const base = await app.listen({ port: 0, host: '127.0.0.1' })
   const total = 100
   const coupon = await createCoupon(app, { totalQuantity: total })
   const stream = app.keys.coupon(coupon.id).events
-  const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
+  const db = app.env.databaseUrl
   const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
-  // The app's consumer is now stuck in its insert with a batch in hand.
-  const held = await waitFor(async () => { const p = await pendingIds(app, stream); return p.length > 0 && p }, { what: 'the app consumer to take a batch' })
+
+  // The worker takes all 20 entries in one read; its insert waits behind the gate.
+  const gate = await lockTable(t, db, 'coupon_issues')
+  const worker = extraConsumer(t, app, 'worker', { reclaimMinIdleMs: 600_000 })
+  worker.start()
+  const held = await waitFor(async () => { const p = await pendingIds(app, stream, 'worker'); return p.length === 20 && p }, { what: 'the worker to take the 20 entries' })
+  await waitFor(async () => (await lockWaits(db, 'coupon_issues')).join() === 'RowExclusiveLock', { what: 'the worker\'s insert to wait on the lock' })
+  // A SHARE request queued behind the worker's insert: granted once the worker has committed, it then
+  // holds back every insert queued after it until the test lets go.
+  const turnstile = await requestLock(t, db, 'coupon_issues')
+  await waitFor(async () => (await lockWaits(db, 'coupon_issues')).join() === 'RowExclusiveLock,ShareLock', { what: 'the turnstile to queue behind the worker' })
+
+  // While the worker is in the middle of its insert, its entries are forced onto another consumer.
   const ids = held.map(([id]) => id)
   await app.redis.xclaim(stream, CONSUMER_GROUP, 'intruder', 0, ...ids)
-  const intruder = extraConsumer(t, app, 'intruder')
+  const intruder = extraConsumer(t, app, 'intruder', { reclaimMinIdleMs: 600_000 })
   const second = intruder.reclaim(0)
-  await lock.release()
+  // The intruder has claimed everything (a reclaim claims before it persists) and its insert is queued.
+  await waitFor(async () => (await lockWaits(db, 'coupon_issues')).join() === 'RowExclusiveLock,RowExclusiveLock,ShareLock', { what: 'the intruder\'s insert to queue behind the turnstile' })
+  t.same((await pendingIds(app, stream, 'intruder')).map(([id]) => id), ids, 'the intruder holds exactly the forced entries')
+
+  await gate.release()
+  await turnstile.granted
+  await waitFor(async () => worker.stats.batches === 1, { what: 'the worker to finish its write' })
+  t.same(worker.stats, { batches: 1, inserted: 20, duplicates: 0, failed: 0, deletedWhilePending: 0 }, 'the worker wrote the 20 rows first')
+  await turnstile.release()
   const reclaimed = await second
-  // reclaim(0) takes every pending entry, so it may also take the app consumer's read-ahead batch.
-  t.ok((reclaimed[String(coupon.id)] ?? 0) >= ids.length, 'the intruder persisted (at least) the entries forced on it')
-  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  t.same(reclaimed, { [coupon.id]: ids.length }, 'the intruder persisted exactly the entries forced on it')
+  t.same(intruder.stats, { batches: 1, inserted: 0, duplicates: 20, failed: 0, deletedWhilePending: 0 }, 'and each of them was a duplicate')
+
+  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: db, couponId: coupon.id, total, calls })
   t.equal(summary.rows.length, 20, 'no extra row from the duplicate delivery')
-  t.ok(intruder.stats.duplicates + app.consumer!.stats.duplicates >= ids.length, 'the second write of each entry was recognised as a duplicate')
+  t.equal(worker.stats.duplicates + intruder.stats.duplicates, ids.length, 'the second write of each entry was recognised as a duplicate')
 })
 
 t.test('the consumer group destroyed while entries wait: recreated (NOGROUP), everything persisted once', async (t) => {

@@ -1,5 +1,5 @@
 // For fault tests that run the app in this process (they add coverage): a second consumer of the
-// app's group, and a Postgres connection holding a lock the consumer's insert needs.
+// app's group, and Postgres connections holding (or queued for) a lock the consumer's insert needs.
 import pg from 'pg'
 import type { FastifyInstance } from 'fastify'
 import { createRedis } from '../../../src/redis/client.js'
@@ -27,10 +27,21 @@ export function extraConsumer (t: Teardown, app: App, name: string, overrides: {
 
 /** Holds `LOCK TABLE <table> IN <mode> MODE` in an open transaction until release(). */
 export async function lockTable (t: Teardown, databaseUrl: string, table: string, mode = 'SHARE') {
+  const lock = await requestLock(t, databaseUrl, table, mode)
+  await lock.granted
+  return { release: lock.release }
+}
+
+/**
+ * Asks for `LOCK TABLE <table> IN <mode> MODE` in an open transaction without waiting for it: `granted`
+ * resolves once Postgres grants it. Postgres queues a request behind any waiting request it conflicts
+ * with, and grants the queue in order, so a request queued between two inserts holds the second one
+ * back until release() (see lockWaits to know who is queued).
+ */
+export async function requestLock (t: Teardown, databaseUrl: string, table: string, mode = 'SHARE') {
   const client = new pg.Client({ connectionString: databaseUrl })
   await client.connect()
   await client.query('BEGIN')
-  await client.query(`LOCK TABLE ${table} IN ${mode} MODE`)
   let released = false
   const release = async () => {
     if (released) return
@@ -39,5 +50,20 @@ export async function lockTable (t: Teardown, databaseUrl: string, table: string
     await client.end().catch(() => {})
   }
   t.teardown(release)
-  return { release }
+  const granted: Promise<void> = client.query(`LOCK TABLE ${table} IN ${mode} MODE`).then(() => {})
+  granted.catch(() => {})
+  return { granted, release }
+}
+
+/** The modes (e.g. RowExclusiveLock, ShareLock) of the requests waiting for a lock on a table, sorted. */
+export async function lockWaits (databaseUrl: string, table: string): Promise<string[]> {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  try {
+    const { rows } = await client.query(`
+      SELECT mode FROM pg_locks
+      WHERE locktype = 'relation' AND NOT granted AND relation = $1::regclass
+        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, [table])
+    return rows.map((r: { mode: string }) => r.mode).sort()
+  } finally { await client.end() }
 }
