@@ -332,3 +332,16 @@ t.test('14: replays are not counted as issues, 429s are counted, replays do not 
   const listing = (await app.inject({ method: 'GET', url: '/users/buyer/coupons' })).json()
   t.equal(listing.coupons.find((c: any) => c.couponId === plain.id).issues[0].revokedAt, cancelled.json().revokedAt)
 })
+
+t.test('6: idempotency records carry no TTL; expired ones are ignored and pruned', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false', IDEMPOTENCY_TTL_SECONDS: '1' })
+  const coupon = await createCoupon(app, { totalQuantity: 5, perUserLimit: 2 })
+  const k = app.keys.coupon(coupon.id)
+  const first = await issue(app, coupon.id, 'slow', { 'idempotency-key': 'once' })
+  t.equal(await app.redis.ttl(k.idempotency), -1, 'no TTL: volatile-* eviction does not pick it')
+  t.same((await issue(app, coupon.id, 'slow', { 'idempotency-key': 'once' })).json(), first.json())
+  await waitFor(async () => (await issue(app, coupon.id, 'slow', { 'idempotency-key': 'once' })).json().claim === 2, { what: 'the key to expire', timeoutMs: 5000 })
+  const consumer = testConsumer(t, app, 'maintenance')
+  t.equal(await consumer.pruneIdempotency(0), 1, 'the remembered record is pruned once expired')
+  t.same(Object.keys(await app.redis.hgetall(k.idempotency)), [COMPLETE_MARKER], 'only the completeness marker is left')
+})

@@ -27,7 +27,7 @@ async function main (): Promise<void> {
   const consumer = new IssueEventConsumer({
     redis, blockingRedis, db: database.db, keys: createKeys(config.redisPrefix), log: log.child({ component: 'consumer' }), ...config.consumer
   })
-  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log)
+  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log, { idempotencyTtlMs: config.idempotencyTtlSeconds * 1000 })
   consumer.start()
   log.info({ consumer: consumer.name }, 'consuming issue events')
   closeWithGrace({ delay: config.shutdownTimeoutMs }, async ({ signal, err }) => {

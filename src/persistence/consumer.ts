@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
-import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
+import { COMPLETE_MARKER, CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
 import { ackAndTrim, markDormant } from '../redis/scripts.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
@@ -247,6 +247,31 @@ export class IssueEventConsumer {
     return found
   }
 
+  /**
+   * Deletes idempotency records older than the TTL from the active coupons' hashes (they carry no TTL
+   * of their own, so that eviction cannot pick them first; the scripts already ignore expired ones).
+   */
+  async pruneIdempotency (ttlMs: number): Promise<number> {
+    const { redis, keys } = this.#o
+    let deleted = 0
+    const oldest = Date.now() - ttlMs
+    for (const id of await redis.smembers(keys.activeCoupons)) {
+      const hash = keys.coupon(id).idempotency
+      let cursor = '0'
+      do {
+        const [next, flat] = await redis.hscan(hash, cursor, 'COUNT', 1000)
+        cursor = next
+        const expired: string[] = []
+        for (let i = 0; i + 1 < flat.length; i += 2) {
+          const recorded = Number(/\|(\d+)$/.exec(flat[i + 1]!)?.[1])
+          if (flat[i] !== COMPLETE_MARKER && recorded < oldest) expired.push(flat[i]!)
+        }
+        if (expired.length > 0) deleted += await redis.hdel(hash, ...expired)
+      } while (cursor !== '0')
+    }
+    return deleted
+  }
+
   /** Nothing pending and nothing undelivered in the group (or no such stream). */
   async #settled (stream: string): Promise<boolean> {
     const { redis } = this.#o
@@ -456,8 +481,15 @@ export class IssueEventConsumer {
 }
 
 /** Runs consumer.reclaim() on a node-cron schedule (the web process and `npm run consume` alike). */
+export interface MaintenanceOptions {
+  /** coupons whose stream this process reactivated but could not put back on the read list */
+  strandedCoupons?: () => number[]
+  /** idempotency records older than this are pruned */
+  idempotencyTtlMs?: number
+}
+
 export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expression: string, log: FastifyBaseLogger,
-  strandedCoupons: () => number[] = () => []): ScheduledTask {
+  { strandedCoupons = () => [], idempotencyTtlMs }: MaintenanceOptions = {}): ScheduledTask {
   return cron.schedule(expression, async () => {
     // A reactivated stream whose SADD failed in this process: look for every such stream once.
     if (strandedCoupons().length > 0) await consumer.discoverStreams().catch((err) => { log.error({ err }, 'looking for unread streams failed') })
@@ -469,5 +501,6 @@ export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expressio
     if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
     const pruned = await consumer.pruneEndedStreams().catch((err) => { log.error({ err }, 'pruning ended coupons failed') })
     if (pruned && pruned.length > 0) log.info({ coupons: pruned }, 'stopped reading the streams of ended, fully persisted coupons')
+    if (idempotencyTtlMs !== undefined) await consumer.pruneIdempotency(idempotencyTtlMs).catch((err) => { log.error({ err }, 'pruning idempotency records failed') })
   }, { noOverlap: true, name: 'reclaim-pending-issue-events' })
 }

@@ -28,7 +28,10 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     ...config.consumer
   })
   fastify.decorate('consumer', consumer)
-  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log, () => fastify.couponStore.takeStranded())
+  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log, {
+    strandedCoupons: () => fastify.couponStore.takeStranded(),
+    idempotencyTtlMs: config.idempotencyTtlSeconds * 1000
+  })
 
   fastify.addHook('onReady', async () => { consumer.start() })
   // Registered after the redis plugin, so this runs before its connection closes.
