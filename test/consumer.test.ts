@@ -1,15 +1,12 @@
 // The persistence path: redelivery is harmless, poison is parked before its ack, the loop keeps up.
+import { consumerGroupInfo } from '../src/redis/groups.js'
 import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues, failedIssueEvents } from '../src/db/schema.js'
 import { CONSUMER_GROUP } from '../src/redis/keys.js'
 import { IssueEventConsumer } from '../src/persistence/consumer.js'
-import { admin, createCoupon, testApp, waitFor } from './helpers/env.js'
+import { admin, createCoupon, testApp, testConsumer, waitFor } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
-
-const consumerFor = (app: FastifyInstance & { env: any }, name = 'test-consumer', overrides = {}) => new IssueEventConsumer({
-  redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name, ...overrides
-})
 
 const rowsOf = (app: FastifyInstance, couponId: number) => app.db.select().from(couponIssues).where(eq(couponIssues.couponId, couponId))
 
@@ -22,8 +19,7 @@ t.test('the running consumer persists an issue promptly, with its issuedAt, and 
   t.equal(row!.createdAt.toISOString(), issuedAt)
   t.equal(row!.claim, 1)
   await waitFor(async () => await app.redis.xlen(app.keys.coupon(coupon.id).events) === 0, { what: 'the trim' })
-  const [groupInfo] = await app.redis.xinfo('GROUPS', app.keys.coupon(coupon.id).events) as any[]
-  const info = Object.fromEntries(Array.from({ length: groupInfo.length / 2 }, (_, i) => [groupInfo[2 * i], groupInfo[2 * i + 1]]))
+  const info = (await consumerGroupInfo(app.redis, app.keys.coupon(coupon.id).events))!
   t.equal(info.pending, 0, 'nothing pending')
   t.equal(info.lag, 0, 'no lag')
 })
@@ -34,10 +30,10 @@ t.test('redelivering an already persisted entry inserts nothing twice and is ack
   const k = app.keys.coupon(coupon.id)
   for (const userId of ['r1', 'r2']) await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId } })
   const entries = await app.redis.xrange(k.events, '-', '+')
-  const first = consumerFor(app, 'first')
+  const first = testConsumer(t, app, 'first')
   // Persist, then fake a crash before the ack: read as 'first', persist through drain of another consumer.
   await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crashed', 'COUNT', 10, 'STREAMS', k.events, '>')
-  const second = await consumerFor(app, 'second').reclaim(0)
+  const second = await testConsumer(t, app, 'second').reclaim(0)
   t.same(second, { [coupon.id]: 2 })
   t.equal((await rowsOf(app, coupon.id)).length, 2)
   // The same entries delivered again (e.g. XADD replay of identical events) change nothing.
@@ -65,7 +61,7 @@ t.test('poison entries in a batch of good ones: good ones land, poison is parked
   await app.redis.sadd(app.keys.activeCoupons, '987654')
   await app.redis.xadd(ghost, '*', 'type', 'issue', 'couponId', '987654', 'userId', 'ghost-user', 'claim', '1', 'at', String(Date.now()))
 
-  const report = await consumerFor(app).drain()
+  const report = await testConsumer(t, app, 'test-consumer').drain()
   t.equal(report.stats.inserted, 2, 'the good ones land')
   t.equal(report.stats.failed, 4, 'the bad ones are parked')
   t.same((await rowsOf(app, coupon.id)).map((r) => r.userId).sort(), ['good-1', 'good-2'])
@@ -99,7 +95,7 @@ t.test('an admin retry persists a parked entry once its cause is fixed', async (
   await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crasher', 'COUNT', 10, 'STREAMS', k.events, '>')
   const entryId = (await app.redis.xrange(k.events, '-', '+'))[0]![0]
   for (let i = 0; i < 5; i++) await app.redis.xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, entryId)
-  const report = await consumerFor(app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
+  const report = await testConsumer(t, app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
   t.same(report, { [coupon.id]: 1 })
   t.equal((await rowsOf(app, coupon.id)).length, 0)
   const [parked] = await app.db.select().from(failedIssueEvents)
@@ -115,7 +111,7 @@ t.test('an admin retry persists a parked entry once its cause is fixed', async (
 t.test('the consumer stops cleanly and a restarted one picks up where it left', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
   const coupon = await createCoupon(app, { totalQuantity: 50 })
-  const consumer = consumerFor(app, 'loop', { blockMs: 100 })
+  const consumer = testConsumer(t, app, 'loop', { blockMs: 100 })
   consumer.start()
   for (let i = 0; i < 20; i++) await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: `loop-${i}` } })
   await waitFor(async () => (await rowsOf(app, coupon.id)).length === 20, { what: '20 rows' })
@@ -136,7 +132,7 @@ t.test('an entry only the database rejects is isolated row by row; the rest of i
   // Well-formed by every check the consumer makes, but the claim does not fit Postgres' integer.
   await app.redis.xadd(k.events, '*', 'type', 'issue', 'couponId', String(coupon.id), 'userId', 'overflow', 'claim', '99999999999', 'at', String(Date.now()))
   await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'after' } })
-  const report = await consumerFor(app).drain()
+  const report = await testConsumer(t, app, 'test-consumer').drain()
   t.equal(report.stats.inserted, 2)
   t.equal(report.stats.failed, 1)
   t.same((await rowsOf(app, coupon.id)).map((r) => r.userId).sort(), ['after', 'before'])
@@ -153,7 +149,7 @@ t.test('a reclaim while the database is down claims nothing, so delivery counts 
   const { openDatabase } = await import('../src/db/client.js')
   const unreachable = await openDatabase({ url: 'postgres://postgres@127.0.0.1:1/nowhere', dataDir: '' })
   t.teardown(() => unreachable.close())
-  const consumer = consumerFor(app, 'cut-off', { db: unreachable.db })
+  const consumer = testConsumer(t, app, 'cut-off', { db: unreachable.db })
   await t.rejects(consumer.reclaim(0))
   const [[, owner, , deliveries]] = await app.redis.xpending(k.events, CONSUMER_GROUP, '-', '+', 10) as [[string, string, number, number]]
   t.equal(owner, 'dead', 'still with its consumer')
@@ -167,7 +163,7 @@ t.test('ended, fully persisted coupons leave the read list; a late cancel brings
   const ended = await createCoupon(app, { totalQuantity: 5, endsAt: new Date(Date.now() + 3_600_000).toISOString() })
   const open = await createCoupon(app, { totalQuantity: 5 })
   t.equal((await app.inject({ method: 'POST', url: `/coupons/${ended.id}/issues`, payload: { userId: 'early' } })).statusCode, 201)
-  const consumer = consumerFor(app)
+  const consumer = testConsumer(t, app, 'test-consumer')
   t.same(await consumer.pruneEndedStreams(0), [], 'not while its window is open')
   const endsAt = Date.now() + 100
   const closed = await app.inject({ method: 'PATCH', url: `/coupons/${ended.id}`, headers: admin, payload: { endsAt: new Date(endsAt).toISOString() } })

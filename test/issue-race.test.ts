@@ -2,7 +2,7 @@
 import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
-import { createCoupon, inParallel, testApp } from './helpers/env.js'
+import { createCoupon, inParallel, testApp, testConsumer } from './helpers/env.js'
 
 t.test('1000 concurrent requests for 100 coupons: exactly 100 issued, each persisted with its issuedAt', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
@@ -28,11 +28,7 @@ t.test('1000 concurrent requests for 100 coupons: exactly 100 issued, each persi
   t.equal(stock, '0', 'the counter ends at 0, never below')
 
   // The consumer is off: nothing can be in Postgres until the drain.
-  const { IssueEventConsumer } = await import('../src/persistence/consumer.js')
-  const consumer = new IssueEventConsumer({
-    redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log,
-    ...app.env.config.consumer, name: 'race-drain'
-  })
+  const consumer = testConsumer(t, app, 'race-drain')
   const report = await consumer.drain()
   t.equal(report.perCoupon[String(coupon.id)], 100, 'the drain handled 100 entries')
 

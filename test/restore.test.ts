@@ -5,13 +5,8 @@ import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
 import { computeCounters } from '../src/issuing/restore-counters.js'
 import { restoreCounters } from '../src/redis/scripts.js'
-import { IssueEventConsumer } from '../src/persistence/consumer.js'
-import { createCoupon, inParallel, testApp } from './helpers/env.js'
+import { createCoupon, inParallel, testApp, testConsumer } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
-
-const drainer = (app: FastifyInstance & { env: any }) => new IssueEventConsumer({
-  redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name: 'test-drain'
-})
 
 const issue = async (app: FastifyInstance, couponId: number, userId: string) => {
   const response = await app.inject({ method: 'POST', url: `/coupons/${couponId}/issues`, payload: { userId } })
@@ -23,7 +18,7 @@ t.test('counter deleted while events are half persisted: restored, no oversell, 
   const coupon = await createCoupon(app, { totalQuantity: 10 })
   const k = app.keys.coupon(coupon.id)
   for (const user of ['a', 'b', 'c']) t.equal(await issue(app, coupon.id, user), 'issued')
-  await drainer(app).drain() // a, b, c are in Postgres
+  await testConsumer(t, app, 'test-drain').drain() // a, b, c are in Postgres
   for (const user of ['d', 'e']) t.equal(await issue(app, coupon.id, user), 'issued') // d, e only in the stream
 
   await app.redis.del(k.stock)
@@ -39,7 +34,7 @@ t.test('counter deleted while events are half persisted: restored, no oversell, 
   t.equal(outcomes.filter((o) => o === 'SOLD_OUT').length, 45)
   t.equal(await app.redis.get(k.stock), '0')
 
-  await drainer(app).drain()
+  await testConsumer(t, app, 'test-drain').drain()
   const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id))
   t.equal(rows.length, 10, 'exactly the quantity in Postgres')
   t.equal(new Set(rows.map((r) => r.userId)).size, 10, 'no user twice')
@@ -57,7 +52,7 @@ t.test('everything but the stream lost (Redis restarted from an old AOF): rebuil
   t.equal(await issue(app, coupon.id, 's'), 'issued')
   t.equal(await issue(app, coupon.id, 't'), 'SOLD_OUT')
   t.ok(await app.redis.sismember(app.keys.activeCoupons, String(coupon.id)), 'the stream is back on the consumer list')
-  const report = await drainer(app).drain()
+  const report = await testConsumer(t, app, 'test-drain').drain()
   t.equal(report.stats.inserted, 4)
 })
 

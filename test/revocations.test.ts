@@ -4,8 +4,7 @@ import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues, couponRevocations } from '../src/db/schema.js'
 import { CONSUMER_GROUP } from '../src/redis/keys.js'
-import { IssueEventConsumer } from '../src/persistence/consumer.js'
-import { createCoupon, testApp, waitFor } from './helpers/env.js'
+import { createCoupon, testApp, testConsumer, waitFor } from './helpers/env.js'
 
 t.test('revocation persisted before its issue: the issue lands already revoked, a later claim stays active', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
@@ -19,9 +18,7 @@ t.test('revocation persisted before its issue: the issue lands already revoked, 
   t.equal(cancelled.statusCode, 200)
   // The survivor's loop leaves entries idle for less than RECLAIM_MIN_IDLE_MS (30 s) to their consumer,
   // so it persists the revoke while the issue is still pending elsewhere.
-  const blockingRedis = app.redis.duplicate()
-  const consumer = new IssueEventConsumer({ redis: app.redis, blockingRedis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, blockMs: 100, name: 'survivor' })
-  t.teardown(async () => { await consumer.stop(); blockingRedis.disconnect() })
+  const consumer = testConsumer(t, app, 'survivor', { blockMs: 100 })
   consumer.start()
   await waitFor(async () => (await app.db.select().from(couponRevocations)).length === 1, { what: 'the cancel recorded as a fact' })
   t.equal((await app.db.select().from(couponIssues)).length, 0, 'the issue is not there yet')
@@ -31,7 +28,7 @@ t.test('revocation persisted before its issue: the issue lands already revoked, 
   await waitFor(async () => (await app.db.select().from(couponIssues)).length === 1, { what: 'the second claim' })
   await consumer.stop()
   // The dead consumer's entry is reclaimed (drain takes pending entries regardless of idle time).
-  const report = await new IssueEventConsumer({ redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name: 'drain' }).drain()
+  const report = await testConsumer(t, app, 'drain').drain()
   t.equal(report.stats.inserted, 1, 'the old issue lands last')
   const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id)).orderBy(couponIssues.claim)
   t.equal(rows.length, 2)

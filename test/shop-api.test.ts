@@ -3,15 +3,10 @@ import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
 import { COMPLETE_MARKER } from '../src/redis/keys.js'
-import { IssueEventConsumer } from '../src/persistence/consumer.js'
-import { admin, createCoupon, inParallel, testApp } from './helpers/env.js'
-import type { FastifyInstance } from 'fastify'
+import { admin, createCoupon, inParallel, testApp, testConsumer } from './helpers/env.js'
 
 const SHOP_KEY = 'shop-key-abcdef123456'
 const shop = { authorization: `Bearer ${SHOP_KEY}` }
-const drain = (app: FastifyInstance & { env: any }) => new IssueEventConsumer({
-  redis: app.redis, blockingRedis: app.redis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, name: 'shop-drain'
-}).drain()
 
 t.test('API keys: shop routes need a key once any is configured; admin routes need the admin token', async (t) => {
   const app = await testApp(t, { API_KEYS: `other-key-0000000000, ${SHOP_KEY}`, CONSUMER_ENABLED: 'false' })
@@ -50,7 +45,7 @@ t.test('cancel: units go back to stock, the user may claim again, Postgres keeps
   const reclaimed = await app.inject({ method: 'POST', url, payload: { userId: 'buyer' } })
   t.equal(reclaimed.statusCode, 201, 'the user may claim again')
   t.equal(reclaimed.json().claim, 2, 'as their second claim')
-  await drain(app)
+  await testConsumer(t, app, 'shop-drain').drain()
   const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id)).orderBy(couponIssues.claim)
   t.equal(rows.length, 2, 'history is kept, not deleted')
   t.equal(rows[0]!.revokedAt?.toISOString(), cancelled.json().revokedAt, 'the first claim is marked revoked')
@@ -77,7 +72,7 @@ t.test('a rush of issues and cancels never exceeds quantity and ends with Redis 
   const { [COMPLETE_MARKER]: _complete, ...holders } = await app.redis.hgetall(app.keys.coupon(coupon.id).holders)
   const heldInRedis = Object.values(holders).reduce((n, v) => n + Number(v), 0)
   t.equal(heldInRedis + Number(await app.redis.get(app.keys.coupon(coupon.id).stock)), 20, 'held + stock = quantity')
-  await drain(app)
+  await testConsumer(t, app, 'shop-drain').drain()
   const active = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id))
   const activeRows = active.filter((r) => r.revokedAt === null)
   t.equal(activeRows.length, heldInRedis, 'Postgres agrees with Redis on what is held')
@@ -94,7 +89,7 @@ t.test('perUserLimit lets a user hold several units, still exactly up to the qua
   t.equal(outcomes.filter((o) => o === 'issued').length, 10)
   const holders = await app.redis.hgetall(app.keys.coupon(coupon.id).holders)
   t.ok(Object.values(holders).every((v) => Number(v) <= 3), 'no user beyond the limit')
-  await drain(app)
+  await testConsumer(t, app, 'shop-drain').drain()
   const rows = await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, coupon.id))
   t.equal(rows.length, 10)
 })
@@ -104,7 +99,7 @@ t.test('listings: a user\'s coupons include issues not yet persisted', async (t)
   const a = await createCoupon(app, { totalQuantity: 5 })
   const b = await createCoupon(app, { totalQuantity: 5 })
   await app.inject({ method: 'POST', url: `/coupons/${a.id}/issues`, payload: { userId: 'lister' } })
-  await drain(app)
+  await testConsumer(t, app, 'shop-drain').drain()
   await app.inject({ method: 'POST', url: `/coupons/${b.id}/issues`, payload: { userId: 'lister' } })
   const listing = await app.inject({ method: 'GET', url: '/users/lister/coupons' })
   t.equal(listing.statusCode, 200)

@@ -6,6 +6,7 @@ import { findCoupon, type Coupon } from '../db/queries/coupons.js'
 import { issuesOfCoupon, parkedEntriesOfStream, revocationsOfCoupon, type PersistedIssue, type PersistedRevocation } from '../db/queries/issues.js'
 import type { Db } from '../db/client.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
+import { compareEntryIds } from '../redis/groups.js'
 import { RestoreCode, restoreCounters as installCounters, type CounterValues } from '../redis/scripts.js'
 import { decodeEntry, isEvent } from '../stream/events.js'
 import { databaseFailure, redisFailure, Restoring } from '../errors.js'
@@ -82,11 +83,7 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
 }
 
 const fromRedis = <T>(call: Promise<T>): Promise<T> => call.catch((err) => { throw redisFailure(err) })
-const byStreamId = ([a]: RawEntry, [b]: RawEntry) => {
-  const [aMs, aSeq] = a.split('-').map(Number)
-  const [bMs, bSeq] = b.split('-').map(Number)
-  return aMs! - bMs! || aSeq! - bSeq!
-}
+const byStreamId = ([a]: RawEntry, [b]: RawEntry) => compareEntryIds(a, b)
 
 export interface RestoreDeps {
   redis: Redis

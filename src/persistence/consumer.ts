@@ -12,6 +12,7 @@ import type { FailedEntry } from '../db/queries/issues.js'
 import { COMPLETE_MARKER, CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
 import { ackAndTrim, markDormant } from '../redis/scripts.js'
+import { compareEntryIds, consumerGroupInfo } from '../redis/groups.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
 export interface ConsumerOptions {
@@ -59,12 +60,6 @@ const STREAM_LIST_TTL_MS = 1000
 /** An ended coupon stays on the read list this long, for late cancels to be read without a detour. */
 const PRUNE_GRACE_MS = 60_000
 const MAX_BACKOFF_MS = 5000
-
-function compareIds (a: string, b: string): number {
-  const [aMs, aSeq] = a.split('-').map(Number)
-  const [bMs, bSeq] = b.split('-').map(Number)
-  return aMs! - bMs! || aSeq! - bSeq!
-}
 
 function mergeBatches (a: Batch, b: Batch): Batch {
   const ids = new Map(a.ids)
@@ -276,15 +271,10 @@ export class IssueEventConsumer {
   async #settled (stream: string): Promise<boolean> {
     const { redis } = this.#o
     if (await redis.xlen(stream) === 0) return true
-    const groups = await redis.xinfo('GROUPS', stream).catch(() => []) as unknown[][]
-    for (const group of groups) {
-      const info = new Map<unknown, unknown>()
-      for (let i = 0; i + 1 < group.length; i += 2) info.set(group[i], group[i + 1])
-      if (info.get('name') !== CONSUMER_GROUP) continue
-      const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1)
-      return info.get('pending') === 0 && compareIds(String(info.get('last-delivered-id')), last![0]) >= 0
-    }
-    return false
+    const group = await consumerGroupInfo(redis, stream)
+    if (!group) return false
+    const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1)
+    return group.pending === 0 && compareEntryIds(group.lastDeliveredId, last![0]) >= 0
   }
 
   /** Creates the group on every active stream (MKSTREAM), e.g. after Redis lost it. */

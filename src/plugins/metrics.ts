@@ -3,7 +3,7 @@
 // heap, GC) come for free and the format stays right.
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
-import { CONSUMER_GROUP } from '../redis/keys.js'
+import { consumerGroupInfo } from '../redis/groups.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -36,12 +36,8 @@ export default fp(async function metricsPlugin (fastify) {
       const ids = await fastify.redis.smembers(fastify.keys.activeCoupons)
       let backlog = 0
       await Promise.all(ids.map(async (id) => {
-        const groups = await fastify.redis.xinfo('GROUPS', fastify.keys.coupon(id).events).catch(() => []) as unknown[][]
-        for (const group of groups) {
-          const info = new Map<unknown, unknown>()
-          for (let i = 0; i + 1 < group.length; i += 2) info.set(group[i], group[i + 1])
-          if (info.get('name') === CONSUMER_GROUP) backlog += Number(info.get('lag') ?? 0) + Number(info.get('pending') ?? 0)
-        }
+        const group = await consumerGroupInfo(fastify.redis, fastify.keys.coupon(id).events)
+        if (group) backlog += (group.lag ?? 0) + group.pending
       }))
       this.set(backlog)
     }

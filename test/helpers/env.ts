@@ -121,7 +121,7 @@ export type TestApp = FastifyInstance & { env: TestEnv }
  * A consumer of the app's group for a test (drain, reclaim, or a second loop). With `blocking` it gets
  * its own connection for the blocking read and can run start(); stopped at teardown.
  */
-export function testConsumer (t: Teardown, app: TestApp, name: string, overrides: Partial<Omit<ConsumerOptions, 'redis' | 'blockingRedis' | 'db' | 'keys' | 'log'>> = {}): IssueEventConsumer {
+export function testConsumer (t: Teardown, app: TestApp, name: string, overrides: Partial<Omit<ConsumerOptions, 'blockingRedis' | 'name'>> = {}): IssueEventConsumer {
   const blockingRedis = createRedis({ url: app.env.config.redisUrl, blocking: true, name })
   blockingRedis.on('error', () => {})
   const consumer = new IssueEventConsumer({

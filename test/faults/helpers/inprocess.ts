@@ -1,29 +1,11 @@
 // For fault tests that run the app in this process (they add coverage): a second consumer of the
 // app's group, and Postgres connections holding (or queued for) a lock the consumer's insert needs.
 import pg from 'pg'
-import type { FastifyInstance } from 'fastify'
-import { createRedis } from '../../../src/redis/client.js'
-import { IssueEventConsumer } from '../../../src/persistence/consumer.js'
-import type { TestEnv } from '../../helpers/env.js'
 
 interface Teardown { teardown (fn: () => unknown): void }
 
-type App = FastifyInstance & { env: TestEnv }
-
-/** A consumer on the app's group with its own blocking connection, stopped at teardown. */
-export function extraConsumer (t: Teardown, app: App, name: string, overrides: { reclaimMinIdleMs?: number } = {}) {
-  const blockingRedis = createRedis({ url: app.env.config.redisUrl, blocking: true, name })
-  blockingRedis.on('error', () => {})
-  const consumer = new IssueEventConsumer({
-    redis: app.redis, blockingRedis, db: app.db, keys: app.keys, log: app.log,
-    ...app.env.config.consumer, ...overrides, name
-  })
-  t.teardown(async () => {
-    await consumer.stop()
-    blockingRedis.disconnect()
-  })
-  return consumer
-}
+/** The suite's one consumer factory, under the name the fault tests know it by. */
+export { testConsumer as extraConsumer } from '../../helpers/env.js'
 
 /** Holds `LOCK TABLE <table> IN <mode> MODE` in an open transaction until release(). */
 export async function lockTable (t: Teardown, databaseUrl: string, table: string, mode = 'SHARE') {

@@ -9,7 +9,8 @@
 // the same Idempotency-Key, which then replays the 201).
 import type { Redis } from 'ioredis'
 import pg from 'pg'
-import { CONSUMER_GROUP, createKeys } from '../../../src/redis/keys.js'
+import { createKeys } from '../../../src/redis/keys.js'
+import { consumerGroupInfo } from '../../../src/redis/groups.js'
 import { until } from './procs.js'
 
 /** conn-error: refused or reset (the server was not listening or died): may or may not have issued. */
@@ -73,13 +74,11 @@ export interface GroupState { pending: number, lag: number | null, length: numbe
 
 export async function groupState (redis: Redis, stream: string): Promise<GroupState> {
   const length = await redis.xlen(stream)
-  const groups = await redis.xinfo('GROUPS', stream).catch(() => []) as (string | number | null)[][]
-  const flat = groups.map((g) => Object.fromEntries(Array.from({ length: g.length / 2 }, (_, i) => [g[2 * i], g[2 * i + 1]])))
-  const group = flat.find((g) => g.name === CONSUMER_GROUP)
+  const group = await consumerGroupInfo(redis, stream)
   if (!group) return { pending: -1, lag: null, length, lastDelivered: '', undelivered: length }
-  const lastDelivered = String(group['last-delivered-id'])
+  const lastDelivered = group.lastDeliveredId
   const after = await redis.xrange(stream, `(${lastDelivered}`, '+')
-  return { pending: Number(group.pending), lag: group.lag === null ? null : Number(group.lag), length, lastDelivered, undelivered: after.length }
+  return { pending: group.pending, lag: group.lag, length, lastDelivered, undelivered: after.length }
 }
 
 /** I4: waits (bounded) until the group has nothing pending and nothing undelivered. */
