@@ -345,3 +345,18 @@ t.test('6: idempotency records carry no TTL; expired ones are ignored and pruned
   t.equal(await consumer.pruneIdempotency(0), 1, 'the remembered record is pruned once expired')
   t.same(Object.keys(await app.redis.hgetall(k.idempotency)), [COMPLETE_MARKER], 'only the completeness marker is left')
 })
+
+t.test('3: a settled stream off the read list (pruned before dormant marks existed) is marked by discovery, and a later cancel brings it back', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  await issue(app, coupon.id, 'old')
+  const consumer = testConsumer(t, app, 'discovery')
+  await consumer.drain()
+  await app.redis.srem(app.keys.activeCoupons, String(coupon.id))
+  t.same(await consumer.discoverStreams(), [], 'settled: not put back')
+  t.equal(await app.redis.hget(app.keys.coupon(coupon.id).meta, 'dormant'), '1', 'but marked dormant')
+  t.equal((await cancel(app, coupon.id, 'old')).statusCode, 200)
+  t.ok(await app.redis.sismember(app.keys.activeCoupons, String(coupon.id)), 'the cancel put it back on the read list')
+  await consumer.drain()
+  t.ok((await rowsOf(app, coupon.id))[0]!.revokedAt, 'and the cancel was persisted')
+})

@@ -12,7 +12,6 @@ import type { FailedEntry } from '../db/queries/issues.js'
 import { COMPLETE_MARKER, CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
 import { ackAndTrim, markDormant } from '../redis/scripts.js'
-import { compareEntryIds, consumerGroupInfo } from '../redis/groups.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
 export interface ConsumerOptions {
@@ -98,6 +97,8 @@ export class IssueEventConsumer {
   #blockingClientId: number | null = null
   /** consecutive failed rounds of the loop (0 while writes succeed) */
   #failures = 0
+  /** while set, reads return this consumer's own pending entries (after these ids per stream) first */
+  #ownPendingFrom: Map<string, string> | null = null
   /** aborted by wake() to cut short the idle wait when there is no stream yet */
   #idle = new AbortController()
 
@@ -107,7 +108,12 @@ export class IssueEventConsumer {
     this.#persister = new PersistBatch(options.db)
     // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
     // clients from 1 again) the old id may name somebody else's blocked client, which stop() would unblock.
-    options.blockingRedis.on('close', () => { this.#blockingClientId = null })
+    // A read whose reply was lost with the connection (Redis killed after delivering) left entries pending
+    // on us that no '>' read returns again: re-read our own pending entries once the connection is back.
+    options.blockingRedis.on('close', () => {
+      this.#blockingClientId = null
+      this.#ownPendingFrom = new Map()
+    })
   }
 
   /** True while the loop is retrying a batch it could not write (database or Redis unwell). */
@@ -213,10 +219,11 @@ export class IssueEventConsumer {
   }
 
   /**
-   * Puts back on the read list every coupon stream under the prefix that holds entries not yet
-   * consumed (SCAN: a full pass over the keyspace, so for startup, drain and repair, not every tick).
-   * A safety net under the dormant marks: it finds what a crash between a script and its caller's
-   * SADD, or a lost active set, left behind.
+   * Looks at every coupon stream under the prefix that is off the read list (SCAN: a full pass over the
+   * keyspace, so for startup, drain and repair, not every tick): one holding entries not yet consumed
+   * goes back on the list, a settled one is marked dormant so its next write puts it back. A safety net
+   * under the dormant marks, for what a crash between a script and its caller's SADD, a lost active
+   * set, or a stream pruned before dormant marks existed, left behind.
    */
   async discoverStreams (): Promise<string[]> {
     const { redis, keys } = this.#o
@@ -229,10 +236,9 @@ export class IssueEventConsumer {
       for (const stream of streams) {
         const couponId = keys.couponIdOfStream(stream)
         if (couponId === null || active.has(String(couponId))) continue
-        if (!await this.#settled(stream)) {
-          await redis.sadd(keys.activeCoupons, String(couponId))
-          found.push(String(couponId))
-        }
+        if (await markDormant(redis, keys.coupon(couponId), CONSUMER_GROUP)) continue
+        await redis.sadd(keys.activeCoupons, String(couponId))
+        found.push(String(couponId))
       }
     } while (cursor !== '0')
     if (found.length > 0) {
@@ -265,16 +271,6 @@ export class IssueEventConsumer {
       } while (cursor !== '0')
     }
     return deleted
-  }
-
-  /** Nothing pending and nothing undelivered in the group (or no such stream). */
-  async #settled (stream: string): Promise<boolean> {
-    const { redis } = this.#o
-    if (await redis.xlen(stream) === 0) return true
-    const group = await consumerGroupInfo(redis, stream)
-    if (!group) return false
-    const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1)
-    return group.pending === 0 && compareEntryIds(group.lastDeliveredId, last![0]) >= 0
   }
 
   /** Creates the group on every active stream (MKSTREAM), e.g. after Redis lost it. */
@@ -412,6 +408,10 @@ export class IssueEventConsumer {
     }
     const conn = this.#o.blockingRedis
     if (this.#blockingClientId === null) this.#blockingClientId = Number(await conn.client('ID'))
+    if (this.#ownPendingFrom) {
+      const own = await this.#readOwnPending(streams, this.#ownPendingFrom)
+      if (own) return own
+    }
     const block = blockMs ? ['BLOCK', blockMs] : []
     const read = (conn.xreadgroup as (...args: (string | number)[]) => Promise<unknown>)('GROUP', CONSUMER_GROUP, this.name,
       'COUNT', this.#o.batchSize, ...block, 'STREAMS', ...streams, ...streams.map(() => '>')) as Promise<StreamReply | null>
@@ -420,6 +420,19 @@ export class IssueEventConsumer {
     const reply = signal ? await abandonOnAbort(read, signal) : await read
     if (!reply) return null
     return this.#toBatch(reply, null)
+  }
+
+  /** One page of our own pending entries (history read, never blocks); null once there are none left. */
+  async #readOwnPending (streams: string[], from: Map<string, string>): Promise<Batch | null> {
+    const reply = await (this.#o.blockingRedis.xreadgroup as (...args: (string | number)[]) => Promise<unknown>)('GROUP', CONSUMER_GROUP, this.name,
+      'COUNT', this.#o.batchSize, 'STREAMS', ...streams, ...streams.map((s) => from.get(s) ?? '0')) as StreamReply | null
+    const found = (reply ?? []).filter(([, entries]) => entries.length > 0)
+    if (found.length === 0) {
+      this.#ownPendingFrom = null
+      return null
+    }
+    for (const [stream, entries] of found) from.set(stream, entries[entries.length - 1]![0])
+    return this.#toBatch(found, null)
   }
 
   #toBatch (reply: StreamReply, deliveries: Map<string, number> | null): Batch {

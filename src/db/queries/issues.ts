@@ -20,8 +20,8 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
 export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[]): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
   // One statement: facts and rows commit together. The fix-up always runs: whether a cancel exists
-  // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile), and
-  // for a coupon nobody cancelled it is one index probe on coupon_revocations.
+  // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile); for
+  // users nobody cancelled it is one index probe per pair and takes no lock on coupon_issues.
   const result: any = await db.execute(sql`
     WITH facts AS (
       INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id, up_to_claim, units, idempotency_key)
@@ -50,21 +50,8 @@ async function applyRevocations (db: Db, events: (IssueEvent | RevokeEvent)[]): 
   const pairs = new Map<string, [number, string]>()
   for (const e of events) pairs.set(`${e.couponId}|${e.userId}`, [e.couponId, e.userId])
   const list = [...pairs.values()]
-  // Driven from coupon_revocations (usually empty for a rush's coupons). A fact without up_to_claim
-  // predates that column (legacy): only then is the moment compared.
-  await db.execute(sql`
-    UPDATE ${couponIssues} i SET revoked_at = hit.revoked_at
-    FROM (
-      SELECT i2.id, min(r.revoked_at) AS revoked_at
-      FROM ${couponRevocations} r
-      JOIN unnest(${arrayParam(list.map(([c]) => c))}::bigint[], ${arrayParam(list.map(([, u]) => u))}::text[]) AS p(coupon_id, user_id)
-        ON r.coupon_id = p.coupon_id AND r.user_id = p.user_id
-      JOIN ${couponIssues} i2 ON i2.coupon_id = r.coupon_id AND i2.user_id = r.user_id AND i2.revoked_at IS NULL
-       AND (r.up_to_claim >= i2.claim OR (r.up_to_claim IS NULL AND r.revoked_at >= i2.created_at))
-      WHERE r.coupon_id = ANY(${arrayParam([...new Set(list.map(([c]) => c))])}::bigint[])
-      GROUP BY i2.id
-    ) AS hit
-    WHERE i.id = hit.id AND i.revoked_at IS NULL`)
+  // apply_coupon_revocations (migrations/0002_hardening.sql) locks rows only when a pair has a cancel.
+  await db.execute(sql`SELECT apply_coupon_revocations(${arrayParam(list.map(([c]) => c))}::bigint[], ${arrayParam(list.map(([, u]) => u))}::text[])`)
 }
 
 export interface PersistedIssue {

@@ -25,16 +25,36 @@
 
   Returns code
     0 PRESENT       counters already there (another request restored them): nothing written
-    1 RESTORED
+    1 RESTORED      (or, when only the idempotency/last-cancel hash was missing, that hash completed)
     2 STREAM_MOVED  new events arrived since the caller's read: read again and retry
 ]]
 
 local meta, stock, holders, claims, events, idem, revoked, discarded =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
+local users, records, cancels = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local records_from = 11 + 3 * users
+
 if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1
-  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1
-  and redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1 then return 0 end
+  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then
+  if redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1 then return 0 end
+  -- Only the idempotency or the last-cancel hash was lost (evicted, deleted): add what the caller
+  -- computed, keep the live counters. No check of the stream is needed: while a hash lacks its marker,
+  -- every keyed call (the only writer of idempotency records) and every cancel (the only writer of the
+  -- last-cancel hash) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
+  local i = records_from
+  for _ = 1, records do
+    redis.call('HSETNX', idem, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  for _ = 1, cancels do
+    redis.call('HSETNX', revoked, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('HSET', idem, '#', 1)
+  redis.call('HSET', revoked, '#', 1)
+  return 1
+end
 
 local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
 local lastId = last[1] and last[1][1] or ''
@@ -49,7 +69,6 @@ redis.call('HSET', holders, '#', 1)
 redis.call('HSET', claims, '#', 1)
 redis.call('HSET', idem, '#', 1)
 redis.call('HSET', revoked, '#', 1)
-local users, records, cancels = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local i = 11
 for _ = 1, users do
   if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', holders, ARGV[i], ARGV[i + 1]) end
