@@ -360,3 +360,22 @@ t.test('3: a settled stream off the read list (pruned before dormant marks exist
   await consumer.drain()
   t.ok((await rowsOf(app, coupon.id))[0]!.revokedAt, 'and the cancel was persisted')
 })
+
+t.test('4: two instances, users claiming on one and cancelling on the other within milliseconds: every cancel lands', async (t) => {
+  const a = await testApp(t, { CONSUMER_BATCH_SIZE: '20', CONSUMER_LINGER_MS: '0' })
+  const b = await testApp(t, { DATABASE_URL: a.env.databaseUrl, REDIS_PREFIX: a.env.prefix, CONSUMER_BATCH_SIZE: '20', CONSUMER_LINGER_MS: '0' })
+  const coupon = await createCoupon(a, { totalQuantity: 300 })
+  const users = Array.from({ length: 300 }, (_, i) => `two-${i}`)
+  const answers = await inParallel(users.length, 24, async (i) => {
+    const claimed = await issue(i % 2 ? a : b, coupon.id, users[i]!)
+    const cancelled = await cancel(i % 2 ? b : a, coupon.id, users[i]!)
+    return [claimed.statusCode, cancelled.statusCode]
+  })
+  t.same(answers.filter(([c, r]) => c !== 201 || r !== 200), [], 'all claimed (201) and cancelled (200)')
+  await waitFor(async () => {
+    const rows = await rowsOf(a, coupon.id)
+    return rows.length === 300 && rows.every((r) => r.revokedAt !== null)
+  }, { what: 'every row persisted and revoked', timeoutMs: 20_000 })
+  const rebuilt = await rebuild(a, coupon.id)
+  t.equal(rebuilt.left, 300, 'a rebuild finds nobody holding a unit')
+})
