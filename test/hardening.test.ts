@@ -379,3 +379,18 @@ t.test('4: two instances, users claiming on one and cancelling on the other with
   const rebuilt = await rebuild(a, coupon.id)
   t.equal(rebuilt.left, 300, 'a rebuild finds nobody holding a unit')
 })
+
+t.test('a consumer stopped and started again with no stream to read waits instead of spinning', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false', CONSUMER_BLOCK_MS: '200' })
+  const consumer = testConsumer(t, app, 'restarted')
+  consumer.start()
+  await consumer.stop()
+  let lookups = 0
+  const smembers = app.redis.smembers.bind(app.redis)
+  app.redis.smembers = ((...args: Parameters<typeof smembers>) => { lookups++; return smembers(...args) }) as typeof smembers
+  consumer.start()
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  await consumer.stop()
+  app.redis.smembers = smembers
+  t.ok(lookups < 20, `at most a few list lookups in a second (${lookups}), not a busy loop`)
+})

@@ -125,6 +125,8 @@ export class IssueEventConsumer {
   start (): void {
     if (this.#running) return
     this.#abort = new AbortController()
+    // stop() aborted the idle signal; a restarted loop with no stream to read would spin on it.
+    this.#idle = new AbortController()
     this.#running = this.#run(this.#abort.signal)
   }
 
