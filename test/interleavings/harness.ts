@@ -120,6 +120,16 @@ const pairs = (flat: string[]) => {
 const heldSum = (holders: Record<string, string>) => Object.entries(holders).reduce((s, [u, n]) => s + (u === '#' ? 0 : Number(n)), 0)
 const show = (o: Record<string, string>) => JSON.stringify(Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b))))
 
+/**
+ * start() after stop() leaves the consumer's idle signal aborted (only wake() renews it): with no
+ * coupon on the read list its loop then spins without waiting, starving the event loop (a finding of
+ * this harness, src/persistence/consumer.ts). wake() right after start() renews the signal.
+ */
+async function startConsumer (consumer: IssueEventConsumer): Promise<void> {
+  consumer.start()
+  await consumer.wake()
+}
+
 export class Harness {
   readonly apps: FastifyInstance[] = []
   readonly bases: string[] = []
@@ -238,7 +248,7 @@ export class Harness {
       case 'consumer': {
         const consumer = this.app(cmd.via).consumer!
         this.#consumerOn[cmd.via % this.apps.length] = cmd.on
-        if (cmd.on) consumer.start()
+        if (cmd.on) await startConsumer(consumer)
         else await consumer.stop()
         return []
       }
@@ -378,7 +388,7 @@ export class Harness {
   /** One scenario on a fresh coupon; throws InvariantViolation listing what broke. */
   async run (sc: Scenario): Promise<void> {
     this.runs++
-    for (const app of this.apps) app.consumer!.start()
+    for (const app of this.apps) await startConsumer(app.consumer!)
     this.apps.forEach((_, i) => { this.#consumerOn[i] = true })
     const now = Date.now()
     const created = await call(this.bases[0]!, 'POST', '/coupons', {
