@@ -65,10 +65,19 @@ export function formatScenario (sc: Scenario): string {
 const printable = <T extends object>(value: T, show: (v: T) => string): T =>
   Object.defineProperty(value, fc.toStringMethod, { value: () => show(value), enumerable: false })
 
-export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5 } = {}): fc.Arbitrary<Scenario> {
+export const CMD_KINDS = ['issue', 'cancel', 'pair', 'total', 'window', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
+
+export interface ScenarioOptions {
+  maxBatches?: number
+  maxBatchSize?: number
+  /** command kinds not to generate (to look past a known defect that every run hits first) */
+  without?: Cmd['k'][]
+}
+
+export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without = [] }: ScenarioOptions = {}): fc.Arbitrary<Scenario> {
   const u = fc.integer({ min: 0, max: 5 })
   const via = fc.integer({ min: 0, max: 1 })
-  const cmd: fc.Arbitrary<Cmd> = fc.oneof(
+  const kinds: { arbitrary: fc.Arbitrary<Cmd>, weight: number }[] = [
     { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.constant(null) }), weight: 6 },
     { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.integer({ min: 0, max: 1 }) }), weight: 4 },
     { arbitrary: fc.record({ k: fc.constant('cancel' as const), u, via }), weight: 3 },
@@ -80,7 +89,10 @@ export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5 } = {}): 
     { arbitrary: fc.record({ k: fc.constant('drain' as const) }), weight: 1 },
     { arbitrary: fc.record({ k: fc.constant('tick' as const), via }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('get' as const), via }), weight: 1 }
-  ).map((c) => printable(c as Cmd, formatCmd))
+  ]
+  const chosen = kinds.filter(({ arbitrary }) => !without.includes(fc.sample(arbitrary, 1)[0]!.k))
+  if (chosen.length === 0) throw new Error('every command kind excluded')
+  const cmd = fc.oneof(...chosen).map((c) => printable(c as Cmd, formatCmd))
   return fc.record({
     total: fc.integer({ min: 3, max: 10 }),
     perUserLimit: fc.integer({ min: 1, max: 3 }),
