@@ -3,15 +3,15 @@
 // The model-based interleaving test (test/interleavings/) with random seeds until N seconds pass.
 // Each seed runs R scenarios; on the first failure fast-check shrinks it (for at most M seconds) and
 // this prints the seed, the replay path, the shrunk command sequence and the broken invariants, then
-// exits 1. `--without pair,total` stops generating those command kinds (to look past a known defect
+// exits 1. `--without reclaim,total` stops generating those command kinds (to look past a known defect
 // that every run would hit first; the replay line repeats it). `--seed S --path P` replays exactly that counterexample (real concurrency: a race may need
 // a few replays to show again; --repeat K replays K times).
 // Needs Redis on 127.0.0.1:6379 and Postgres on 127.0.0.1:5432 like the tests; uses its own throwaway
 // database and key prefix, removed at exit.
 import { parseArgs } from 'node:util'
 import fc from 'fast-check'
-import { Harness, InvariantViolation, interleavingProperty } from '../test/interleavings/harness.js'
-import { CMD_KINDS, formatScenario, INVARIANTS, type Cmd, type Scenario } from '../test/interleavings/model.js'
+import { formatFailure, Harness, interleavingProperty } from '../test/interleavings/harness.js'
+import { CMD_KINDS, type Cmd, type Scenario } from '../test/interleavings/model.js'
 
 const { values } = parseArgs({
   options: {
@@ -50,20 +50,9 @@ process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
 
 const harness = await Harness.create(t, { instances, log: values.verbose ? (line) => console.log(line) : undefined })
 
-function report (details: fc.RunDetails<[Scenario]>, seed: number): void {
-  console.log('\n=== FAILURE ===')
-  console.log(`seed: ${seed}   path: ${details.counterexamplePath}   shrinks: ${details.numShrinks}   runs: ${details.numRuns}`)
-  console.log(`replay: npm run fuzz -- --instances ${instances}${without.length ? ` --without ${without.join(',')}` : ''}${maxBatches !== 10 ? ` --max-batches ${maxBatches}` : ''} --seed ${seed} --path '${details.counterexamplePath}'`)
-  if (details.counterexample) console.log(`shrunk command sequence:\n${formatScenario(details.counterexample[0])}`)
-  const err = details.errorInstance
-  if (err instanceof InvariantViolation) {
-    console.log('broken invariants:')
-    for (const v of err.violations) console.log(`  ${v}`)
-    console.log('legend:')
-    for (const inv of new Set(err.violations.map((v) => v.invariant))) console.log(`  (${inv}) ${INVARIANTS[inv]}`)
-  } else {
-    console.log(String((err as Error | undefined)?.stack ?? err))
-  }
+function report (details: fc.RunDetails<[Scenario]>): void {
+  const hint = `npm run fuzz -- --instances ${instances}${without.length ? ` --without ${without.join(',')}` : ''}${maxBatches !== 10 ? ` --max-batches ${maxBatches}` : ''}`
+  console.log(`\n=== FAILURE ===\n${formatFailure(details, hint)}`)
 }
 
 let failed = false
@@ -75,7 +64,7 @@ try {
     for (let i = 0; i < Number(values.repeat) && !failed; i++) {
       const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, without }),
         { seed, numRuns, ...(values.path ? { path: values.path } : {}), endOnFailure: values.path !== undefined })
-      if (details.failed) { report(details, seed); failed = true }
+      if (details.failed) { report(details); failed = true }
       else console.log(`seed ${seed}${values.path ? ` path ${values.path}` : ''}: passed (${details.numRuns} runs)`)
     }
   } else {
@@ -83,7 +72,7 @@ try {
       const seed = Math.floor(Math.random() * 2 ** 31)
       seeds++
       const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, without }), { seed, numRuns })
-      if (details.failed) { report(details, seed); failed = true }
+      if (details.failed) { report(details); failed = true }
       else console.log(`seed ${seed}: ${details.numRuns} runs passed (${((Date.now() - started) / 1000).toFixed(0)} s)`)
     }
     if (!failed) console.log(`no failure in ${seeds} seed(s), ${harness.runs} scenario runs, ${((Date.now() - started) / 1000).toFixed(0)} s, ${instances} instance(s)`)

@@ -13,7 +13,7 @@ import { couponIssues } from '../../src/db/schema.js'
 import { IssueEventConsumer } from '../../src/persistence/consumer.js'
 import { CONSUMER_GROUP, createKeys, type CouponKeys } from '../../src/redis/keys.js'
 import { ADMIN_TOKEN, REDIS_URL, testEnv, type TestEnv } from '../helpers/env.js'
-import { describe, formatScenario, idemKeyName, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Scenario } from './model.js'
+import { describe, formatScenario, idemKeyName, INVARIANTS, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Scenario } from './model.js'
 
 interface Teardown { teardown (fn: () => unknown): void }
 
@@ -217,11 +217,12 @@ export class Harness {
         const user = userName(sc, cmd.u)
         return [answer('cancel', await call(this.base(cmd.via), 'DELETE', `/coupons/${couponId}/issues/${user}`), { user })]
       }
-      case 'pair': {
+      case 'reclaim':
+      case 'issueCancel': {
         const user = userName(sc, cmd.u)
         const cancel: RawRequest = { method: 'DELETE', path: `/coupons/${couponId}/issues/${user}` }
         const issue: RawRequest = { method: 'POST', path: `/coupons/${couponId}/issues`, body: { userId: user } }
-        const order = cmd.first === 'cancel' ? [cancel, issue] : [issue, cancel]
+        const order = cmd.k === 'reclaim' ? [cancel, issue] : [issue, cancel]
         const replies = await pipelined(this.port(cmd.via), order)
         return order.map((r, i) => answer(r === cancel ? 'cancel' : 'issue', replies[i]!, { user }))
       }
@@ -446,4 +447,21 @@ export function interleavingProperty (harness: Harness, { shrinkBudgetMs, shrink
       }
     }
   })
+}
+
+/** The failure report of both the tap test and the CLI: seed, replay path, shrunk sequence, broken invariants. */
+export function formatFailure (details: fc.RunDetails<[Scenario]>, replayHint: string): string {
+  const lines = [
+    `seed: ${details.seed}   path: ${details.counterexamplePath}   shrinks: ${details.numShrinks}   runs: ${details.numRuns}`,
+    `replay: ${replayHint} --seed ${details.seed} --path '${details.counterexamplePath}'`
+  ]
+  if (details.counterexample) lines.push(`shrunk command sequence:\n${formatScenario(details.counterexample[0])}`)
+  const err = details.errorInstance
+  if (err instanceof InvariantViolation) {
+    lines.push('broken invariants:', ...err.violations.map((v) => `  ${v}`), 'legend:')
+    for (const inv of new Set(err.violations.map((v) => v.invariant))) lines.push(`  (${inv}) ${INVARIANTS[inv]}`)
+  } else {
+    lines.push(String((err as Error | undefined)?.stack ?? err))
+  }
+  return lines.join('\n')
 }

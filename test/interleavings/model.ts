@@ -15,8 +15,10 @@ export type Cmd =
   | { k: 'issue', u: number, via: number, key: number | null }
   /** DELETE /coupons/:id/issues/:user */
   | { k: 'cancel', u: number, via: number }
-  /** cancel and re-claim (or claim and cancel) pipelined on one socket: the two land in Redis within microseconds */
-  | { k: 'pair', u: number, via: number, first: 'cancel' | 'issue' }
+  /** cancel and re-claim pipelined on one socket: the two land in Redis within microseconds */
+  | { k: 'reclaim', u: number, via: number }
+  /** claim and cancel pipelined on one socket (the issue and its revoke reach the consumers back to back) */
+  | { k: 'issueCancel', u: number, via: number }
   /** PATCH {totalQuantity} */
   | { k: 'total', to: number, via: number }
   /** PATCH {endsAt}: a second ago, two minutes ago (older than the consumer's prune grace), an hour ahead */
@@ -46,7 +48,8 @@ export function formatCmd (c: Cmd): string {
   switch (c.k) {
     case 'issue': return `issue u${c.u}@${c.via}${c.key === null ? '' : ` key=k${c.key}`}`
     case 'cancel': return `cancel u${c.u}@${c.via}`
-    case 'pair': return c.first === 'cancel' ? `cancel+reclaim u${c.u}@${c.via}` : `issue+cancel u${c.u}@${c.via}`
+    case 'reclaim': return `cancel+reclaim u${c.u}@${c.via}`
+    case 'issueCancel': return `issue+cancel u${c.u}@${c.via}`
     case 'total': return `total=${c.to}@${c.via}`
     case 'window': return `window=${c.to}@${c.via}`
     case 'lose': return c.idem ? 'lose counters+idempotency' : 'lose counters'
@@ -65,7 +68,7 @@ export function formatScenario (sc: Scenario): string {
 const printable = <T extends object>(value: T, show: (v: T) => string): T =>
   Object.defineProperty(value, fc.toStringMethod, { value: () => show(value), enumerable: false })
 
-export const CMD_KINDS = ['issue', 'cancel', 'pair', 'total', 'window', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
+export const CMD_KINDS = ['issue', 'cancel', 'reclaim', 'issueCancel', 'total', 'window', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
 
 export interface ScenarioOptions {
   maxBatches?: number
@@ -81,7 +84,8 @@ export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without 
     { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.constant(null) }), weight: 6 },
     { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.integer({ min: 0, max: 1 }) }), weight: 4 },
     { arbitrary: fc.record({ k: fc.constant('cancel' as const), u, via }), weight: 3 },
-    { arbitrary: fc.record({ k: fc.constant('pair' as const), u, via, first: fc.constantFrom('cancel' as const, 'issue' as const) }), weight: 4 },
+    { arbitrary: fc.record({ k: fc.constant('reclaim' as const), u, via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('issueCancel' as const), u, via }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('total' as const), to: fc.integer({ min: 1, max: 12 }), via }), weight: 3 },
     { arbitrary: fc.record({ k: fc.constant('window' as const), to: fc.constantFrom('open' as const, 'ended' as const, 'endedLongAgo' as const), via }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('lose' as const), idem: fc.boolean() }), weight: 2 },
