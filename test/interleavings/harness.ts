@@ -202,7 +202,7 @@ export class Harness {
   }
 
   /** Runs one command; answers for the model (none for the operational commands). */
-  private async exec (sc: Scenario, couponId: number, batch: number, cmd: Cmd): Promise<Answer[]> {
+  private async exec (sc: Scenario, couponId: number, batch: number, cmd: Cmd, model: Model): Promise<Answer[]> {
     const k = this.keys.coupon(couponId)
     const answer = (op: Answer['op'], reply: Reply, extra: Partial<Answer> = {}): Answer =>
       ({ batch, op, status: reply.status, code: reply.code, body: reply.body, replayed: reply.replayed, ...extra })
@@ -236,6 +236,7 @@ export class Harness {
       case 'lose': {
         const doomed = [k.meta, k.stock, k.holders, k.claims]
         if (cmd.idem) {
+          model.idempotencyLost.push(batch)
           let cursor = '0'
           do {
             const [next, found] = await this.redis.scan(cursor, 'MATCH', `${this.env.prefix}coupon:{${couponId}}:idem:*`, 'COUNT', 1000)
@@ -404,7 +405,7 @@ export class Harness {
     try {
       for (let b = 0; b < sc.batches.length && violations.length === 0; b++) {
         const stopSampling = this.sampler(k, b, violations)
-        const answers = (await Promise.all(sc.batches[b]!.map((cmd) => this.exec(sc, couponId, b, cmd)))).flat()
+        const answers = (await Promise.all(sc.batches[b]!.map((cmd) => this.exec(sc, couponId, b, cmd, model)))).flat()
         await stopSampling()
         violations.push(...model.applyBatch(b, answers))
         violations.push(...await this.afterBatch(couponId, b, model, answers))

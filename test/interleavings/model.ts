@@ -159,6 +159,8 @@ export class Model {
   readonly cancelled = new Map<string, number>()
   readonly cancels: Cancel[] = []
   readonly keyAnswers = new Map<string, Answer[]>()
+  /** batches in which the harness deleted the coupon's Idempotency-Key records */
+  readonly idempotencyLost: number[] = []
   total: number
   endsAt: number | null
   readonly limit: number
@@ -304,18 +306,21 @@ export class Model {
       if (!list) this.keyAnswers.set(a.key, list = [])
       list.push(a)
     }
+    // A 503 says "retry", no outcome; a rejection remembered before Redis lost the key records may be followed by a 201.
     for (const [key, list] of this.keyAnswers) {
       if (!list.some((a) => a.batch === batch)) continue
       const first201 = list.find((a) => a.status === 201)
       if (!first201) continue
       for (const a of list) {
-        if (a === first201 || (a.batch !== batch && first201.batch !== batch)) continue
+        if (a === first201 || a.status === 503 || (a.batch !== batch && first201.batch !== batch)) continue
         if (a.status === 201) {
           if (a.body.claim !== first201.body.claim || a.body.issuedAt !== first201.body.issuedAt) {
             bad('g', `retry of ${a.user} with Idempotency-Key ${key} answered 201 claim ${a.body.claim} at ${a.body.issuedAt}${a.replayed ? '' : ' (a NEW unit, not a replay)'}; the first 201 was claim ${first201.body.claim} at ${first201.body.issuedAt} (batch ${first201.batch})`)
           }
-        } else if (!(a.batch <= first201.batch && NOT_REMEMBERED.has(a.code ?? ''))) {
+        } else if (a.batch > first201.batch || (a.batch === first201.batch && !NOT_REMEMBERED.has(a.code ?? ''))) {
           bad('g', `retry of ${a.user} with Idempotency-Key ${key} answered ${a.status} ${a.code}; the key's first 201 (batch ${first201.batch}) was claim ${first201.body.claim} at ${first201.body.issuedAt}`)
+        } else if (!NOT_REMEMBERED.has(a.code ?? '') && !this.idempotencyLost.some((b) => b >= a.batch && b <= first201.batch)) {
+          bad('g', `${a.user} with Idempotency-Key ${key} was answered ${a.status} ${a.code} (batch ${a.batch}), yet a later retry with the key issued claim ${first201.body.claim} (batch ${first201.batch}) instead of replaying that`)
         }
       }
     }
