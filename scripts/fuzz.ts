@@ -23,6 +23,7 @@ const { values } = parseArgs({
     'shrink-seconds': { type: 'string', default: '90' },
     repeat: { type: 'string', default: '1' },
     'max-batches': { type: 'string', default: '10' },
+    'max-batch-size': { type: 'string', default: '5' },
     without: { type: 'string', default: '' },
     verbose: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false }
@@ -30,7 +31,7 @@ const { values } = parseArgs({
 })
 
 if (values.help) {
-  console.log(`npm run fuzz -- --seconds N [--seed S [--path P]] [--instances 1|2] [--runs R] [--shrink-seconds M] [--max-batches B] [--without ${CMD_KINDS.join(',')}] [--repeat K] [--verbose]`)
+  console.log(`npm run fuzz -- --seconds N [--seed S [--path P]] [--instances 1|2] [--runs R] [--shrink-seconds M] [--max-batches B] [--max-batch-size C (1 = no concurrency)] [--without ${CMD_KINDS.join(',')}] [--repeat K] [--verbose]`)
   process.exit(0)
 }
 
@@ -40,6 +41,7 @@ const seconds = Number(values.seconds)
 const numRuns = Number(values.runs)
 const shrinkBudgetMs = Number(values['shrink-seconds']) * 1000
 const maxBatches = Number(values['max-batches'])
+const maxBatchSize = Number(values['max-batch-size'])
 const without = values.without.split(',').filter(Boolean) as Cmd['k'][]
 for (const kind of without) if (!(CMD_KINDS as readonly string[]).includes(kind)) throw new Error(`--without: unknown command kind ${kind} (kinds: ${CMD_KINDS.join(', ')})`)
 
@@ -51,7 +53,7 @@ process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
 const harness = await Harness.create(t, { instances, log: values.verbose ? (line) => console.log(line) : undefined })
 
 function report (details: fc.RunDetails<[Scenario]>): void {
-  const hint = `npm run fuzz -- --instances ${instances}${without.length ? ` --without ${without.join(',')}` : ''}${maxBatches !== 10 ? ` --max-batches ${maxBatches}` : ''}`
+  const hint = `npm run fuzz -- --instances ${instances}${without.length ? ` --without ${without.join(',')}` : ''}${maxBatches !== 10 ? ` --max-batches ${maxBatches}` : ''}${maxBatchSize !== 5 ? ` --max-batch-size ${maxBatchSize}` : ''}`
   console.log(`\n=== FAILURE ===\n${formatFailure(details, hint)}`)
 }
 
@@ -62,7 +64,7 @@ try {
   if (values.seed !== undefined) {
     const seed = Number(values.seed)
     for (let i = 0; i < Number(values.repeat) && !failed; i++) {
-      const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, without }),
+      const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, maxBatchSize, without }),
         { seed, numRuns, ...(values.path ? { path: values.path } : {}), endOnFailure: values.path !== undefined })
       if (details.failed) { report(details); failed = true }
       else console.log(`seed ${seed}${values.path ? ` path ${values.path}` : ''}: passed (${details.numRuns} runs)`)
@@ -71,7 +73,7 @@ try {
     while (!failed && Date.now() - started < seconds * 1000) {
       const seed = Math.floor(Math.random() * 2 ** 31)
       seeds++
-      const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, without }), { seed, numRuns })
+      const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, maxBatchSize, without }), { seed, numRuns })
       if (details.failed) { report(details); failed = true }
       else console.log(`seed ${seed}: ${details.numRuns} runs passed (${((Date.now() - started) / 1000).toFixed(0)} s)`)
     }

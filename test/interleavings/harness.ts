@@ -426,6 +426,7 @@ export interface PropertyOptions {
   /** while shrinking, a candidate counts as passing only after this many clean runs (races do not fail every time) */
   shrinkAttempts?: number
   maxBatches?: number
+  maxBatchSize?: number
   without?: Cmd['k'][]
 }
 
@@ -434,9 +435,9 @@ export interface PropertyOptions {
  * budget passes at once, so fast-check ends its shrinking and reports the smallest failure so far.
  * A race shows up in some executions only, so while shrinking each candidate is tried a few times.
  */
-export function interleavingProperty (harness: Harness, { shrinkBudgetMs, shrinkAttempts = 3, maxBatches, without }: PropertyOptions) {
+export function interleavingProperty (harness: Harness, { shrinkBudgetMs, shrinkAttempts = 3, maxBatches, maxBatchSize, without }: PropertyOptions) {
   let firstFailureAt: number | null = null
-  return fc.asyncProperty(scenarioArbitrary({ maxBatches, without }), async (sc) => {
+  return fc.asyncProperty(scenarioArbitrary({ maxBatches, maxBatchSize, without }), async (sc) => {
     if (firstFailureAt !== null && Date.now() - firstFailureAt > shrinkBudgetMs) return
     const attempts = firstFailureAt === null ? 1 : shrinkAttempts
     for (let i = 0; i < attempts; i++) {
