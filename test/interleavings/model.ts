@@ -1,0 +1,366 @@
+// The model-based interleaving test, pure part: the commands, their generators, and the reference
+// model that says which answers are consistent with SOME serialization of a batch of concurrent calls.
+// The I/O part (driving the real service, sampling Redis, the checks after a drain) is harness.ts;
+// test/interleavings.test.ts and scripts/fuzz.ts both build on these two files.
+//
+// A scenario is one coupon and a list of batches. The commands of a batch are fired at once (real
+// HTTP, several connections, some pairs pipelined on one socket); batches run one after the other, so
+// between two batches every answer is in and the model knows exactly what Redis must hold.
+import fc from 'fast-check'
+
+export type WindowTo = 'ended' | 'endedLongAgo' | 'open'
+
+export type Cmd =
+  /** POST /coupons/:id/issues; key: index of the user's Idempotency-Key (null = none) */
+  | { k: 'issue', u: number, via: number, key: number | null }
+  /** DELETE /coupons/:id/issues/:user */
+  | { k: 'cancel', u: number, via: number }
+  /** cancel and re-claim pipelined on one socket: the two land in Redis within microseconds */
+  | { k: 'reclaim', u: number, via: number }
+  /** claim and cancel pipelined on one socket (the issue and its revoke reach the consumers back to back) */
+  | { k: 'issueCancel', u: number, via: number }
+  /** PATCH {totalQuantity} */
+  | { k: 'total', to: number, via: number }
+  /** PATCH {endsAt}: a second ago, two minutes ago (older than the consumer's prune grace), an hour ahead */
+  | { k: 'window', to: WindowTo, via: number }
+  /** delete the coupon's counter keys (meta, stock, holders, claims); idem: its Idempotency-Key records too (Redis lost them) */
+  | { k: 'lose', idem: boolean }
+  /** app.consumer.stop() / start() on one instance */
+  | { k: 'consumer', on: boolean, via: number }
+  /** a separate IssueEventConsumer's drain(), concurrently with whatever runs */
+  | { k: 'drain' }
+  /** the periodic maintenance tick (reclaim + prune ended streams), after letting the consumers catch up */
+  | { k: 'tick', via: number }
+  /** GET /coupons/:id (a read; triggers a rebuild when counters are missing) */
+  | { k: 'get', via: number }
+
+export interface Scenario {
+  total: number
+  perUserLimit: number
+  users: number
+  batches: Cmd[][]
+}
+
+export const userName = (sc: Pick<Scenario, 'users'>, u: number) => `u${u % sc.users}`
+export const idemKeyName = (sc: Pick<Scenario, 'users'>, u: number, key: number) => `${userName(sc, u)}-k${key}`
+
+export function formatCmd (c: Cmd): string {
+  switch (c.k) {
+    case 'issue': return `issue u${c.u}@${c.via}${c.key === null ? '' : ` key=k${c.key}`}`
+    case 'cancel': return `cancel u${c.u}@${c.via}`
+    case 'reclaim': return `cancel+reclaim u${c.u}@${c.via}`
+    case 'issueCancel': return `issue+cancel u${c.u}@${c.via}`
+    case 'total': return `total=${c.to}@${c.via}`
+    case 'window': return `window=${c.to}@${c.via}`
+    case 'lose': return c.idem ? 'lose counters+idempotency' : 'lose counters'
+    case 'consumer': return `consumer.${c.on ? 'start' : 'stop'}@${c.via}`
+    case 'drain': return 'drain'
+    case 'tick': return `tick@${c.via}`
+    case 'get': return `get@${c.via}`
+  }
+}
+
+export function formatScenario (sc: Scenario): string {
+  const head = `coupon total=${sc.total} perUserLimit=${sc.perUserLimit} users=${sc.users} (user uN means u(N mod ${sc.users}), @i = instance i)`
+  return [head, ...sc.batches.map((b, i) => `  batch ${i}: ${b.map(formatCmd).join(' | ')}`)].join('\n')
+}
+
+const printable = <T extends object>(value: T, show: (v: T) => string): T =>
+  Object.defineProperty(value, fc.toStringMethod, { value: () => show(value), enumerable: false })
+
+export const CMD_KINDS = ['issue', 'cancel', 'reclaim', 'issueCancel', 'total', 'window', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
+
+export interface ScenarioOptions {
+  maxBatches?: number
+  maxBatchSize?: number
+  /** command kinds not to generate (to look past a known defect that every run hits first) */
+  without?: Cmd['k'][]
+}
+
+export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without = [] }: ScenarioOptions = {}): fc.Arbitrary<Scenario> {
+  const u = fc.integer({ min: 0, max: 5 })
+  const via = fc.integer({ min: 0, max: 1 })
+  const kinds: { arbitrary: fc.Arbitrary<Cmd>, weight: number }[] = [
+    { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.constant(null) }), weight: 6 },
+    { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.integer({ min: 0, max: 1 }) }), weight: 4 },
+    { arbitrary: fc.record({ k: fc.constant('cancel' as const), u, via }), weight: 3 },
+    { arbitrary: fc.record({ k: fc.constant('reclaim' as const), u, via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('issueCancel' as const), u, via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('total' as const), to: fc.integer({ min: 1, max: 12 }), via }), weight: 3 },
+    { arbitrary: fc.record({ k: fc.constant('window' as const), to: fc.constantFrom('open' as const, 'ended' as const, 'endedLongAgo' as const), via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('lose' as const), idem: fc.boolean() }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('consumer' as const), on: fc.boolean(), via }), weight: 1 },
+    { arbitrary: fc.record({ k: fc.constant('drain' as const) }), weight: 1 },
+    { arbitrary: fc.record({ k: fc.constant('tick' as const), via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('get' as const), via }), weight: 1 }
+  ]
+  const chosen = kinds.filter(({ arbitrary }) => !without.includes(fc.sample(arbitrary, 1)[0]!.k))
+  if (chosen.length === 0) throw new Error('every command kind excluded')
+  const cmd = fc.oneof(...chosen).map((c) => printable(c as Cmd, formatCmd))
+  return fc.record({
+    total: fc.integer({ min: 3, max: 10 }),
+    perUserLimit: fc.integer({ min: 1, max: 3 }),
+    users: fc.integer({ min: 3, max: 6 }),
+    batches: fc.array(fc.array(cmd, { minLength: 1, maxLength: maxBatchSize }), { minLength: 1, maxLength: maxBatches })
+  }).map((sc) => printable(sc, formatScenario))
+}
+
+// ------------------------------------------------------------------------------------------ answers
+
+export type Op = 'issue' | 'cancel' | 'patchTotal' | 'patchWindow' | 'get'
+
+export interface Answer {
+  batch: number
+  op: Op
+  user?: string
+  key?: string
+  /** PATCH totalQuantity asked for */
+  to?: number
+  window?: WindowTo
+  /** HTTP status; 0 = no answer (connection failed) */
+  status: number
+  code?: string
+  body: any
+  replayed: boolean
+}
+
+/** One broken invariant: which one, and the concrete numbers. */
+export class Violation {
+  constructor (readonly invariant: string, readonly message: string) {}
+  toString () { return `(${this.invariant}) ${this.message}` }
+}
+
+export const INVARIANTS: Record<string, string> = {
+  a: 'issued <= total at every observed moment (Redis stock + held = total in force, stock >= 0, remaining >= 0)',
+  b: 'every 201 has exactly one row with created_at = its issuedAt (and no row without a 201; the stream fully consumed)',
+  c: 'exactly the cancelled claims are revoked in Postgres',
+  d: 'remaining = total - active holders',
+  e: 'a counter rebuild reproduces the live counters exactly',
+  f: 'no 5xx other than 503 with a code, every non-2xx has a code',
+  g: 'a retry with the same Idempotency-Key replays the first 201 (same claim, same issuedAt)',
+  m: 'the answers of a batch are consistent with some serialization of it',
+  q: 'after each batch, Redis counters equal what the answers imply'
+}
+
+interface Claim { issuedAt: string, batch: number }
+interface Cancel { user: string, units: number, revokedAt: string, batch: number }
+
+/** Codes an issue script does not remember under an Idempotency-Key (a later retry may still succeed). */
+const NOT_REMEMBERED = new Set(['ENDED', 'NOT_STARTED', 'BACKLOG_FULL', 'RESTORING', 'REDIS_UNAVAILABLE', 'ISSUE_SCRIPT_FAILED', 'DATABASE_UNAVAILABLE'])
+
+/**
+ * What the answers so far imply. Per user: the claims answered 201 (claim numbers never repeat), and
+ * the units given back by successful cancels. A cancel takes back everything the user holds, so the
+ * cancelled claims are always a prefix of the user's claims in claim order: with claims 1..n and
+ * cancels totalling c units, claims 1..c are revoked and c+1..n are active, whatever the timing.
+ */
+export class Model {
+  readonly claims = new Map<string, Map<number, Claim>>()
+  readonly cancelled = new Map<string, number>()
+  readonly cancels: Cancel[] = []
+  readonly keyAnswers = new Map<string, Answer[]>()
+  /** batches in which the harness deleted the coupon's Idempotency-Key records */
+  readonly idempotencyLost: number[] = []
+  total: number
+  endsAt: number | null
+  readonly limit: number
+  readonly users: string[]
+
+  constructor (readonly sc: Scenario, endsAt: number | null) {
+    this.total = sc.total
+    this.endsAt = endsAt
+    this.limit = sc.perUserLimit
+    this.users = Array.from({ length: sc.users }, (_, i) => `u${i}`)
+  }
+
+  claimsOf (user: string): Map<number, Claim> {
+    let claims = this.claims.get(user)
+    if (!claims) this.claims.set(user, claims = new Map())
+    return claims
+  }
+
+  held (user: string): number {
+    return this.claimsOf(user).size - (this.cancelled.get(user) ?? 0)
+  }
+
+  heldTotal (): number {
+    return this.users.reduce((sum, u) => sum + this.held(u), 0)
+  }
+
+  lastClaim (user: string): number {
+    return Math.max(0, ...this.claimsOf(user).keys())
+  }
+
+  closed (now = Date.now()): boolean {
+    return this.endsAt !== null && this.endsAt <= now
+  }
+
+  /** Claims revoked per the answers: the first `cancelled` claims of the user in claim order. */
+  expectedRevoked (user: string): Set<number> {
+    const sorted = [...this.claimsOf(user).keys()].sort((a, b) => a - b)
+    return new Set(sorted.slice(0, this.cancelled.get(user) ?? 0))
+  }
+
+  /** The cancel whose units covered this claim (cancels of a user in answer order). */
+  coveringCancel (user: string, claim: number): Cancel | undefined {
+    const sorted = [...this.claimsOf(user).keys()].sort((a, b) => a - b)
+    const index = sorted.indexOf(claim)
+    let covered = 0
+    const mine = this.cancels.filter((c) => c.user === user).sort((a, b) => a.batch - b.batch || a.revokedAt.localeCompare(b.revokedAt))
+    for (const cancel of mine) {
+      covered += cancel.units
+      if (index < covered) return cancel
+    }
+    return undefined
+  }
+
+  /** Checks the answers of one batch against the state before it, then applies them. */
+  applyBatch (batch: number, answers: Answer[]): Violation[] {
+    const v: Violation[] = []
+    const bad = (inv: string, msg: string) => v.push(new Violation(inv, `batch ${batch}: ${msg}`))
+    const held0 = new Map(this.users.map((u) => [u, this.held(u)]))
+    const heldTotal0 = this.heldTotal()
+    const total0 = this.total
+    const closed0 = this.closed()
+
+    for (const a of answers) {
+      if (a.status === 0) bad('f', `${describe(a)} got no answer (${a.code ?? 'connection failed'})`)
+      else if (a.status >= 500 && a.status !== 503) bad('f', `${describe(a)} answered ${a.status} ${JSON.stringify(a.body)}`)
+      else if (a.status >= 400 && typeof a.body?.code !== 'string') bad('f', `${describe(a)} answered ${a.status} without a code: ${JSON.stringify(a.body)}`)
+    }
+
+    const windowTargets = answers.filter((a) => a.op === 'patchWindow').map((a) => a.window)
+    const totals200 = answers.filter((a) => a.op === 'patchTotal' && a.status === 200).map((a) => a.to!)
+    const minTotal = Math.min(total0, ...totals200)
+    const issued = answers.filter((a) => a.op === 'issue' && a.status === 201)
+    const fresh = issued.filter((a) => !a.replayed)
+    const freshOf = (u: string) => fresh.filter((a) => a.user === u).length
+    const okCancels = answers.filter((a) => a.op === 'cancel' && a.status === 200 && !a.replayed)
+    const priorKeyCodes = (key: string | undefined) => new Set((key ? this.keyAnswers.get(key) ?? [] : []).map((a) => a.code))
+
+    // 201s: a fresh one brings a claim number never seen before; a replayed one repeats a known claim.
+    const newClaims = new Map<string, Map<number, Claim>>()
+    for (const a of fresh) {
+      const user = a.user!
+      const claim = Number(a.body?.claim)
+      const known = this.claimsOf(user).get(claim) ?? newClaims.get(user)?.get(claim)
+      if (!Number.isInteger(claim) || claim < 1) bad('m', `201 for ${user} without a claim number: ${JSON.stringify(a.body)}`)
+      else if (known) bad('m', `claim ${user}#${claim} handed out twice: issuedAt ${known.issuedAt} and ${a.body.issuedAt}`)
+      else {
+        let mine = newClaims.get(user)
+        if (!mine) newClaims.set(user, mine = new Map())
+        mine.set(claim, { issuedAt: a.body.issuedAt, batch })
+      }
+      if (closed0 && !windowTargets.includes('open')) bad('m', `201 for ${user} (claim ${claim}) although the campaign had ended (endsAt ${iso(this.endsAt)}) and no PATCH reopened it`)
+    }
+    for (const a of issued.filter((a) => a.replayed)) {
+      const claim = Number(a.body?.claim)
+      const known = this.claimsOf(a.user!).get(claim) ?? newClaims.get(a.user!)?.get(claim)
+      if (!known) bad('g', `replayed 201 for ${a.user} (key ${a.key}) names claim ${claim}, which no earlier 201 handed out`)
+      else if (known.issuedAt !== a.body.issuedAt) bad('g', `replayed 201 for ${a.user}#${claim} says issuedAt ${a.body.issuedAt}, the first answer said ${known.issuedAt}`)
+    }
+
+    // Rejections must be possible in some order of the batch.
+    for (const a of answers.filter((a) => a.op === 'issue' && a.status === 409)) {
+      const user = a.user!
+      if (a.key && priorKeyCodes(a.key).has(a.code)) continue // a replay of an earlier rejection
+      const sameKeyInBatch = a.key !== undefined && answers.some((o) => o !== a && o.key === a.key)
+      if (a.code === 'ALREADY_ISSUED') {
+        const most = held0.get(user)! + freshOf(user)
+        if (most < this.limit && !sameKeyInBatch) bad('m', `ALREADY_ISSUED for ${user} although it held at most ${most} < perUserLimit ${this.limit} during the batch`)
+      } else if (a.code === 'SOLD_OUT') {
+        const most = heldTotal0 + fresh.length
+        if (most < minTotal && !sameKeyInBatch) bad('m', `SOLD_OUT for ${user} although at most ${most} units were out and the total was at least ${minTotal}`)
+      } else if (a.code === 'ENDED' || a.code === 'NOT_STARTED') {
+        if (!closed0 && !windowTargets.some((w) => w !== 'open')) bad('m', `${a.code} for ${user} although the window was open (endsAt ${iso(this.endsAt)}) and no PATCH closed it`)
+      }
+    }
+    for (const a of answers.filter((a) => a.op === 'cancel')) {
+      const user = a.user!
+      const others = okCancels.filter((o) => o !== a && o.user === user).length
+      if (a.status === 404 && held0.get(user)! > 0 && others === 0) {
+        bad('m', `cancel of ${user} answered ${a.code} although it held ${held0.get(user)} unit(s) and nothing else cancelled them`)
+      }
+      if (a.status === 200 && !a.replayed) {
+        const units = Number(a.body?.units)
+        const most = Math.min(this.limit, held0.get(user)! + freshOf(user))
+        if (!(units >= 1 && units <= most)) bad('m', `cancel of ${user} gave back ${a.body?.units} unit(s); it held at most ${most} (held ${held0.get(user)} before, ${freshOf(user)} new 201s, limit ${this.limit})`)
+      }
+    }
+    for (const a of answers.filter((a) => a.op === 'patchTotal')) {
+      if (a.status === 200 && a.body?.totalQuantity !== a.to) bad('m', `PATCH totalQuantity=${a.to} answered 200 with totalQuantity ${a.body?.totalQuantity}`)
+      if (a.status === 409 && a.code === 'STOCK_BELOW_ISSUED') {
+        const highest = Math.max(total0, ...totals200)
+        if (a.to! >= highest) bad('m', `PATCH totalQuantity=${a.to} refused STOCK_BELOW_ISSUED although it is no decrease (total was at most ${highest})`)
+      }
+    }
+    for (const a of answers.filter((a) => a.op === 'get' && a.status === 200)) {
+      const most = Math.max(total0, ...answers.filter((o) => o.op === 'patchTotal').map((o) => o.to!))
+      if (!(a.body.remaining >= 0 && a.body.remaining <= most)) bad('a', `GET says remaining ${a.body.remaining}; must be within 0..${most}`)
+    }
+
+    // Idempotency: once a key answered 201, every answer with that key is that same 201.
+    for (const a of answers) {
+      if (!a.key) continue
+      let list = this.keyAnswers.get(a.key)
+      if (!list) this.keyAnswers.set(a.key, list = [])
+      list.push(a)
+    }
+    // A 503 says "retry", no outcome; a rejection remembered before Redis lost the key records may be followed by a 201.
+    for (const [key, list] of this.keyAnswers) {
+      if (!list.some((a) => a.batch === batch)) continue
+      const first201 = list.find((a) => a.status === 201)
+      if (!first201) continue
+      for (const a of list) {
+        if (a === first201 || a.status === 503 || (a.batch !== batch && first201.batch !== batch)) continue
+        if (a.status === 201) {
+          if (a.body.claim !== first201.body.claim || a.body.issuedAt !== first201.body.issuedAt) {
+            bad('g', `retry of ${a.user} with Idempotency-Key ${key} answered 201 claim ${a.body.claim} at ${a.body.issuedAt}${a.replayed ? '' : ' (a NEW unit, not a replay)'}; the first 201 was claim ${first201.body.claim} at ${first201.body.issuedAt} (batch ${first201.batch})`)
+          }
+        } else if (a.batch > first201.batch || (a.batch === first201.batch && !NOT_REMEMBERED.has(a.code ?? ''))) {
+          bad('g', `retry of ${a.user} with Idempotency-Key ${key} answered ${a.status} ${a.code}; the key's first 201 (batch ${first201.batch}) was claim ${first201.body.claim} at ${first201.body.issuedAt}`)
+        } else if (!NOT_REMEMBERED.has(a.code ?? '') && !this.idempotencyLost.some((b) => b >= a.batch && b <= first201.batch)) {
+          bad('g', `${a.user} with Idempotency-Key ${key} was answered ${a.status} ${a.code} (batch ${a.batch}), yet a later retry with the key issued claim ${first201.body.claim} (batch ${first201.batch}) instead of replaying that`)
+        }
+      }
+    }
+
+    // Apply.
+    for (const [user, mine] of newClaims) for (const [claim, c] of mine) this.claimsOf(user).set(claim, c)
+    for (const a of okCancels) {
+      const units = Number(a.body.units) || 0
+      this.cancelled.set(a.user!, (this.cancelled.get(a.user!) ?? 0) + units)
+      this.cancels.push({ user: a.user!, units, revokedAt: a.body.revokedAt, batch })
+    }
+    for (const user of this.users) {
+      const held = this.held(user)
+      if (held < 0 || held > this.limit) bad('m', `the answers imply ${user} holds ${held} unit(s) (claims ${[...this.claimsOf(user).keys()].join(',')}, cancelled ${this.cancelled.get(user) ?? 0}), limit ${this.limit}`)
+      const numbers = [...this.claimsOf(user).keys()].sort((a, b) => a - b)
+      if (numbers.some((n, i) => n !== i + 1)) bad('m', `claim numbers of ${user} are not 1..n: ${numbers.join(',')}`)
+    }
+    return v
+  }
+
+  /** After a batch: the total and window in force (read from the service), checked against the PATCH answers. */
+  settle (batch: number, answers: Answer[], total: number, endsAt: number | null): Violation[] {
+    const v: Violation[] = []
+    const totals200 = answers.filter((a) => a.op === 'patchTotal' && a.status === 200).map((a) => a.to!)
+    const possible = totals200.length > 0 ? totals200 : [this.total]
+    if (!possible.includes(total)) v.push(new Violation('m', `batch ${batch}: total is ${total} after the batch; the PATCH answers allow only ${possible.join(' or ')}`))
+    this.total = total
+    this.endsAt = endsAt
+    return v
+  }
+}
+
+const iso = (ms: number | null) => ms === null ? 'none' : new Date(ms).toISOString()
+
+export function describe (a: Answer): string {
+  switch (a.op) {
+    case 'issue': return `issue ${a.user}${a.key ? ` key=${a.key}` : ''}`
+    case 'cancel': return `cancel ${a.user}`
+    case 'patchTotal': return `PATCH totalQuantity=${a.to}`
+    case 'patchWindow': return `PATCH window=${a.window}`
+    case 'get': return 'GET coupon'
+  }
+}
