@@ -29,6 +29,8 @@ const schema = {
     RATE_LIMIT_WINDOW_MS: { type: 'integer', minimum: 1, default: 1000 },
     STRICT_REDIS: { type: 'boolean', default: false },
     CONSUMER_ENABLED: { type: 'boolean', default: true },
+    // This process's name in the consumer group; empty means <hostname>-<pid>. Two processes must never share one.
+    CONSUMER_NAME: { type: 'string', pattern: '^[A-Za-z0-9._:@-]{0,100}$', default: '' },
     CONSUMER_BATCH_SIZE: { type: 'integer', minimum: 1, maximum: 10000, default: 1000 },
     CONSUMER_BLOCK_MS: { type: 'integer', minimum: 1, default: 1000 },
     CONSUMER_LINGER_MS: { type: 'integer', minimum: 0, maximum: 1000, default: 50 },
@@ -60,6 +62,8 @@ export interface Config {
   strictRedis: boolean
   consumer: {
     enabled: boolean
+    /** undefined: <hostname>-<pid> */
+    name?: string
     batchSize: number
     blockMs: number
     lingerMs: number
@@ -111,6 +115,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     strictRedis: raw.STRICT_REDIS,
     consumer: {
       enabled: raw.CONSUMER_ENABLED,
+      ...(raw.CONSUMER_NAME === '' ? {} : { name: raw.CONSUMER_NAME }),
       batchSize: raw.CONSUMER_BATCH_SIZE,
       blockMs: raw.CONSUMER_BLOCK_MS,
       lingerMs: raw.CONSUMER_LINGER_MS,

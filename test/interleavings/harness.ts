@@ -11,7 +11,8 @@ import { eq } from 'drizzle-orm'
 import { buildApp } from '../../src/app.js'
 import { couponIssues } from '../../src/db/schema.js'
 import { IssueEventConsumer } from '../../src/persistence/consumer.js'
-import { CONSUMER_GROUP, createKeys, type CouponKeys } from '../../src/redis/keys.js'
+import { createKeys, type CouponKeys } from '../../src/redis/keys.js'
+import { consumerGroupInfo } from '../../src/redis/groups.js'
 import { ADMIN_TOKEN, REDIS_URL, testEnv, type TestEnv } from '../helpers/env.js'
 import { describe, formatScenario, idemKeyName, INVARIANTS, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Scenario } from './model.js'
 
@@ -120,14 +121,8 @@ const pairs = (flat: string[]) => {
 const heldSum = (holders: Record<string, string>) => Object.entries(holders).reduce((s, [u, n]) => s + (u === '#' ? 0 : Number(n)), 0)
 const show = (o: Record<string, string>) => JSON.stringify(Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b))))
 
-/**
- * start() after stop() leaves the consumer's idle signal aborted (only wake() renews it): with no
- * coupon on the read list its loop then spins without waiting, starving the event loop (a finding of
- * this harness, src/persistence/consumer.ts). wake() right after start() renews the signal.
- */
 async function startConsumer (consumer: IssueEventConsumer): Promise<void> {
   consumer.start()
-  await consumer.wake()
 }
 
 export class Harness {
@@ -155,8 +150,9 @@ export class Harness {
     t.teardown(() => redis.disconnect())
     const harness = new Harness(env, redis, options)
     for (let i = 0; i < options.instances; i++) {
-      // The same config: same DATABASE_URL and REDIS_PREFIX, as two processes of one deployment.
-      const app = await buildApp(env.config)
+      // The same config: same DATABASE_URL and REDIS_PREFIX, as two processes of one deployment, each
+      // with its own consumer name (in one test process both would default to <hostname>-<pid>).
+      const app = await buildApp({ ...env.config, consumer: { ...env.config.consumer, name: `fuzz-instance-${i}` } })
       await app.ready()
       t.teardown(() => app.close())
       const base = await app.listen({ port: 0, host: '127.0.0.1' })
@@ -193,12 +189,8 @@ export class Harness {
 
   private async groupState (k: CouponKeys): Promise<{ pending: number, lag: number | null, length: number }> {
     const length = await this.redis.xlen(k.events)
-    const groups = await this.redis.xinfo('GROUPS', k.events).catch(() => []) as unknown[][]
-    for (const group of groups) {
-      const info = pairs(group.map(String))
-      if (info.name === CONSUMER_GROUP) return { pending: Number(info.pending), lag: info.lag === '' || info.lag === undefined ? null : Number(info.lag), length }
-    }
-    return { pending: 0, lag: null, length }
+    const group = await consumerGroupInfo(this.redis, k.events)
+    return group ? { pending: group.pending, lag: group.lag, length } : { pending: 0, lag: null, length }
   }
 
   /** Runs one command; answers for the model (none for the operational commands). */
