@@ -14,7 +14,7 @@ import authPlugin from './plugins/auth.js'
 import consumerPlugin from './plugins/consumer.js'
 import couponStorePlugin from './plugins/coupon-store.js'
 import databasePlugin from './plugins/database.js'
-import errorHandlerPlugin from './plugins/error-handler.js'
+import errorHandlerPlugin, { MAX_PARAM_LENGTH } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
@@ -37,6 +37,9 @@ export function serverOptions (config: Config): FastifyServerOptions {
     trustProxy: config.trustProxy,
     // A valid issue request is under 200 bytes; anything near this is not one of ours.
     bodyLimit: 4096,
+    // The default (100) refused a valid userId of 101-128 characters in the path with 414. Longer segments
+    // than this are answered 414; shorter ones reach the schema (400 for a bad userId).
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // Fastify's own 503-while-closing answers with a body that has no `code`; the onRequest hook in app()
     // answers SHUTTING_DOWN from the catalog instead (Fastify still sets Connection: close).
     return503OnClosing: false,

@@ -5,6 +5,9 @@ import type { FastifyError } from 'fastify'
 import { isDatabaseUnreachable } from '../db/client.js'
 import { DatabaseUnavailable } from '../errors.js'
 
+/** The router answers 414 above this many characters in one (decoded) path segment. */
+export const MAX_PARAM_LENGTH = 1024
+
 export default fp(async function errorHandlerPlugin (fastify) {
   fastify.setErrorHandler((err: FastifyError, request, reply) => {
     if (err.validation) {
