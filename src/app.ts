@@ -14,7 +14,7 @@ import authPlugin from './plugins/auth.js'
 import consumerPlugin from './plugins/consumer.js'
 import couponStorePlugin from './plugins/coupon-store.js'
 import databasePlugin from './plugins/database.js'
-import errorHandlerPlugin, { MAX_PARAM_LENGTH } from './plugins/error-handler.js'
+import errorHandlerPlugin, { clientErrorHandler, frameworkErrors, MAX_PARAM_LENGTH } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
@@ -22,6 +22,7 @@ import couponRoutes from './routes/coupons.js'
 import failedEventRoutes from './routes/failed-events.js'
 import healthRoutes from './routes/health.js'
 import issueRoutes from './routes/issues.js'
+import { errors } from './routes/schemas.js'
 
 const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv
 
@@ -38,8 +39,12 @@ export function serverOptions (config: Config): FastifyServerOptions {
     // A valid issue request is under 200 bytes; anything near this is not one of ours.
     bodyLimit: 4096,
     // The default (100) refused a valid userId of 101-128 characters in the path with 414. Longer segments
-    // than this are answered 414; shorter ones reach the schema (400 for a bad userId).
+    // than this are answered 414 URI_TOO_LONG; shorter ones reach the schema (400 for a bad userId).
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // Bad URLs and over-long path segments leave with our error body, not the router's.
+    frameworkErrors,
+    // So do request timeouts, malformed HTTP and oversized headers (Node answers those before Fastify).
+    clientErrorHandler,
     // Fastify's own 503-while-closing answers with a body that has no `code`; the onRequest hook in app()
     // answers SHUTTING_DOWN from the catalog instead (Fastify still sets Connection: close).
     return503OnClosing: false,
@@ -65,6 +70,16 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   fastify.addHook('preClose', async () => { closing = true })
   // Callback style: runs on every request, and an async hook would allocate a promise each time.
   fastify.addHook('onRequest', (_request, _reply, done) => { done(closing ? new ShuttingDown() : undefined) })
+  // JSON in, JSON out: a text/plain body used to reach the schema as a string (400 "body must be object");
+  // now any body that is not JSON gets 415 UNSUPPORTED_MEDIA_TYPE.
+  fastify.removeContentTypeParser('text/plain')
+  // Document the answers the framework gives before a route runs, on the routes that can get them.
+  fastify.addHook('onRoute', (route) => {
+    const response = route.schema?.response as Record<string, unknown> | undefined
+    if (!response) return
+    if (route.schema?.body) Object.assign(response, errors({ 415: ['UNSUPPORTED_MEDIA_TYPE'] }))
+    if (route.schema?.params) Object.assign(response, errors({ 414: ['URI_TOO_LONG'] }))
+  })
 
   await fastify.register(sensible)
   await fastify.register(errorHandlerPlugin)

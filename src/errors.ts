@@ -29,3 +29,12 @@ export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shuttin
 export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {
   return err instanceof Error && err.name === 'FastifyError' && typeof (err as { statusCode?: unknown }).statusCode === 'number'
 }
+
+// Errors Fastify or Node raise before a route runs (bad URLs, unknown media types, slow or malformed
+// requests); src/plugins/error-handler.ts answers them with these codes instead of the framework's own.
+export const InvalidUrl = createError('INVALID_REQUEST', 'The URL is not valid: a `%` must be followed by two hex digits (percent-encoding).', 400)
+export const UriTooLong = createError('URI_TOO_LONG', 'A path segment is longer than %s characters. Check the URL (a userId has at most 128 characters).', 414)
+export const UnsupportedMediaType = createError('UNSUPPORTED_MEDIA_TYPE', 'Send the body as JSON with `Content-Type: application/json`.', 415)
+export const RequestTimeout = createError('REQUEST_TIMEOUT', 'The request did not arrive completely in time. Send the headers and the body at once.', 408)
+export const HeadersTooLarge = createError('HEADERS_TOO_LARGE', 'The request line and headers are too large.', 431)
+export const MalformedRequest = createError('INVALID_REQUEST', 'The request is not valid HTTP/1.1.', 400)
