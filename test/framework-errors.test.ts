@@ -1,6 +1,6 @@
 // Answers the framework gives before a route runs (bad URL, over-long path segment, unsupported media type,
 // malformed HTTP, oversized headers) leave with the catalog's { statusCode, code, error, message } like any
-// other error.
+// other error; the OpenAPI document lists them, and declares bearer security on every route that needs it.
 import { STATUS_CODES } from 'node:http'
 import t, { type Test } from 'tap'
 import type { InjectOptions } from 'fastify'
@@ -71,5 +71,34 @@ t.test('over a real connection: the same answers, plus malformed HTTP and oversi
     if (!response) continue
     assertCatalogBody(t, name, { statusCode: response.status, headers: response.headers, body: response.body }, status, code)
     t.not(closedAfterMs, null, `${name}: the connection is closed after the answer`)
+  }
+})
+
+t.test('OpenAPI: bearer security on every route that needs a key, 415 and 414 where they can happen', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
+  const spec = (await app.inject({ method: 'GET', url: '/openapi.json' })).json()
+  t.same(spec.components.securitySchemes.bearer, { type: 'http', scheme: 'bearer' })
+  const sample: Record<string, string> = { couponId: '1', userId: 'u1', id: '1' }
+  const needsKey: string[] = []
+  for (const [path, operations] of Object.entries(spec.paths as Record<string, Record<string, any>>)) {
+    for (const [method, operation] of Object.entries(operations)) {
+      const name = `${method.toUpperCase()} ${path}`
+      const url = path.replace(/\{(\w+)\}/g, (_, param: string) => sample[param] ?? 'x')
+      // Without credentials: a route with auth answers 401 before it looks at anything else.
+      const response = await app.inject({ method: method.toUpperCase() as 'GET', url })
+      if (response.statusCode === 401) {
+        needsKey.push(name)
+        t.same(operation.security, [{ bearer: [] }], `${name} needs a key and declares bearer security`)
+      } else {
+        t.equal(operation.security, undefined, `${name} is open (${response.statusCode}) and declares no security`)
+      }
+      if (operation.requestBody) t.ok(operation.responses['415'], `${name} takes a body and documents 415`)
+      if (/\{\w+\}/.test(path)) t.ok(operation.responses['414'], `${name} has path parameters and documents 414`)
+    }
+  }
+  for (const route of ['GET /coupons/{couponId}', 'POST /coupons/{couponId}/issues', 'DELETE /coupons/{couponId}/issues/{userId}',
+    'GET /coupons/{couponId}/issues/{userId}', 'GET /users/{userId}/coupons', 'POST /coupons', 'PATCH /coupons/{couponId}',
+    'GET /coupons', 'GET /admin/failed-events', 'POST /admin/failed-events/{id}/retry']) {
+    t.ok(needsKey.includes(route), `${route} was found to need a key`)
   }
 })

@@ -60,6 +60,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
     schema: {
       summary: 'Read a coupon and how many units are left',
       tags: ['coupons'],
+      security: [{ bearer: [] }],
       params: couponParams,
       response: { 200: couponBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
     }
