@@ -9,6 +9,7 @@ import swaggerUi from '@fastify/swagger-ui'
 import { Ajv } from 'ajv'
 import addFormatsModule from 'ajv-formats'
 import type { Config } from './config.js'
+import { isDateTime } from './formats.js'
 import { ShuttingDown } from './errors.js'
 import authPlugin from './plugins/auth.js'
 import consumerPlugin from './plugins/consumer.js'
@@ -60,6 +61,9 @@ function validatorCompilers () {
   const options = { allErrors: false, useDefaults: true, removeAdditional: false, strict: false } as const
   const strict = addFormats(new Ajv({ ...options, coerceTypes: false }))
   const coercing = addFormats(new Ajv({ ...options, coerceTypes: true }))
+  // ajv-formats' date-time lets through leap seconds and year 0, which became Invalid Dates or Postgres
+  // errors (500) in the handlers: every route's date-time is checked with the stricter format instead.
+  for (const ajv of [strict, coercing]) ajv.addFormat('date-time', { type: 'string', validate: isDateTime })
   return ({ schema, httpPart }: { schema: object, httpPart?: string }) =>
     (httpPart === 'body' ? strict : coercing).compile(schema)
 }

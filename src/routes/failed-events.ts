@@ -35,7 +35,7 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
         additionalProperties: false,
         properties: { includeRetried: { type: 'boolean', default: false }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } }
       },
-      response: { 200: { type: 'object', properties: { items: { type: 'array', items: failedEvent } } }, ...errors({ 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'] }) }
+      response: { 200: { type: 'object', properties: { items: { type: 'array', items: failedEvent } } }, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'] }) }
     }
   }, async (request) => ({ items: await listFailedEvents(db, request.query) }))
 
@@ -45,10 +45,11 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
       summary: 'Persist a parked entry again, e.g. after fixing its cause (admin)',
       tags: ['admin'],
       security: [{ bearer: [] }],
-      params: { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'integer', minimum: 1 } } },
+      // Above the maximum the id reached Postgres as a bigint out of range (500).
+      params: { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER } } },
       response: {
         200: { type: 'object', properties: { id: { type: 'integer' }, inserted: { type: 'integer' } } },
-        ...errors({ 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 422: ['FAILED_EVENT_STILL_FAILING'] })
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 422: ['FAILED_EVENT_STILL_FAILING'] })
       }
     }
   }, async (request) => {
