@@ -23,7 +23,8 @@ export const Restoring = createError('RESTORING', 'Stock of coupon %s is being r
 export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon store rejected the operation; nothing was changed. Retry later or contact the operator.', 503)
 export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
-export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503)
+// Every request arriving during a shutdown gets it: expected, so without a stack trace either.
+export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503, Error, LOSER)
 
 /** True for errors from this catalog (they carry a code and status for the client). */
 export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {

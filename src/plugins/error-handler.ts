@@ -78,7 +78,9 @@ export default fp(async function errorHandlerPlugin (fastify) {
     }
     const err = fromFramework(thrown)
     const statusCode = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
-    if (statusCode >= 500) {
+    // SHUTTING_DOWN is what every request arriving during a shutdown gets: expected, and not worth a stack
+    // trace per request while the process drains.
+    if (statusCode >= 500 && err.code !== 'SHUTTING_DOWN') {
       request.log.error({ err }, 'request failed')
     }
     if (statusCode === 500) {
