@@ -3,6 +3,7 @@
 // other error; the OpenAPI document lists them, and declares bearer security on every route that needs it.
 import { STATUS_CODES } from 'node:http'
 import t, { type Test } from 'tap'
+import SwaggerParser from '@apidevtools/swagger-parser'
 import type { InjectOptions } from 'fastify'
 import { admin, createCoupon, testApp } from './helpers/env.js'
 import { exchange, httpRequest } from './helpers/raw-http.js'
@@ -77,6 +78,7 @@ t.test('over a real connection: the same answers, plus malformed HTTP and oversi
 t.test('OpenAPI: bearer security on every route that needs a key, 415 and 414 where they can happen', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
   const spec = (await app.inject({ method: 'GET', url: '/openapi.json' })).json()
+  await t.resolves(SwaggerParser.validate(structuredClone(spec)), 'the document with the added responses and security still validates')
   t.same(spec.components.securitySchemes.bearer, { type: 'http', scheme: 'bearer' })
   const sample: Record<string, string> = { couponId: '1', userId: 'u1', id: '1' }
   const needsKey: string[] = []
