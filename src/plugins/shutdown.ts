@@ -15,9 +15,8 @@
 //      idle connections are closed; connections with a request in flight close after its answer;
 //   4. at half of SHUTDOWN_TIMEOUT_MS requests still in flight are answered 503 SHUTTING_DOWN and every
 //      connection is closed, leaving the rest of the deadline to the consumer's batch and the stores.
-import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { Server as NetServer } from 'node:net'
-import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
 import { ShuttingDown } from '../errors.js'
@@ -34,7 +33,7 @@ function shuttingDownBody () {
   return JSON.stringify({ statusCode: 503, code: err.code, error: STATUS_CODES[503], message: err.message })
 }
 
-export interface DrainOptions {
+interface DrainOptions {
   /** requests in flight get this long (ms) before they are answered 503 */
   deadlineMs: number
   graceMs?: number
