@@ -1,7 +1,8 @@
 // The application as a plugin: server.ts listens, tests inject. Data flow:
 // routes/issues.ts -> issuing/coupon-store.ts -> redis/scripts/issue.lua -> stream
 //   -> persistence/consumer.ts -> persistence/persist-batch.ts -> db/queries/issues.ts -> Postgres
-import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { Server } from 'node:http'
+import Fastify, { LogController, type FastifyHttpOptions, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import sensible from '@fastify/sensible'
 import swagger from '@fastify/swagger'
@@ -9,19 +10,21 @@ import swaggerUi from '@fastify/swagger-ui'
 import { Ajv } from 'ajv'
 import addFormatsModule from 'ajv-formats'
 import type { Config } from './config.js'
-import { ShuttingDown } from './errors.js'
+import { isDateTime } from './formats.js'
 import authPlugin from './plugins/auth.js'
 import consumerPlugin from './plugins/consumer.js'
 import couponStorePlugin from './plugins/coupon-store.js'
 import databasePlugin from './plugins/database.js'
-import errorHandlerPlugin from './plugins/error-handler.js'
+import errorHandlerPlugin, { clientErrorHandler, frameworkErrors, MAX_PARAM_LENGTH } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
+import shutdownPlugin from './plugins/shutdown.js'
 import couponRoutes from './routes/coupons.js'
 import failedEventRoutes from './routes/failed-events.js'
 import healthRoutes from './routes/health.js'
 import issueRoutes from './routes/issues.js'
+import { errors } from './routes/schemas.js'
 
 const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv
 
@@ -30,17 +33,35 @@ export interface AppOptions {
 }
 
 /** Fastify server options that belong with the app (tests and server.ts share them). */
-export function serverOptions (config: Config): FastifyServerOptions {
+export function serverOptions (config: Config): FastifyHttpOptions<Server> {
   return {
     logger: { level: config.logLevel },
     logController: new LogController({ disableRequestLogging: !config.logRequests }),
     trustProxy: config.trustProxy,
     // A valid issue request is under 200 bytes; anything near this is not one of ours.
     bodyLimit: 4096,
-    // Fastify's own 503-while-closing answers with a body that has no `code`; the onRequest hook in app()
-    // answers SHUTTING_DOWN from the catalog instead (Fastify still sets Connection: close).
+    // The default (100) refused a valid userId of 101-128 characters in the path with 414. Longer segments
+    // than this are answered 414 URI_TOO_LONG; shorter ones reach the schema (400 for a bad userId).
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // Bad URLs and over-long path segments leave with our error body, not the router's.
+    frameworkErrors,
+    // So do request timeouts, malformed HTTP and oversized headers (Node answers those before Fastify).
+    clientErrorHandler,
+    // A slow client (headers or body trickling in) is cut off after REQUEST_TIMEOUT_MS with 408; Node checks
+    // at connectionsCheckingInterval, so that bounds how late the cut may come.
+    requestTimeout: config.requestTimeoutMs,
+    connectionTimeout: config.connectionTimeoutMs,
+    keepAliveTimeout: config.keepAliveTimeoutMs,
+    http: {
+      requestTimeout: config.requestTimeoutMs,
+      headersTimeout: config.requestTimeoutMs,
+      connectionsCheckingInterval: config.requestTimeoutMs > 0 ? Math.min(1000, Math.max(50, Math.floor(config.requestTimeoutMs / 4))) : 30_000
+    },
+    // Fastify's own 503-while-closing answers with a body that has no `code`; the onRequest hook in
+    // plugins/shutdown.ts answers SHUTTING_DOWN from the catalog instead (with Connection: close).
     return503OnClosing: false,
-    forceCloseConnections: 'idle',
+    // plugins/shutdown.ts closes connections itself, once the requests on them are answered.
+    forceCloseConnections: false,
     // Startup runs migrations, and embedded PGlite compiles WebAssembly: both can outlast the 10 s default.
     pluginTimeout: 60_000,
     ajv: { customOptions: { removeAdditional: false } }
@@ -52,16 +73,27 @@ function validatorCompilers () {
   const options = { allErrors: false, useDefaults: true, removeAdditional: false, strict: false } as const
   const strict = addFormats(new Ajv({ ...options, coerceTypes: false }))
   const coercing = addFormats(new Ajv({ ...options, coerceTypes: true }))
+  // ajv-formats' date-time lets through leap seconds and year 0, which became Invalid Dates or Postgres
+  // errors (500) in the handlers: every route's date-time is checked with the stricter format instead.
+  for (const ajv of [strict, coercing]) ajv.addFormat('date-time', { type: 'string', validate: isDateTime })
   return ({ schema, httpPart }: { schema: object, httpPart?: string }) =>
     (httpPart === 'body' ? strict : coercing).compile(schema)
 }
 
 export default async function app (fastify: FastifyInstance, { config }: AppOptions) {
   fastify.setValidatorCompiler(validatorCompilers())
-  let closing = false
-  fastify.addHook('preClose', async () => { closing = true })
-  // Callback style: runs on every request, and an async hook would allocate a promise each time.
-  fastify.addHook('onRequest', (_request, _reply, done) => { done(closing ? new ShuttingDown() : undefined) })
+  // First, so its onRequest hook (503 SHUTTING_DOWN while closing) runs before any other.
+  await fastify.register(shutdownPlugin, { config })
+  // JSON in, JSON out: a text/plain body used to reach the schema as a string (400 "body must be object");
+  // now any body that is not JSON gets 415 UNSUPPORTED_MEDIA_TYPE.
+  fastify.removeContentTypeParser('text/plain')
+  // Document the answers the framework gives before a route runs, on the routes that can get them.
+  fastify.addHook('onRoute', (route) => {
+    const response = route.schema?.response as Record<string, unknown> | undefined
+    if (!response) return
+    if (route.schema?.body) Object.assign(response, errors({ 415: ['UNSUPPORTED_MEDIA_TYPE'] }))
+    if (route.schema?.params) Object.assign(response, errors({ 414: ['URI_TOO_LONG'] }))
+  })
 
   await fastify.register(sensible)
   await fastify.register(errorHandlerPlugin)

@@ -40,7 +40,15 @@ const schema = {
     BACKLOG_CAP: { type: 'integer', minimum: 0, default: 200000 },
     IDEMPOTENCY_TTL_SECONDS: { type: 'integer', minimum: 1, default: 86400 },
     REDIS_COMMAND_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 2000 },
-    SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 }
+    SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 },
+    // A whole request (headers and body) must arrive within this; 0 turns the check off. A valid request is
+    // under 4 KiB, so only a stalled or deliberately slow client needs more.
+    REQUEST_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 10000 },
+    // A connection on which nothing moves (no byte in either direction) for this long is closed; 0 = never.
+    // Longer than any handler may take, since it also runs while a request is being handled.
+    CONNECTION_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
+    // An idle keep-alive connection is closed after this; above the idle timeout of load balancers in front.
+    KEEP_ALIVE_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 72000 }
   }
 } as const
 
@@ -75,6 +83,9 @@ export interface Config {
   idempotencyTtlSeconds: number
   redisCommandTimeoutMs: number
   shutdownTimeoutMs: number
+  requestTimeoutMs: number
+  connectionTimeoutMs: number
+  keepAliveTimeoutMs: number
 }
 
 export class ConfigError extends Error {
@@ -126,6 +137,9 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     backlogCap: raw.BACKLOG_CAP,
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
     redisCommandTimeoutMs: raw.REDIS_COMMAND_TIMEOUT_MS,
-    shutdownTimeoutMs: raw.SHUTDOWN_TIMEOUT_MS
+    shutdownTimeoutMs: raw.SHUTDOWN_TIMEOUT_MS,
+    requestTimeoutMs: raw.REQUEST_TIMEOUT_MS,
+    connectionTimeoutMs: raw.CONNECTION_TIMEOUT_MS,
+    keepAliveTimeoutMs: raw.KEEP_ALIVE_TIMEOUT_MS
   }
 }

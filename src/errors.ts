@@ -24,7 +24,8 @@ export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon 
 export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
 export const FailedEventSettled = createError('FAILED_EVENT_SETTLED', 'Failed event %s was already %s; nothing changed.', 409)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
-export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503)
+// Every request arriving during a shutdown gets it: expected, so without a stack trace either.
+export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503, Error, LOSER)
 
 /** True for errors from this catalog (they carry a code and status for the client). */
 export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {
@@ -43,3 +44,12 @@ export function databaseFailure (err: unknown): Error {
   if (isCatalogError(err)) return err
   return new DatabaseUnavailable({ cause: err })
 }
+
+// Errors Fastify or Node raise before a route runs (bad URLs, unknown media types, slow or malformed
+// requests); src/plugins/error-handler.ts answers them with these codes instead of the framework's own.
+export const InvalidUrl = createError('INVALID_REQUEST', 'The URL is not valid: a `%` must be followed by two hex digits (percent-encoding).', 400)
+export const UriTooLong = createError('URI_TOO_LONG', 'A path segment is longer than %s characters. Check the URL (a userId has at most 128 characters).', 414)
+export const UnsupportedMediaType = createError('UNSUPPORTED_MEDIA_TYPE', 'Send the body as JSON with `Content-Type: application/json`.', 415)
+export const RequestTimeout = createError('REQUEST_TIMEOUT', 'The request did not arrive completely in time. Send the headers and the body at once.', 408)
+export const HeadersTooLarge = createError('HEADERS_TOO_LARGE', 'The request line and headers are too large.', 431)
+export const MalformedRequest = createError('INVALID_REQUEST', 'The request is not valid HTTP/1.1.', 400)

@@ -11,7 +11,9 @@ const newCoupon = {
   required: ['name', 'totalQuantity'],
   additionalProperties: false,
   properties: {
-    name: { type: 'string', minLength: 1, maxLength: 200 },
+    // No control characters (Postgres text refuses NUL; the others only break logs and screens), no line
+    // separators and no lone surrogates (they are not valid UTF-8).
+    name: { type: 'string', minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\ud800-\\udfff]+$' },
     totalQuantity: { type: 'integer', minimum: 1, maximum: 10_000_000 },
     perUserLimit: { type: 'integer', minimum: 1, maximum: 1000, default: 1 },
     startsAt: dateTime,
@@ -60,6 +62,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
     schema: {
       summary: 'Read a coupon and how many units are left',
       tags: ['coupons'],
+      security: [{ bearer: [] }],
       params: couponParams,
       response: { 200: couponBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
     }
@@ -99,7 +102,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
         type: 'object',
         additionalProperties: false,
         properties: {
-          after: { type: 'integer', minimum: 0, default: 0, description: 'return coupons with an id above this' },
+          after: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'return coupons with an id above this' },
           limit: { type: 'integer', minimum: 1, maximum: 200, default: 50 }
         }
       },

@@ -23,6 +23,9 @@ const failedEvent = {
   }
 } as const
 
+// Above the maximum the id reached Postgres as a bigint out of range (500).
+const failedEventParams = { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER } } } as const
+
 const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, keys, couponStore } = fastify
   const persister = new PersistBatch(db)
@@ -38,7 +41,7 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
         additionalProperties: false,
         properties: { includeRetried: { type: 'boolean', default: false }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } }
       },
-      response: { 200: { type: 'object', properties: { items: { type: 'array', items: failedEvent } } }, ...errors({ 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'] }) }
+      response: { 200: { type: 'object', properties: { items: { type: 'array', items: failedEvent } } }, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'] }) }
     }
   }, async (request) => ({ items: await listFailedEvents(db, request.query) }))
 
@@ -48,10 +51,10 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
       summary: 'Persist a parked entry again, e.g. after fixing its cause (admin)',
       tags: ['admin'],
       security: [{ bearer: [] }],
-      params: { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'integer', minimum: 1 } } },
+      params: failedEventParams,
       response: {
         200: { type: 'object', properties: { id: { type: 'integer' }, inserted: { type: 'integer' } } },
-        ...errors({ 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 409: ['FAILED_EVENT_SETTLED'], 422: ['FAILED_EVENT_STILL_FAILING'] })
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 409: ['FAILED_EVENT_SETTLED'], 422: ['FAILED_EVENT_STILL_FAILING'] })
       }
     }
   }, async (request) => {
@@ -76,7 +79,7 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
       summary: 'Give a parked issue up for good (admin): its unit returns to stock and its holder loses it, unless a cancel returned it already',
       tags: ['admin'],
       security: [{ bearer: [] }],
-      params: { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'integer', minimum: 1 } } },
+      params: failedEventParams,
       body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', minLength: 1, maxLength: 500, pattern: '^[^\\u0000-\\u001f]*$' } } },
       response: {
         200: { type: 'object', properties: { id: { type: 'integer' }, unitReturned: { type: 'boolean' }, discardedAt: { type: 'string', format: 'date-time' } } },

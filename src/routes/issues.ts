@@ -57,6 +57,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     schema: {
       summary: 'Claim one unit of a coupon for a user (first come, first served)',
       tags: ['issues'],
+      security: [{ bearer: [] }],
       params: couponParams,
       headers: idempotencyHeaders,
       body: {
@@ -97,6 +98,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     schema: {
       summary: 'Give back what a user holds of a coupon (order cancelled); the units return to stock',
       tags: ['issues'],
+      security: [{ bearer: [] }],
       params: couponUserParams,
       headers: idempotencyHeaders,
       response: {
@@ -125,6 +127,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     schema: {
       summary: 'Does this user hold the coupon, and since when',
       tags: ['issues'],
+      security: [{ bearer: [] }],
       params: couponUserParams,
       response: { 200: holdingBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
     }
@@ -141,6 +144,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     schema: {
       summary: 'Every coupon a user holds or held, including issues not yet persisted',
       tags: ['issues'],
+      security: [{ bearer: [] }],
       params: { type: 'object', required: ['userId'], additionalProperties: false, properties: { userId } },
       response: {
         200: {
