@@ -127,7 +127,7 @@ t.test('3: a campaign pruned after its end and reopened: new issues are persiste
   await waitFor(async () => (await rowsOf(app, coupon.id)).length === 1, { what: 'the early issue to be persisted' })
   t.equal((await patch(app, coupon.id, { endsAt: new Date(Date.now() - 1000).toISOString() })).statusCode, 200)
   t.equal((await issue(app, coupon.id, 'late')).json().code, 'ENDED')
-  await waitFor(async () => (await app.consumer!.pruneEndedStreams(0)).length === 1 || null, { what: 'the settled stream to be pruned' })
+  await waitFor(async () => (await app.consumer!.maintenance.pruneEndedStreams(0)).length === 1 || null, { what: 'the settled stream to be pruned' })
   t.notOk(await app.redis.sismember(app.keys.activeCoupons, String(coupon.id)), 'off the read list')
 
   t.equal((await patch(app, coupon.id, { endsAt: new Date(Date.now() + 600_000).toISOString() })).statusCode, 200)
@@ -342,7 +342,7 @@ t.test('6: idempotency records carry no TTL; expired ones are ignored and pruned
   t.same((await issue(app, coupon.id, 'slow', { 'idempotency-key': 'once' })).json(), first.json())
   await waitFor(async () => (await issue(app, coupon.id, 'slow', { 'idempotency-key': 'once' })).json().claim === 2, { what: 'the key to expire', timeoutMs: 5000 })
   const consumer = testConsumer(t, app, 'maintenance')
-  t.equal(await consumer.pruneIdempotency(0), 1, 'the remembered record is pruned once expired')
+  t.equal(await consumer.maintenance.pruneIdempotency(0), 1, 'the remembered record is pruned once expired')
   t.same(Object.keys(await app.redis.hgetall(k.idempotency)), [COMPLETE_MARKER], 'only the completeness marker is left')
 })
 
@@ -353,7 +353,7 @@ t.test('3: a settled stream off the read list (pruned before dormant marks exist
   const consumer = testConsumer(t, app, 'discovery')
   await consumer.drain()
   await app.redis.srem(app.keys.activeCoupons, String(coupon.id))
-  t.same(await consumer.discoverStreams(), [], 'settled: not put back')
+  t.same(await consumer.maintenance.discoverStreams(), [], 'settled: not put back')
   t.equal(await app.redis.hget(app.keys.coupon(coupon.id).meta, 'dormant'), '1', 'but marked dormant')
   t.equal((await cancel(app, coupon.id, 'old')).statusCode, 200)
   t.ok(await app.redis.sismember(app.keys.activeCoupons, String(coupon.id)), 'the cancel put it back on the read list')

@@ -5,38 +5,28 @@
 import closeWithGrace from 'close-with-grace'
 import { pino } from 'pino'
 import { loadConfig } from '../config.js'
-import { openDatabase } from '../db/client.js'
-import { assertDurableCommits } from '../plugins/database.js'
+import { assertDurableCommits, openDatabase } from '../db/client.js'
 import { connectRedis, createRedis } from '../redis/client.js'
 import { createKeys } from '../redis/keys.js'
-import { IssueEventConsumer, schedulePeriodicReclaim } from '../persistence/consumer.js'
+import { startConsumer } from '../persistence/start-consumer.js'
 
 async function main (): Promise<void> {
   const config = loadConfig()
   const log = pino({ level: config.logLevel })
-  const redisUrl = config.redisUrl || 'redis://127.0.0.1:6379'
-  const redis = createRedis({ url: redisUrl, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush-consume' })
-  const blockingRedis = createRedis({ url: redisUrl, blocking: true, name: 'couponrush-consume-blocking' })
+  const redis = createRedis({ url: config.redisUrl || 'redis://127.0.0.1:6379', commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush-consume' })
   redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'))
-  blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolSize: 2 })
   await connectRedis(redis)
-  await connectRedis(blockingRedis)
   await database.migrate()
   await assertDurableCommits(database.db)
-  const consumer = new IssueEventConsumer({
-    redis, blockingRedis, db: database.db, keys: createKeys(config.redisPrefix), log: log.child({ component: 'consumer' }), ...config.consumer
-  })
-  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log, { idempotencyTtlMs: config.idempotencyTtlSeconds * 1000 })
-  consumer.start()
-  log.info({ consumer: consumer.name }, 'consuming issue events')
+  const running = await startConsumer({ config, redis, db: database.db, keys: createKeys(config.redisPrefix), log: log.child({ component: 'consumer' }) })
+  running.start()
+  log.info({ consumer: running.consumer.name }, 'consuming issue events')
   closeWithGrace({ delay: config.shutdownTimeoutMs }, async ({ signal, err }) => {
     if (err) log.error({ err }, 'stopping after an error')
     else log.info({ signal }, 'stopping: finishing the batch in hand')
-    await reclaimTask.destroy()
-    await consumer.stop()
+    await running.stop()
     redis.disconnect()
-    blockingRedis.disconnect()
     await database.close()
   })
 }

@@ -95,3 +95,12 @@ export function isDatabaseUnreachable (err: unknown): boolean {
   if (typeof code === 'string' && (code.startsWith('08') || ['57P01', '57P02', '57P03'].includes(code) || CONNECTION_ERRNOS.has(code))) return true
   return typeof message === 'string' && /Connection terminated|timeout exceeded when trying to connect|Cannot use a pool after calling end|connection error/i.test(message)
 }
+
+/** With synchronous_commit off, a commit the consumer acknowledged can vanish in a Postgres crash. */
+export async function assertDurableCommits (db: Db): Promise<void> {
+  const result: any = await db.execute(sql`SHOW synchronous_commit`)
+  const value = String(result.rows?.[0]?.synchronous_commit ?? 'on')
+  if (value === 'off') {
+    throw new Error('Postgres synchronous_commit is off: the consumer would acknowledge issues a crash can still lose. Set synchronous_commit = on (or local/remote_write/remote_apply).')
+  }
+}

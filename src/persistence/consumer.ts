@@ -2,16 +2,17 @@
 // read (XREADGROUP, blocking, own connection) -> persist (one statement) -> ack + trim (one script per stream).
 // Reading the next batch and acknowledging the previous one overlap with writing the current one.
 // Nothing is acknowledged before its commit.
+import { EventEmitter } from 'node:events'
 import { hostname } from 'node:os'
-import cron, { type ScheduledTask } from 'node-cron'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
-import { COMPLETE_MARKER, CONSUMER_GROUP, type Keys } from '../redis/keys.js'
-import { decodeEntry, fieldsToObject, isEvent, type CouponEvent } from '../stream/events.js'
-import { ackAndTrim, markDormant } from '../redis/scripts.js'
+import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
+import { ackAndTrim } from '../redis/scripts.js'
+import { countPerCoupon, largestStreamShare, mergeBatches, toBatch, type Batch, type StreamReply } from './batch.js'
+import { StreamMaintenance } from './maintenance.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
 export interface ConsumerOptions {
@@ -46,25 +47,8 @@ export interface DrainReport {
   stats: ConsumerStats
 }
 
-type StreamReply = [key: string, entries: [id: string, fields: string[] | null][]][]
-
-interface Batch {
-  /** stream key -> ids to acknowledge once the batch is committed, ascending */
-  ids: Map<string, string[]>
-  events: CouponEvent[]
-  poison: FailedEntry[]
-}
-
 const STREAM_LIST_TTL_MS = 1000
-/** An ended coupon stays on the read list this long, for late cancels to be read without a detour. */
-const PRUNE_GRACE_MS = 60_000
 const MAX_BACKOFF_MS = 5000
-
-function mergeBatches (a: Batch, b: Batch): Batch {
-  const ids = new Map(a.ids)
-  for (const [stream, more] of b.ids) ids.set(stream, [...(ids.get(stream) ?? []), ...more])
-  return { ids, events: [...a.events, ...b.events], poison: [...a.poison, ...b.poison] }
-}
 
 function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T | null> {
   if (signal.aborted) return promise
@@ -75,21 +59,30 @@ function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T
   })
 }
 
-const batchSize = (batch: Batch) => {
-  let entries = 0
-  for (const ids of batch.ids.values()) entries = Math.max(entries, ids.length)
-  return entries
+/** What the consumer tells listeners (metrics, tests: `await once(consumer, 'batch')`). */
+export interface ConsumerEvents {
+  /** a batch was committed (not yet acknowledged) */
+  batch: [outcome: BatchOutcome & { entries: number }]
+  /** entries were parked in failed_issue_events */
+  parked: [entries: FailedEntry[]]
+  /** a round failed; the loop waits this long and retries the same batch */
+  backoff: [failure: { error: unknown, retryInMs: number, what: string }]
+  /** abandoned entries were claimed and persisted (per coupon), or found deleted while pending */
+  reclaimed: [reclaim: { perCoupon: Record<string, number>, deletedWhilePending: number }]
 }
 
 export function defaultConsumerName () {
   return `${hostname()}-${process.pid}`
 }
 
-export class IssueEventConsumer {
+export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   readonly name: string
+  /** which streams the loop reads, and what Redis may forget (maintenance.ts) */
+  readonly maintenance: StreamMaintenance
   readonly stats: ConsumerStats = { batches: 0, inserted: 0, duplicates: 0, failed: 0, deletedWhilePending: 0 }
   readonly #o: ConsumerOptions
   readonly #persister: PersistBatch
+  readonly #decoding: { couponIdOfStream: (stream: string) => number | null, maxDeliveries: number }
   #streams: string[] = []
   #streamsReadAt = 0
   #abort = new AbortController()
@@ -103,9 +96,12 @@ export class IssueEventConsumer {
   #idle = new AbortController()
 
   constructor (options: ConsumerOptions) {
+    super()
     this.#o = options
+    this.maintenance = new StreamMaintenance(options, () => { this.#streamsReadAt = 0 })
     this.name = options.name ?? defaultConsumerName()
     this.#persister = new PersistBatch(options.db)
+    this.#decoding = { couponIdOfStream: options.keys.couponIdOfStream, maxDeliveries: options.maxDeliveries }
     // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
     // clients from 1 again) the old id may name somebody else's blocked client, which stop() would unblock.
     // A read whose reply was lost with the connection (Redis killed after delivering) left entries pending
@@ -151,6 +147,7 @@ export class IssueEventConsumer {
   /** Claims entries idle longer than minIdleMs from any consumer of the group and persists them. */
   async reclaim (minIdleMs = this.#o.reclaimMinIdleMs): Promise<Record<string, number>> {
     const perCoupon: Record<string, number> = {}
+    let deletedWhilePending = 0
     // Claiming counts as a delivery. With the database down every periodic claim would push
     // abandoned entries toward MAX_DELIVERIES and park good entries, so claim only when it answers.
     await pingDatabase(this.#o.db)
@@ -167,112 +164,34 @@ export class IssueEventConsumer {
         const deleted = reply[2] ?? []
         if (deleted.length > 0) {
           this.stats.deletedWhilePending += deleted.length
+          deletedWhilePending += deleted.length
           this.#o.log.error({ stream, ids: deleted }, 'pending entries were deleted from the stream before they were persisted')
         }
       } while (cursor !== '0-0')
       for (let i = 0; i < claimed.length; i += this.#o.batchSize) {
         const entries = claimed.slice(i, i + this.#o.batchSize)
         const deliveries = await this.#deliveryCounts(stream, entries)
-        await this.#persistAndAck(this.#toBatch([[stream, entries]], deliveries))
-        const couponId = this.#o.keys.couponIdOfStream(stream) ?? stream
-        perCoupon[couponId] = (perCoupon[couponId] ?? 0) + entries.length
+        const batch = toBatch([[stream, entries]], this.#decoding, deliveries)
+        await this.#persistAndAck(batch)
+        countPerCoupon(batch, this.#o.keys.couponIdOfStream, perCoupon)
       }
     }
+    if (Object.keys(perCoupon).length > 0 || deletedWhilePending > 0) this.emit('reclaimed', { perCoupon, deletedWhilePending })
     return perCoupon
   }
 
   /** One-shot flush: reclaim every pending entry regardless of idle time, then read until the streams are empty. */
   async drain (): Promise<DrainReport> {
-    await this.discoverStreams()
+    await this.maintenance.discoverStreams()
     await this.ensureGroups()
     const perCoupon = await this.reclaim(0)
     for (;;) {
       const batch = await this.#read(null)
       if (!batch) break
       await this.#persistAndAck(batch)
-      for (const [stream, ids] of batch.ids) {
-        const couponId = this.#o.keys.couponIdOfStream(stream) ?? stream
-        perCoupon[couponId] = (perCoupon[couponId] ?? 0) + ids.length
-      }
+      countPerCoupon(batch, this.#o.keys.couponIdOfStream, perCoupon)
     }
     return { perCoupon, stats: { ...this.stats } }
-  }
-
-  /**
-   * Drops ended coupons whose events are all persisted from the set of streams the loop reads: every
-   * stream in that set is part of every XREADGROUP. The coupon leaves the set first and is then marked
-   * dormant only if its stream is settled (markDormant.lua); an entry appended before the mark keeps it
-   * in the set, one appended after it finds the mark and puts it back (issue.lua/revoke.lua answer
-   * `reactivated`). No stream with unpersisted entries stays off the list, whatever code path wrote.
-   */
-  async pruneEndedStreams (graceMs = PRUNE_GRACE_MS): Promise<string[]> {
-    const { redis, keys } = this.#o
-    const pruned: string[] = []
-    for (const id of await redis.smembers(keys.activeCoupons)) {
-      const k = keys.coupon(id)
-      const endsAt = Number(await redis.hget(k.meta, 'endsAt') || NaN)
-      if (!(endsAt + graceMs < Date.now())) continue
-      await redis.srem(keys.activeCoupons, id)
-      if (await markDormant(redis, k, CONSUMER_GROUP)) pruned.push(id)
-      else await redis.sadd(keys.activeCoupons, id)
-    }
-    if (pruned.length > 0) this.#streamsReadAt = 0
-    return pruned
-  }
-
-  /**
-   * Looks at every coupon stream under the prefix that is off the read list (SCAN: a full pass over the
-   * keyspace, so for startup, drain and repair, not every tick): one holding entries not yet consumed
-   * goes back on the list, a settled one is marked dormant so its next write puts it back. A safety net
-   * under the dormant marks, for what a crash between a script and its caller's SADD, a lost active
-   * set, or a stream pruned before dormant marks existed, left behind.
-   */
-  async discoverStreams (): Promise<string[]> {
-    const { redis, keys } = this.#o
-    const found: string[] = []
-    const active = new Set(await redis.smembers(keys.activeCoupons))
-    let cursor = '0'
-    do {
-      const [next, streams] = await redis.scan(cursor, 'MATCH', keys.eventStreamPattern, 'COUNT', 1000, 'TYPE', 'stream')
-      cursor = next
-      for (const stream of streams) {
-        const couponId = keys.couponIdOfStream(stream)
-        if (couponId === null || active.has(String(couponId))) continue
-        if (await markDormant(redis, keys.coupon(couponId), CONSUMER_GROUP)) continue
-        await redis.sadd(keys.activeCoupons, String(couponId))
-        found.push(String(couponId))
-      }
-    } while (cursor !== '0')
-    if (found.length > 0) {
-      this.#streamsReadAt = 0
-      this.#o.log.warn({ coupons: found }, 'found coupon streams with unpersisted entries off the read list; reading them again')
-    }
-    return found
-  }
-
-  /**
-   * Deletes idempotency records older than the TTL from the active coupons' hashes (they carry no TTL
-   * of their own, so that eviction cannot pick them first; the scripts already ignore expired ones).
-   */
-  async pruneIdempotency (ttlMs: number): Promise<number> {
-    const { redis, keys } = this.#o
-    let deleted = 0
-    const oldest = Date.now() - ttlMs
-    for (const id of await redis.smembers(keys.activeCoupons)) {
-      const hash = keys.coupon(id).idempotency
-      let cursor = '0'
-      do {
-        const [next, flat] = await redis.hscan(hash, cursor, 'COUNT', 1000)
-        cursor = next
-        const expired: string[] = []
-        for (let i = 0; i + 1 < flat.length; i += 2) {
-          const recorded = Number(/\|(\d+)$/.exec(flat[i + 1]!)?.[1])
-          if (flat[i] !== COMPLETE_MARKER && recorded < oldest) expired.push(flat[i]!)
-        }
-        if (expired.length > 0) deleted += await redis.hdel(hash, ...expired)
-      } while (cursor !== '0')
-    }
-    return deleted
   }
 
   /** Creates the group on every active stream (MKSTREAM), e.g. after Redis lost it. */
@@ -291,11 +210,12 @@ export class IssueEventConsumer {
       this.#failures++
       const delay = Math.min(100 * 2 ** Math.min(this.#failures, 10), MAX_BACKOFF_MS)
       log.error({ err, retryInMs: delay }, what)
+      this.emit('backoff', { error: err, retryInMs: delay, what })
       await sleep(delay, undefined, { signal }).catch(() => {})
     }
     while (!signal.aborted) {
       try {
-        await this.discoverStreams()
+        await this.maintenance.discoverStreams()
         await this.ensureGroups()
         await this.reclaim()
         break
@@ -324,7 +244,7 @@ export class IssueEventConsumer {
         // A batch below the batch size means the consumer is keeping up: linger before the next read so
         // a steady trickle is written in fewer, larger batches (each batch costs the web process a read,
         // an insert and an ack whatever its size). A full batch means a backlog: read on at once.
-        const linger = this.#o.lingerMs > 0 && batchSize(inHand) < this.#o.batchSize ? this.#o.lingerMs : 0
+        const linger = this.#o.lingerMs > 0 && largestStreamShare(inHand) < this.#o.batchSize ? this.#o.lingerMs : 0
         const readAhead = signal.aborted || this.#failures > 0
           ? Promise.resolve(null)
           : (linger > 0 ? sleep(linger, undefined, { signal }).catch(() => {}) : Promise.resolve()).then(() => this.#read(0, signal))
@@ -375,7 +295,11 @@ export class IssueEventConsumer {
     this.stats.inserted += outcome.inserted
     this.stats.duplicates += outcome.duplicates
     this.stats.failed += outcome.failed
-    if (outcome.failed > 0) this.#o.log.warn({ failed: outcome.failed }, 'entries parked in failed_issue_events')
+    if (outcome.failed > 0) {
+      this.#o.log.warn({ failed: outcome.failed }, 'entries parked in failed_issue_events')
+      this.emit('parked', outcome.parked)
+    }
+    this.emit('batch', { ...outcome, entries: batch.events.length + batch.poison.length })
     return outcome
   }
 
@@ -421,7 +345,7 @@ export class IssueEventConsumer {
     // read abandoned this way stay pending in the group and are reclaimed.
     const reply = signal ? await abandonOnAbort(read, signal) : await read
     if (!reply) return null
-    return this.#toBatch(reply, null)
+    return toBatch(reply, this.#decoding)
   }
 
   /** One page of our own pending entries (history read, never blocks); null once there are none left. */
@@ -434,30 +358,7 @@ export class IssueEventConsumer {
       return null
     }
     for (const [stream, entries] of found) from.set(stream, entries[entries.length - 1]![0])
-    return this.#toBatch(found, null)
-  }
-
-  #toBatch (reply: StreamReply, deliveries: Map<string, number> | null): Batch {
-    const batch: Batch = { ids: new Map(), events: [], poison: [] }
-    for (const [stream, entries] of reply) {
-      const couponId = this.#o.keys.couponIdOfStream(stream)
-      const ids: string[] = []
-      for (const [id, fields] of entries) {
-        ids.push(id)
-        if (fields === null) continue
-        const delivered = deliveries?.get(id) ?? 1
-        const entry = decodeEntry(stream, couponId, id, fields)
-        if (!isEvent(entry)) {
-          batch.poison.push({ ...entry, deliveries: delivered })
-        } else if (delivered > this.#o.maxDeliveries) {
-          batch.poison.push({ streamKey: stream, id, payload: fieldsToObject(fields), error: `delivered ${delivered} times without being persisted`, deliveries: delivered })
-        } else {
-          batch.events.push(entry)
-        }
-      }
-      if (ids.length > 0) batch.ids.set(stream, ids)
-    }
-    return batch
+    return toBatch(found, this.#decoding)
   }
 
   async #deliveryCounts (stream: string, entries: [string, unknown][]): Promise<Map<string, number>> {
@@ -483,29 +384,4 @@ export class IssueEventConsumer {
     if (this.#blockingClientId === null) return
     await this.#o.redis.client('UNBLOCK', this.#blockingClientId).catch(() => {})
   }
-}
-
-/** Runs consumer.reclaim() on a node-cron schedule (the web process and `npm run consume` alike). */
-export interface MaintenanceOptions {
-  /** coupons whose stream this process reactivated but could not put back on the read list */
-  strandedCoupons?: () => number[]
-  /** idempotency records older than this are pruned */
-  idempotencyTtlMs?: number
-}
-
-export function schedulePeriodicReclaim (consumer: IssueEventConsumer, expression: string, log: FastifyBaseLogger,
-  { strandedCoupons = () => [], idempotencyTtlMs }: MaintenanceOptions = {}): ScheduledTask {
-  return cron.schedule(expression, async () => {
-    // A reactivated stream whose SADD failed in this process: look for every such stream once.
-    if (strandedCoupons().length > 0) await consumer.discoverStreams().catch((err) => { log.error({ err }, 'looking for unread streams failed') })
-    // While our own writes fail, a reclaim cannot write either; it would only claim entries again
-    // (our own batch in hand included) and push their delivery count past MAX_DELIVERIES, so that good
-    // entries get parked as poison once the database is back.
-    if (consumer.backingOff) return
-    const perCoupon = await consumer.reclaim().catch((err) => { log.error({ err }, 'periodic reclaim failed') })
-    if (perCoupon && Object.keys(perCoupon).length > 0) log.info({ perCoupon }, 'reclaimed abandoned entries')
-    const pruned = await consumer.pruneEndedStreams().catch((err) => { log.error({ err }, 'pruning ended coupons failed') })
-    if (pruned && pruned.length > 0) log.info({ coupons: pruned }, 'stopped reading the streams of ended, fully persisted coupons')
-    if (idempotencyTtlMs !== undefined) await consumer.pruneIdempotency(idempotencyTtlMs).catch((err) => { log.error({ err }, 'pruning idempotency records failed') })
-  }, { noOverlap: true, name: 'reclaim-pending-issue-events' })
 }

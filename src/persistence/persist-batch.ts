@@ -13,6 +13,8 @@ export interface BatchOutcome {
   duplicates: number
   /** entries parked in failed_issue_events */
   failed: number
+  /** those entries */
+  parked: FailedEntry[]
 }
 
 /** SQLSTATE classes that say "this row is bad", as opposed to "the database is unwell". */
@@ -49,7 +51,7 @@ export class PersistBatch {
     }
     await recordFailedEvents(this.#db, failed)
     const issuesWritten = good.reduce((n, e) => e.type === 'issue' ? n + 1 : n, 0)
-    return { inserted, duplicates: issuesWritten - inserted, failed: failed.length }
+    return { inserted, duplicates: issuesWritten - inserted, failed: failed.length, parked: failed }
   }
 
   async #writeOneByOne (events: CouponEvent[], failed: FailedEntry[]) {

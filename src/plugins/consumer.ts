@@ -1,7 +1,7 @@
-// Runs the persistence loop inside the web process, plus a periodic reclaim of abandoned entries.
+// Runs the persistence loop inside the web process, with its maintenance (reclaim, pruning) on a schedule.
 import fp from 'fastify-plugin'
-import { connectRedis, createRedis } from '../redis/client.js'
-import { IssueEventConsumer, schedulePeriodicReclaim } from '../persistence/consumer.js'
+import type { IssueEventConsumer } from '../persistence/consumer.js'
+import { startConsumer } from '../persistence/start-consumer.js'
 import type { Config } from '../config.js'
 
 declare module 'fastify' {
@@ -15,29 +15,16 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     fastify.decorate('consumer', null)
     return
   }
-  const blockingRedis = createRedis({ url: config.redisUrl || 'redis://127.0.0.1:6379', blocking: true, name: 'couponrush-consumer' })
-  blockingRedis.on('error', (err) => fastify.log.warn({ err: err.message }, 'consumer redis connection error'))
-  await connectRedis(blockingRedis)
-  const log = fastify.log.child({ component: 'consumer' })
-  const consumer = new IssueEventConsumer({
+  const running = await startConsumer({
+    config,
     redis: fastify.redis,
-    blockingRedis,
     db: fastify.db,
     keys: fastify.keys,
-    log,
-    ...config.consumer
+    log: fastify.log.child({ component: 'consumer' }),
+    strandedCoupons: () => fastify.couponStore.takeStranded()
   })
-  fastify.decorate('consumer', consumer)
-  const reclaimTask = schedulePeriodicReclaim(consumer, config.consumer.reclaimCron, log, {
-    strandedCoupons: () => fastify.couponStore.takeStranded(),
-    idempotencyTtlMs: config.idempotencyTtlSeconds * 1000
-  })
-
-  fastify.addHook('onReady', async () => { consumer.start() })
+  fastify.decorate('consumer', running.consumer)
+  fastify.addHook('onReady', async () => { running.start() })
   // Registered after the redis plugin, so this runs before its connection closes.
-  fastify.addHook('onClose', async () => {
-    await reclaimTask.destroy()
-    await consumer.stop()
-    blockingRedis.disconnect()
-  })
+  fastify.addHook('onClose', async () => { await running.stop() })
 }, { name: 'consumer', dependencies: ['redis', 'database', 'coupon-store'] })

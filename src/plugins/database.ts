@@ -1,22 +1,12 @@
 // The database handle; migrations run before the app serves anything.
 import fp from 'fastify-plugin'
-import { sql } from 'drizzle-orm'
-import { openDatabase, type Database, type Db } from '../db/client.js'
+import { assertDurableCommits, openDatabase, type Database, type Db } from '../db/client.js'
 import type { Config } from '../config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     db: Db
     database: Database
-  }
-}
-
-/** With synchronous_commit off, a commit the consumer acknowledged can vanish in a Postgres crash. */
-export async function assertDurableCommits (db: Db): Promise<void> {
-  const result: any = await db.execute(sql`SHOW synchronous_commit`)
-  const value = String(result.rows?.[0]?.synchronous_commit ?? 'on')
-  if (value === 'off') {
-    throw new Error('Postgres synchronous_commit is off: the consumer would acknowledge issues a crash can still lose. Set synchronous_commit = on (or local/remote_write/remote_apply).')
   }
 }
 

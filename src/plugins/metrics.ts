@@ -43,18 +43,22 @@ export default fp(async function metricsPlugin (fastify) {
     }
   })
 
-  const consumerStat = (name: string, help: string, read: (stats: NonNullable<typeof fastify.consumer>['stats']) => number) =>
-    new Gauge({
-      name,
-      help,
-      registers: [registry],
-      collect () { if (fastify.consumer) this.set(read(fastify.consumer.stats)) }
-    })
-  consumerStat('couponrush_persisted_rows_total', 'Rows this process inserted into coupon_issues', (s) => s.inserted)
-  consumerStat('couponrush_persist_duplicates_total', 'Redelivered events that were already persisted', (s) => s.duplicates)
-  consumerStat('couponrush_failed_events_total', 'Entries this process parked in failed_issue_events', (s) => s.failed)
-  consumerStat('couponrush_persist_batches_total', 'Batches this process committed', (s) => s.batches)
-  consumerStat('couponrush_deleted_while_pending_total', 'Pending entries found deleted from the stream before persistence', (s) => s.deletedWhilePending)
+  // Counted as the consumer reports them (its events), not read back from its stats.
+  const counter = (name: string, help: string) => new Counter({ name, help, registers: [registry] })
+  const persistedRows = counter('couponrush_persisted_rows_total', 'Rows this process inserted into coupon_issues')
+  const duplicates = counter('couponrush_persist_duplicates_total', 'Redelivered events that were already persisted')
+  const parked = counter('couponrush_failed_events_total', 'Entries this process parked in failed_issue_events')
+  const batches = counter('couponrush_persist_batches_total', 'Batches this process committed')
+  const deletedWhilePending = counter('couponrush_deleted_while_pending_total', 'Pending entries found deleted from the stream before persistence')
+  const backoffs = counter('couponrush_consumer_backoffs_total', 'Rounds the consumer failed and retried (database or Redis unwell)')
+  fastify.consumer?.on('batch', (outcome) => {
+    batches.inc()
+    persistedRows.inc(outcome.inserted)
+    duplicates.inc(outcome.duplicates)
+    parked.inc(outcome.failed)
+  })
+  fastify.consumer?.on('reclaimed', ({ deletedWhilePending: deleted }) => { deletedWhilePending.inc(deleted) })
+  fastify.consumer?.on('backoff', () => { backoffs.inc() })
 
   fastify.decorate('metrics', { registry, countIssueOutcome })
   fastify.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['health'] } }, async (_request, reply) => {

@@ -1,7 +1,7 @@
 // The Redis connection for requests, with the issue scripts defined on it.
 import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
-import { connectRedis, createRedis } from '../redis/client.js'
+import { connectRedis, createRedis, redisDurabilityRisks } from '../redis/client.js'
 import { createKeys, type Keys } from '../redis/keys.js'
 import type { Config } from '../config.js'
 
@@ -10,22 +10,6 @@ declare module 'fastify' {
     redis: Redis
     keys: Keys
   }
-}
-
-/** Settings under which Redis may silently lose counters; each entry is a sentence for the log. */
-export async function redisDurabilityRisks (redis: Redis): Promise<string[]> {
-  const risks: string[] = []
-  const [, policy] = await redis.config('GET', 'maxmemory-policy') as [string, string]
-  if (policy.startsWith('allkeys-')) risks.push(`maxmemory-policy is ${policy}: Redis may evict stock counters and idempotency records; use noeviction`)
-  if (policy.startsWith('volatile-')) risks.push(`maxmemory-policy is ${policy}: keys with a TTL (idempotency records) may be evicted early; noeviction is safest`)
-  const [, aof] = await redis.config('GET', 'appendonly') as [string, string]
-  const [, save] = await redis.config('GET', 'save') as [string, string]
-  if (aof !== 'yes') {
-    risks.push(save === ''
-      ? 'Redis has no persistence (appendonly no, save ""): a Redis restart loses every issue not yet persisted to Postgres; run it with --appendonly yes'
-      : 'Redis persists only by RDB snapshots: a crash loses issues since the last snapshot that were not yet persisted; run it with --appendonly yes')
-  }
-  return risks
 }
 
 export default fp(async function redisPlugin (fastify, { config }: { config: Config }) {

@@ -32,3 +32,19 @@ export async function connectRedis (redis: Redis): Promise<Redis> {
   if (redis.status === 'wait') await redis.connect()
   return redis
 }
+
+/** Settings under which Redis may silently lose counters; each entry is a sentence for the log. */
+export async function redisDurabilityRisks (redis: Redis): Promise<string[]> {
+  const risks: string[] = []
+  const [, policy] = await redis.config('GET', 'maxmemory-policy') as [string, string]
+  if (policy.startsWith('allkeys-')) risks.push(`maxmemory-policy is ${policy}: Redis may evict stock counters and idempotency records; use noeviction`)
+  if (policy.startsWith('volatile-')) risks.push(`maxmemory-policy is ${policy}: keys with a TTL (idempotency records) may be evicted early; noeviction is safest`)
+  const [, aof] = await redis.config('GET', 'appendonly') as [string, string]
+  const [, save] = await redis.config('GET', 'save') as [string, string]
+  if (aof !== 'yes') {
+    risks.push(save === ''
+      ? 'Redis has no persistence (appendonly no, save ""): a Redis restart loses every issue not yet persisted to Postgres; run it with --appendonly yes'
+      : 'Redis persists only by RDB snapshots: a crash loses issues since the last snapshot that were not yet persisted; run it with --appendonly yes')
+  }
+  return risks
+}

@@ -259,7 +259,7 @@ export class Harness {
         }
         const consumer = this.app(cmd.via).consumer!
         await consumer.reclaim()
-        await consumer.pruneEndedStreams()
+        await consumer.maintenance.pruneEndedStreams()
         return []
       }
       case 'get':
