@@ -45,11 +45,8 @@ local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dorma
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
 if not m[1] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
-if field ~= '' then
-  if redis.call('HEXISTS', idem, '#') == 0 then return { 1, 0, 0, '', 0, 0 } end
-  local seen = recallOutcome(idem, field, userId, now, tonumber(ARGV[4]) * 1000)
-  if seen then return seen end
-end
+local replay = replayForKey(idem, field, userId, now, ARGV[4])
+if replay then return replay end
 local function finish (code, at, claim, entry, reactivated)
   return rememberOutcome(idem, field, userId, now, code, at, claim, entry, reactivated or 0)
 end
@@ -73,16 +70,6 @@ if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
 redis.call('HSET', claims, userId, claim)
-local entry
-if idemKey == '' then
-  entry = redis.call('XADD', events, '*', 'type', 'issue', 'couponId', couponId, 'userId', userId, 'claim', claim, 'at', now)
-else
-  entry = redis.call('XADD', events, '*', 'type', 'issue', 'couponId', couponId, 'userId', userId, 'claim', claim, 'at', now,
-    'idem', idemKey)
-end
-local reactivated = 0
-if m[4] then
-  redis.call('HDEL', meta, 'dormant')
-  reactivated = 1
-end
+local entry = appendEvent(events, idemKey, { 'type', 'issue', 'couponId', couponId, 'userId', userId, 'claim', claim, 'at', now })
+local reactivated = wakeIfDormant(meta, m[4])
 return finish(0, now, claim, entry, reactivated)

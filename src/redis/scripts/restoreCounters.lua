@@ -9,7 +9,7 @@
   KEYS[3] holders     hash (gets the completeness marker field '#')
   KEYS[4] claims      hash (likewise)
   KEYS[5] events      stream (created with the consumer group if missing)
-  KEYS[6] idempotency hash (likewise; records are added, never dropped: a kept record is never wrong)
+  KEYS[6] idempotency hash (likewise; records are added, never dropped or overwritten: a kept record is never wrong)
   KEYS[7] revoked     hash (likewise)
   KEYS[8] discarded   set of parked entry ids given back since the last rebuild (cleared: the
                       caller's state already leaves discarded entries out)
@@ -35,14 +35,10 @@ local meta, stock, holders, claims, events, idem, revoked, discarded =
 local users, records, cancels = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local records_from = 11 + 3 * users
 
-if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1
-  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then
-  if redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1 then return 0 end
-  -- Only the idempotency or the last-cancel hash was lost (evicted, deleted): add what the caller
-  -- computed, keep the live counters. No check of the stream is needed: while a hash lacks its marker,
-  -- every keyed call (the only writer of idempotency records) and every cancel (the only writer of the
-  -- last-cancel hash) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
-  local i = records_from
+-- The idempotency records and last cancels from ARGV[from..], and their markers. HSETNX: a record
+-- still live is never older than one computed from Postgres and the stream.
+local function installPairs (from)
+  local i = from
   for _ = 1, records do
     redis.call('HSETNX', idem, ARGV[i], ARGV[i + 1])
     i = i + 2
@@ -53,6 +49,16 @@ if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', sto
   end
   redis.call('HSET', idem, '#', 1)
   redis.call('HSET', revoked, '#', 1)
+end
+
+if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1
+  and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then
+  if redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1 then return 0 end
+  -- Only the idempotency or the last-cancel hash was lost (evicted, deleted): add what the caller
+  -- computed, keep the live counters. No check of the stream is needed: while a hash lacks its marker,
+  -- every keyed call (the only writer of idempotency records) and every cancel (the only writer of the
+  -- last-cancel hash) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
+  installPairs(records_from)
   return 1
 end
 
@@ -67,22 +73,13 @@ redis.call('HSET', meta, 'total', ARGV[3], 'perUserLimit', ARGV[4], 'startsAt', 
 redis.call('SET', stock, ARGV[7])
 redis.call('HSET', holders, '#', 1)
 redis.call('HSET', claims, '#', 1)
-redis.call('HSET', idem, '#', 1)
-redis.call('HSET', revoked, '#', 1)
 local i = 11
 for _ = 1, users do
   if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', holders, ARGV[i], ARGV[i + 1]) end
   redis.call('HSET', claims, ARGV[i], ARGV[i + 2])
   i = i + 3
 end
-for _ = 1, records do
-  redis.call('HSET', idem, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-for _ = 1, cancels do
-  redis.call('HSET', revoked, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
+installPairs(i)
 
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events, ARGV[1], '0', 'MKSTREAM')
 if not ok and not string.find(tostring(err), 'BUSYGROUP') then return redis.error_reply(tostring(err)) end

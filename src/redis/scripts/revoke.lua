@@ -40,11 +40,8 @@ local holding = redis.call('HMGET', holders, userId, '#')
 local claimed = redis.call('HMGET', claims, userId, '#')
 local complete = redis.call('HEXISTS', revoked, '#')
 if not m[1] or not left or not holding[2] or not claimed[2] or complete == 0 then return { 1, 0, 0, '', 0, 0 } end
-if field ~= '' then
-  if redis.call('HEXISTS', idem, '#') == 0 then return { 1, 0, 0, '', 0, 0 } end
-  local seen = recallOutcome(idem, field, userId, now, tonumber(ARGV[4]) * 1000)
-  if seen then return seen end
-end
+local replay = replayForKey(idem, field, userId, now, ARGV[4])
+if replay then return replay end
 local function finish (code, at, units, entry, reactivated)
   return rememberOutcome(idem, field, userId, now, code, at, units, entry, reactivated or 0)
 end
@@ -57,17 +54,6 @@ local upTo = tonumber(claimed[1]) or 0
 redis.call('INCRBY', stock, held)
 redis.call('HDEL', holders, userId)
 redis.call('HSET', revoked, userId, upTo .. '|' .. now)
-local entry
-if idemKey == '' then
-  entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId, 'units', held, 'at', now,
-    'upTo', upTo)
-else
-  entry = redis.call('XADD', events, '*', 'type', 'revoke', 'couponId', couponId, 'userId', userId, 'units', held, 'at', now,
-    'upTo', upTo, 'idem', idemKey)
-end
-local reactivated = 0
-if m[2] then
-  redis.call('HDEL', meta, 'dormant')
-  reactivated = 1
-end
+local entry = appendEvent(events, idemKey, { 'type', 'revoke', 'couponId', couponId, 'userId', userId, 'units', held, 'at', now, 'upTo', upTo })
+local reactivated = wakeIfDormant(meta, m[2])
 return finish(0, now, held, entry, reactivated)

@@ -1,5 +1,6 @@
 --[[
-  Shared by issue.lua and revoke.lua (inlined at load time by src/redis/scripts.ts).
+  Shared by issue.lua and revoke.lua (inlined at load time by src/redis/scripts.ts): the clock, the
+  idempotency records, appending an event and waking a dormant stream.
 
   Idempotency records live in the coupon's idempotency hash: field "<action>:<key>" ->
   "userId|code|at|count|entryId|recordedAtMs". The hash carries no TTL, so a volatile-* eviction policy
@@ -25,10 +26,35 @@ local function recallOutcome (idem, field, userId, now, ttlMs)
   return { tonumber(code), tonumber(at) or 0, tonumber(count) or 0, entry, 1, 0 }
 end
 
+-- For a call made with a key (field ~= ''): NEEDS_RESTORE while the idempotency hash lacks its
+-- completeness marker, the remembered reply when there is one; nil to go on.
+local function replayForKey (idem, field, userId, now, ttlSeconds)
+  if field == '' then return nil end
+  if redis.call('HEXISTS', idem, '#') == 0 then return { 1, 0, 0, '', 0, 0 } end
+  return recallOutcome(idem, field, userId, now, tonumber(ttlSeconds) * 1000)
+end
+
 -- Builds a final reply and remembers it when the request carried a key (field ~= '').
 local function rememberOutcome (idem, field, userId, now, code, at, count, entry, reactivated)
   if field ~= '' then
     redis.call('HSET', idem, field, userId .. '|' .. code .. '|' .. at .. '|' .. count .. '|' .. entry .. '|' .. now)
   end
   return { code, at, count, entry, 0, reactivated }
+end
+
+-- Appends an event; with a key, the key travels with it (a counter rebuild replays it from there).
+local function appendEvent (events, idemKey, fields)
+  if idemKey ~= '' then
+    fields[#fields + 1] = 'idem'
+    fields[#fields + 1] = idemKey
+  end
+  return redis.call('XADD', events, '*', unpack(fields))
+end
+
+-- After an append to a stream marked dormant (markDormant.lua): clears the mark and answers 1, so the
+-- caller puts the coupon back on the consumer's read list; 0 otherwise.
+local function wakeIfDormant (meta, dormant)
+  if not dormant then return 0 end
+  redis.call('HDEL', meta, 'dormant')
+  return 1
 end
