@@ -14,9 +14,8 @@ import { IssueEventConsumer, schedulePeriodicReclaim } from '../persistence/cons
 async function main (): Promise<void> {
   const config = loadConfig()
   const log = pino({ level: config.logLevel })
-  const redisUrl = config.redisUrl || 'redis://127.0.0.1:6379'
-  const redis = createRedis({ url: redisUrl, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush-consume' })
-  const blockingRedis = createRedis({ url: redisUrl, blocking: true, name: 'couponrush-consume-blocking' })
+  const redis = createRedis({ url: config.redisUrl, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush-consume' })
+  const blockingRedis = createRedis({ url: config.redisUrl, blocking: true, name: 'couponrush-consume-blocking' })
   redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'))
   blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolSize: 2 })

@@ -15,7 +15,7 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     fastify.decorate('consumer', null)
     return
   }
-  const blockingRedis = createRedis({ url: config.redisUrl || 'redis://127.0.0.1:6379', blocking: true, name: 'couponrush-consumer' })
+  const blockingRedis = createRedis({ url: config.redisUrl, blocking: true, name: 'couponrush-consumer' })
   blockingRedis.on('error', (err) => fastify.log.warn({ err: err.message }, 'consumer redis connection error'))
   await connectRedis(blockingRedis)
   const log = fastify.log.child({ component: 'consumer' })
