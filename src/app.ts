@@ -3,7 +3,6 @@
 //   -> persistence/consumer.ts -> persistence/persist-batch.ts -> db/queries/issues.ts -> Postgres
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import sensible from '@fastify/sensible'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { Ajv } from 'ajv'
@@ -63,7 +62,6 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   // Callback style: runs on every request, and an async hook would allocate a promise each time.
   fastify.addHook('onRequest', (_request, _reply, done) => { done(closing ? new ShuttingDown() : undefined) })
 
-  await fastify.register(sensible)
   await fastify.register(errorHandlerPlugin)
   await fastify.register(swagger, {
     openapi: {
