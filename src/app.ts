@@ -4,7 +4,6 @@
 import type { Server } from 'node:http'
 import Fastify, { LogController, type FastifyHttpOptions, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import sensible from '@fastify/sensible'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { Ajv } from 'ajv'
@@ -95,7 +94,6 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
     if (route.schema?.params) Object.assign(response, errors({ 414: ['URI_TOO_LONG'] }))
   })
 
-  await fastify.register(sensible)
   await fastify.register(errorHandlerPlugin)
   await fastify.register(swagger, {
     openapi: {

@@ -2,6 +2,9 @@
 import { randomBytes } from 'node:crypto'
 import { envSchema } from 'env-schema'
 
+/** Where Redis is looked for when REDIS_URL is empty (server.ts starts a local redis-server there if nothing listens). */
+export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379'
+
 const schema = {
   type: 'object',
   properties: {
@@ -58,7 +61,10 @@ export interface Config {
   host: string
   logLevel: string
   logRequests: boolean
+  /** REDIS_URL, or DEFAULT_REDIS_URL when it is empty */
   redisUrl: string
+  /** REDIS_URL was empty: server.ts may start a local redis-server on DEFAULT_REDIS_URL */
+  redisUrlDefaulted: boolean
   redisPrefix: string
   databaseUrl: string
   dataDir: string
@@ -114,7 +120,8 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     host: raw.HOST,
     logLevel: raw.LOG_LEVEL,
     logRequests: raw.LOG_REQUESTS,
-    redisUrl: raw.REDIS_URL,
+    redisUrl: raw.REDIS_URL !== '' ? raw.REDIS_URL : DEFAULT_REDIS_URL,
+    redisUrlDefaulted: raw.REDIS_URL === '',
     redisPrefix: raw.REDIS_PREFIX,
     databaseUrl: raw.DATABASE_URL,
     dataDir: raw.DATA_DIR,

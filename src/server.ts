@@ -15,7 +15,8 @@ async function main () {
     }
     throw err
   }
-  const localRedis = config.redisUrl === '' ? await ensureLocalRedis(config.dataDir) : null
+  // No REDIS_URL: use 127.0.0.1:6379 (config.redisUrl), or start a local redis-server there when nothing listens.
+  const localRedis = config.redisUrlDefaulted ? await ensureLocalRedis(config.dataDir) : null
   if (localRedis) config = { ...config, redisUrl: localRedis.url }
 
   const app = await buildApp(config)

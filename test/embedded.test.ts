@@ -36,6 +36,8 @@ t.test('configuration is validated with a message that says what is wrong', asyn
   const generated = loadConfig({})
   t.ok(generated.adminTokenGenerated)
   t.ok(generated.adminToken.length >= 16, 'a random admin token for local runs')
+  t.match(generated, { redisUrl: 'redis://127.0.0.1:6379', redisUrlDefaulted: true }, 'no REDIS_URL: the local default, resolved once')
+  t.match(loadConfig({ REDIS_URL: 'redis://cache:6380' }), { redisUrl: 'redis://cache:6380', redisUrlDefaulted: false })
   t.same(loadConfig({ API_KEYS: ' a-key-1234567 ,, b-key-7654321 ' }).apiKeys, ['a-key-1234567', 'b-key-7654321'])
 })
 

@@ -1,11 +1,11 @@
-// A server in its own process, so the load generator never shares the measured event loop.
+// A baseline server in its own process, so the load generator never shares the measured event loop.
 // argv: <mode> <config as JSON>; modes:
 //   bare   baseline A: the service's Fastify options, a POST route with the issue body schema, no I/O
 //   redis  baseline B: the same route plus one Redis round trip (PING) on the service's Redis client
-//   app    the real service (buildApp)
-// Talks to the parent over IPC: sends { port } once listening; answers 'rss', 'cpu' (µs used), 'stats', 'close'.
+// The real service ('app') is not started here but as the built `node dist/server.js` (scripts/lib/server.ts).
+// Talks to the parent over IPC: sends { port } once listening; answers 'rss', 'cpu' (µs used), 'close'.
 import Fastify, { type FastifyInstance } from 'fastify'
-import { buildApp, serverOptions } from '../../src/app.js'
+import { serverOptions } from '../../src/app.js'
 import type { Config } from '../../src/config.js'
 import { connectRedis, createRedis } from '../../src/redis/client.js'
 import { userId } from '../../src/routes/schemas.js'
@@ -34,8 +34,9 @@ async function baseline (config: Config, withRedis: boolean): Promise<FastifyIns
 
 async function main () {
   const mode = process.argv[2] as ServerMode
+  if (mode !== 'bare' && mode !== 'redis') throw new Error(`unknown baseline mode ${mode}`)
   const config = JSON.parse(process.argv[3]!) as Config
-  const app = mode === 'app' ? await buildApp(config) : await baseline(config, mode === 'redis')
+  const app = await baseline(config, mode === 'redis')
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : 0
@@ -43,7 +44,6 @@ async function main () {
     let value: unknown = null
     if (msg.cmd === 'rss') value = process.memoryUsage().rss
     if (msg.cmd === 'cpu') { const { user, system } = process.cpuUsage(); value = user + system }
-    if (msg.cmd === 'stats') value = mode === 'app' ? (app as FastifyInstance).consumer?.stats ?? null : null
     if (msg.cmd === 'close') {
       await app.close()
       process.send!({ id: msg.id, value: null }, () => process.exit(0))

@@ -1,12 +1,18 @@
 // Starting the measured server: in a child process (the default: the load generator keeps its own
-// core) or in this process (the CI smoke test), behind one interface.
+// core) or in this process (the CI smoke test), behind one interface. The real service in a child
+// process is the built one, `node dist/server.js` (and `node dist/cli/consume.js`): what the image
+// ships is what the load test measures (npm run loadtest and bench build first). The baselines A and B
+// have no compiled form and still run from scripts/lib/server-child.ts through tsx.
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
+import { isDeepStrictEqual } from 'node:util'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
-import type { Config } from '../../src/config.js'
+import { loadConfig, type Config } from '../../src/config.js'
 import type { ConsumerStats } from '../../src/persistence/consumer.js'
+import { distEntry } from './dist.js'
 import type { ServerMode } from './server-child.js'
 
 /**
@@ -25,6 +31,7 @@ export interface RunningServer {
   rss (): Promise<number>
   /** CPU time (user + system) the server process has used so far, µs */
   cpuMicros (): Promise<number>
+  /** null for the built server in a child process (it has no channel to ask) */
   consumerStats (): Promise<ConsumerStats | null>
   close (): Promise<void>
 }
@@ -34,7 +41,110 @@ export interface ChildOptions {
   cpuProfDir?: string
 }
 
-export async function startChildServer (mode: ServerMode, config: Config, { cpuProfDir }: ChildOptions = {}): Promise<RunningServer> {
+/** The environment that makes `loadConfig` return this config (checked: a Config field missing here throws). */
+export function configEnv (config: Config): Record<string, string> {
+  const env: Record<string, string> = {
+    NODE_ENV: config.nodeEnv,
+    PORT: String(config.port),
+    HOST: config.host,
+    LOG_LEVEL: config.logLevel,
+    LOG_REQUESTS: String(config.logRequests),
+    REDIS_URL: config.redisUrlDefaulted ? '' : config.redisUrl,
+    REDIS_PREFIX: config.redisPrefix,
+    DATABASE_URL: config.databaseUrl,
+    DATA_DIR: config.dataDir,
+    ADMIN_TOKEN: config.adminToken,
+    API_KEYS: config.apiKeys.join(','),
+    TRUST_PROXY: String(config.trustProxy),
+    RATE_LIMIT_PER_IP: String(config.rateLimit.perIp),
+    RATE_LIMIT_PER_USER: String(config.rateLimit.perUser),
+    RATE_LIMIT_WINDOW_MS: String(config.rateLimit.windowMs),
+    STRICT_REDIS: String(config.strictRedis),
+    CONSUMER_ENABLED: String(config.consumer.enabled),
+    CONSUMER_NAME: config.consumer.name ?? '',
+    CONSUMER_BATCH_SIZE: String(config.consumer.batchSize),
+    CONSUMER_BLOCK_MS: String(config.consumer.blockMs),
+    CONSUMER_LINGER_MS: String(config.consumer.lingerMs),
+    RECLAIM_MIN_IDLE_MS: String(config.consumer.reclaimMinIdleMs),
+    RECLAIM_CRON: config.consumer.reclaimCron,
+    MAX_DELIVERIES: String(config.consumer.maxDeliveries),
+    BACKLOG_CAP: String(config.backlogCap),
+    IDEMPOTENCY_TTL_SECONDS: String(config.idempotencyTtlSeconds),
+    REDIS_COMMAND_TIMEOUT_MS: String(config.redisCommandTimeoutMs),
+    SHUTDOWN_TIMEOUT_MS: String(config.shutdownTimeoutMs),
+    REQUEST_TIMEOUT_MS: String(config.requestTimeoutMs),
+    CONNECTION_TIMEOUT_MS: String(config.connectionTimeoutMs),
+    KEEP_ALIVE_TIMEOUT_MS: String(config.keepAliveTimeoutMs)
+  }
+  // A generated admin token is passed on as set; everything else must come back as it was.
+  const back = { ...loadConfig(env), adminTokenGenerated: config.adminTokenGenerated }
+  if (!isDeepStrictEqual(back, config)) {
+    const differing = Object.keys(config).filter((key) => !isDeepStrictEqual(back[key as keyof Config], config[key as keyof Config]))
+    throw new Error(`configEnv does not reproduce the config (${differing.join(', ')}): add the new field to scripts/lib/server.ts`)
+  }
+  return env
+}
+
+async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** CPU time (user + system) a process has used so far, µs (from /proc, 10 ms resolution). */
+function procCpuMicros (pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  const ticksToMicros = 1e6 / 100 // USER_HZ is 100 on Linux
+  return (Number(fields[11]) + Number(fields[12])) * ticksToMicros
+}
+
+/** Resident set size of a process, bytes (from /proc). */
+function procRss (pid: number): number {
+  const kb = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return kb ? Number(kb[1]) * 1024 : 0
+}
+
+/** `node dist/server.js` with the config as its environment, ready once /health answers. */
+async function startBuiltServer (config: Config, { cpuProfDir }: ChildOptions): Promise<RunningServer> {
+  const port = await freePort()
+  const args = [...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : []), distEntry('server.js')]
+  // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
+  const child = spawn(process.execPath, args, {
+    env: childEnv(configEnv({ ...config, port, host: '127.0.0.1' })),
+    stdio: ['ignore', 'ignore', 'inherit']
+  })
+  const url = `http://127.0.0.1:${port}`
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the built server (node dist/server.js) exited with ${child.exitCode ?? child.signalCode} before listening`)
+    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error('the built server did not answer /health within 60 s') }
+    const ok = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) }).then((r) => r.ok, () => false)
+    if (ok) break
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return {
+    url,
+    pid: child.pid!,
+    rss: async () => procRss(child.pid!),
+    cpuMicros: async () => procCpuMicros(child.pid!),
+    consumerStats: async () => null,
+    async close () {
+      // SIGTERM: the graceful shutdown (close-with-grace) a container stop would trigger.
+      child.kill('SIGTERM')
+      await exited
+    }
+  }
+}
+
+export async function startChildServer (mode: ServerMode, config: Config, options: ChildOptions = {}): Promise<RunningServer> {
+  if (mode === 'app') return startBuiltServer(config, options)
+  const { cpuProfDir } = options
   const entry = fileURLToPath(new URL('./server-child.ts', import.meta.url))
   const execArgv = ['--import', 'tsx', ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])]
   // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
@@ -88,9 +198,9 @@ export interface ConsumerProcess {
   close (): Promise<void>
 }
 
-/** `npm run consume` (src/cli/consume.ts) as a child process, configured like the given service. */
+/** `npm run consume` (node dist/cli/consume.js) as a child process, configured like the given service. */
 export async function startConsumerProcess (config: Config): Promise<ConsumerProcess> {
-  const entry = fileURLToPath(new URL('../../src/cli/consume.ts', import.meta.url))
+  const entry = distEntry('cli/consume.js')
   const env = childEnv({
     DATABASE_URL: config.databaseUrl,
     REDIS_URL: config.redisUrl,
@@ -100,7 +210,7 @@ export async function startConsumerProcess (config: Config): Promise<ConsumerPro
     CONSUMER_BATCH_SIZE: String(config.consumer.batchSize),
     CONSUMER_BLOCK_MS: String(config.consumer.blockMs)
   })
-  const child = spawn(process.execPath, ['--import', 'tsx', entry], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [entry], { env, stdio: ['ignore', 'pipe', 'inherit'] })
   // Ready once it logs that it consumes (its log goes to stdout).
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => { child.kill(); reject(new Error('consumer process did not start within 30 s')) }, 30_000)
@@ -108,13 +218,9 @@ export async function startConsumerProcess (config: Config): Promise<ConsumerPro
     child.stdout!.on('data', (chunk: Buffer) => { if (chunk.toString().includes('consuming issue events')) { clearTimeout(timer); resolve() } })
   })
   child.stdout!.resume()
-  const ticksToMicros = 1e6 / 100 // USER_HZ is 100 on Linux
   return {
     pid: child.pid!,
-    async cpuMicros () {
-      const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-      return (Number(fields[11]) + Number(fields[12])) * ticksToMicros
-    },
+    cpuMicros: async () => procCpuMicros(child.pid!),
     async close () {
       const exited = new Promise((resolve) => child.once('exit', resolve))
       child.kill('SIGTERM')

@@ -10,11 +10,10 @@ import { IssueEventConsumer } from '../persistence/consumer.js'
 async function main (): Promise<number> {
   const config = loadConfig()
   const log = pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel })
-  const redisUrl = config.redisUrl || 'redis://127.0.0.1:6379'
-  const redis = createRedis({ url: redisUrl, commandTimeoutMs: 30_000, name: 'couponrush-drain' })
+  const redis = createRedis({ url: config.redisUrl, commandTimeoutMs: 30_000, name: 'couponrush-drain' })
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolSize: 2 })
   try {
-    await connectRedis(redis).catch((err) => { throw new Error(`cannot reach Redis at ${redisUrl}: ${err.message}`) })
+    await connectRedis(redis).catch((err) => { throw new Error(`cannot reach Redis at ${config.redisUrl}: ${err.message}`) })
     await database.migrate().catch((err) => { throw new Error(`cannot reach the database: ${err.message}`) })
     const consumer = new IssueEventConsumer({
       redis, blockingRedis: redis, db: database.db, keys: createKeys(config.redisPrefix), log,

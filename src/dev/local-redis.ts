@@ -4,8 +4,9 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import { connect } from 'node:net'
 import { resolve } from 'node:path'
+import { DEFAULT_REDIS_URL } from '../config.js'
 
-const DEFAULT_PORT = 6379
+const DEFAULT_PORT = Number(new URL(DEFAULT_REDIS_URL).port)
 
 function listening (port: number, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((done) => {

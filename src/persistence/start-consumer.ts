@@ -29,7 +29,7 @@ export interface RunningConsumer {
 
 /** Connects the blocking connection and wires the consumer and its maintenance; start() runs the loop. */
 export async function startConsumer ({ config, redis, db, keys, log, strandedCoupons }: StartConsumerOptions): Promise<RunningConsumer> {
-  const blockingRedis = createRedis({ url: config.redisUrl || 'redis://127.0.0.1:6379', blocking: true, name: 'couponrush-consumer' })
+  const blockingRedis = createRedis({ url: config.redisUrl, blocking: true, name: 'couponrush-consumer' })
   blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   await connectRedis(blockingRedis)
   const consumer = new IssueEventConsumer({ redis, blockingRedis, db, keys, log, ...config.consumer })

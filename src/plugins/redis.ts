@@ -13,7 +13,7 @@ declare module 'fastify' {
 }
 
 export default fp(async function redisPlugin (fastify, { config }: { config: Config }) {
-  const redis = createRedis({ url: config.redisUrl || 'redis://127.0.0.1:6379', commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush' })
+  const redis = createRedis({ url: config.redisUrl, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush' })
   redis.on('error', (err) => fastify.log.warn({ err: err.message }, 'redis connection error'))
   await connectRedis(redis)
   fastify.decorate('redis', redis)

@@ -5,13 +5,11 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { Redis } from 'ioredis'
+import { ROOT, distEntry } from '../../../scripts/lib/dist.js'
 
 interface Teardown { teardown (fn: () => unknown): void }
-
-const ROOT = resolve(fileURLToPath(new URL('../../..', import.meta.url)))
 
 // Last line of defence: a child must not outlive the test process, whatever happened.
 const live = new Set<ChildProcess>()
@@ -185,11 +183,14 @@ export interface Service {
   kill9 (): Promise<void>
 }
 
-/** Runs `src/server.ts` as its own process (node --import tsx: one pid, so kill -9 hits the server itself). */
+/**
+ * Runs the built server, `node dist/server.js`, as its own process: the artifact the image ships (one pid,
+ * so kill -9 hits the server itself). npm run test:faults builds first.
+ */
 export async function spawnService (t: Teardown, env: Record<string, string>, { waitReady = true } = {}): Promise<Service> {
   const port = await freePort()
   let out = ''
-  const child = track(spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+  const child = track(spawn(process.execPath, [distEntry('server.js')], {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH,
