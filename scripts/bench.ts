@@ -146,7 +146,8 @@ try {
         for (let k = 0; k < TARGETS.length; k++) {
           const target = TARGETS[(k + round) % TARGETS.length]!
           const [url, path] = where[target]()
-          const sampler = target === 'issue' ? sampleBacklog(redis, keys.coupon(winning).events)
+          const sampler = target === 'issue'
+            ? sampleBacklog(redis, keys.coupon(winning).events)
             : target === 'split' ? sampleBacklog(redis, splitKeys.coupon(splitCoupon).events) : null
           const cpu0 = await serverOf[target]().cpuMicros()
           const consumerCpu0 = target === 'split' ? await consumerProcess!.cpuMicros() : 0

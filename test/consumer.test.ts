@@ -5,7 +5,6 @@ import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues, failedIssueEvents } from '../src/db/schema.js'
 import { CONSUMER_GROUP } from '../src/redis/keys.js'
-import { IssueEventConsumer } from '../src/persistence/consumer.js'
 import { admin, createCoupon, testApp, testConsumer, waitFor } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
 

@@ -160,7 +160,7 @@ async function holdInserts (t: { teardown (fn: () => unknown): void }, databaseU
   const gate = new pg.Client({ connectionString: databaseUrl })
   await gate.connect()
   await gate.query('SELECT pg_advisory_lock(4242)')
-  const waiting = async () => (await setup.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rows[0].n > 0
+  const waiting = async () => (await setup.query('SELECT count(*)::int AS n FROM pg_locks WHERE locktype = \'advisory\' AND NOT granted')).rows[0].n > 0
   let released = false
   const release = async () => {
     if (released) return

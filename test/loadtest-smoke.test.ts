@@ -5,7 +5,13 @@ import { runLoadtest, userSequence } from '../scripts/lib/loadtest.js'
 
 t.test('a small rush issues exactly the quantity, once per user, in Redis and Postgres', async (t) => {
   const report = await runLoadtest({
-    quantity: 300, users: 3000, connections: 50, repeatShare: 0.1, rushes: 2, server: 'inprocess', idleProbes: 2,
+    quantity: 300,
+    users: 3000,
+    connections: 50,
+    repeatShare: 0.1,
+    rushes: 2,
+    server: 'inprocess',
+    idleProbes: 2,
     env: { LOG_LEVEL: 'silent', CONSUMER_BLOCK_MS: '200' }
   })
   t.equal(report.rushes.length, 2)

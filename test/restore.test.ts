@@ -124,7 +124,7 @@ t.test('a lost holders or claims hash triggers a rebuild; parked entries still c
   const { recordFailedEvents } = await import('../src/db/queries/issues.js')
   const entries = await app.redis.xrange(k.events, '-', '+')
   const [h3Id, h3Fields] = entries.find(([, fields]) => fields.includes('h3'))!
-  await recordFailedEvents(app.db, [{ streamKey: k.events, id: h3Id, payload: Object.fromEntries(h3Fields.reduce<string[][]>((pairs, v, i) => (i % 2 ? pairs[pairs.length - 1]!.push(v) : pairs.push([v]), pairs), [])), error: 'test', deliveries: 1 }])
+  await recordFailedEvents(app.db, [{ streamKey: k.events, id: h3Id, payload: Object.fromEntries(h3Fields.flatMap((v, i) => (i % 2 ? [] : [[v, h3Fields[i + 1]!]]))), error: 'test', deliveries: 1 }])
   await app.redis.xdel(k.events, h3Id)
   await app.redis.del(k.stock)
   t.equal(await issue(app, coupon.id, 'h4'), 'SOLD_OUT', 'h1, h2 and the parked h3 hold all three units')

@@ -149,8 +149,14 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
       log(`rush ${r + 1}/${o.rushes}: coupon ${coupon.id}, ${o.quantity} units, ${users.length} requests from ${o.users} users over ${o.connections} connections`)
       const sampler = redis ? sampleBacklog(redis, keys.coupon(coupon.id).events) : null
       const result = await runCannon({
-        url: base, path: `/coupons/${coupon.id}/issues`, connections: o.connections, amount: users.length,
-        userOf: (i) => users[i % users.length]!, collectOutcomes: true, progress: o.progress, headers: o.adminToken ? { authorization: admin.authorization } : {}
+        url: base,
+        path: `/coupons/${coupon.id}/issues`,
+        connections: o.connections,
+        amount: users.length,
+        userOf: (i) => users[i % users.length]!,
+        collectOutcomes: true,
+        progress: o.progress,
+        headers: o.adminToken ? { authorization: admin.authorization } : {}
       })
       const issued = result.issuedUsers.length
       // Persistence lag: from the last response until Postgres holds every issued row.
@@ -190,20 +196,36 @@ export async function runLoadtest (options: Partial<LoadtestOptions> = {}, log: 
         const { rows: [d] } = await pool.query('SELECT count(DISTINCT user_id)::int AS users, count(*)::int AS n FROM coupon_issues WHERE coupon_id = $1', [coupon.id])
         check('Postgres: no user twice', d.users === d.n && d.n === expected, `${d.users} distinct users in ${d.n} rows`)
         // Acknowledged entries are trimmed from the stream right after their commit.
-        let left = -1
-        for (let i = 0; i < 200 && redis; i++) {
-          left = await redis.xlen(keys.coupon(coupon.id).events)
-          if (left === 0) break
-          await sleep(10)
+        if (redis) {
+          let left = -1
+          for (let i = 0; i < 200; i++) {
+            left = await redis.xlen(keys.coupon(coupon.id).events)
+            if (left === 0) break
+            await sleep(10)
+          }
+          check('stream trimmed after persistence', left === 0, `${left} entries left`)
         }
-        if (redis) check('stream trimmed after persistence', left === 0, `${left} entries left`)
       }
       const rssAfter = server ? await server.rss() : null
       rushes.push({
-        couponId: coupon.id, requests: result.requests, rps: result.rps, seconds: result.seconds, latencyMs: result.latencyMs,
-        statuses: result.statuses, outcomes: result.outcomes, errors: result.errors, timeouts: result.timeouts, issued, expected,
-        persistenceLagMs, maxBacklog: backlog?.max ?? null, maxBacklogAtS: backlog?.atS ?? null, backlogPerSecond: backlog?.perSecondMax ?? [],
-        rssBeforeMb: rssBefore === null ? null : rssBefore / 2 ** 20, rssAfterMb: rssAfter === null ? null : rssAfter / 2 ** 20, checks
+        couponId: coupon.id,
+        requests: result.requests,
+        rps: result.rps,
+        seconds: result.seconds,
+        latencyMs: result.latencyMs,
+        statuses: result.statuses,
+        outcomes: result.outcomes,
+        errors: result.errors,
+        timeouts: result.timeouts,
+        issued,
+        expected,
+        persistenceLagMs,
+        maxBacklog: backlog?.max ?? null,
+        maxBacklogAtS: backlog?.atS ?? null,
+        backlogPerSecond: backlog?.perSecondMax ?? [],
+        rssBeforeMb: rssBefore === null ? null : rssBefore / 2 ** 20,
+        rssAfterMb: rssAfter === null ? null : rssAfter / 2 ** 20,
+        checks
       })
     }
 

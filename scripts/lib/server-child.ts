@@ -40,13 +40,15 @@ async function main () {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : 0
-  process.on('message', async (msg: { id: number, cmd: string }) => {
+  process.on('message', (msg: { id: number, cmd: string }) => {
     let value: unknown = null
     if (msg.cmd === 'rss') value = process.memoryUsage().rss
     if (msg.cmd === 'cpu') { const { user, system } = process.cpuUsage(); value = user + system }
     if (msg.cmd === 'close') {
-      await app.close()
-      process.send!({ id: msg.id, value: null }, () => process.exit(0))
+      // The listener's promise would be dropped by the emitter: a failed close must still end the child.
+      app.close().then(
+        () => process.send!({ id: msg.id, value: null }, () => process.exit(0)),
+        (err) => { console.error('server child: close failed:', err); process.exit(1) })
       return
     }
     process.send!({ id: msg.id, value })

@@ -16,8 +16,13 @@ async function main (): Promise<number> {
     await connectRedis(redis).catch((err) => { throw new Error(`cannot reach Redis at ${config.redisUrl}: ${err.message}`) })
     await database.migrate().catch((err) => { throw new Error(`cannot reach the database: ${err.message}`) })
     const consumer = new IssueEventConsumer({
-      redis, blockingRedis: redis, db: database.db, keys: createKeys(config.redisPrefix), log,
-      ...config.consumer, name: `drain-${process.pid}`
+      redis,
+      blockingRedis: redis,
+      db: database.db,
+      keys: createKeys(config.redisPrefix),
+      log,
+      ...config.consumer,
+      name: `drain-${process.pid}`
     })
     const report = await consumer.drain()
     const coupons = Object.entries(report.perCoupon)

@@ -9,10 +9,10 @@ import { DEFAULT_REDIS_URL } from '../config.js'
 const DEFAULT_PORT = Number(new URL(DEFAULT_REDIS_URL).port)
 
 function listening (port: number, host = '127.0.0.1'): Promise<boolean> {
-  return new Promise((done) => {
+  return new Promise((resolve) => {
     const socket = connect({ port, host })
-    socket.once('connect', () => { socket.destroy(); done(true) })
-    socket.once('error', () => done(false))
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('error', () => resolve(false))
   })
 }
 
@@ -28,12 +28,12 @@ export async function ensureLocalRedis (dataDir: string, port = DEFAULT_PORT): P
   mkdirSync(dir, { recursive: true })
   const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir,
     '--appendonly', 'yes', '--maxmemory-policy', 'noeviction', '--save', ''], { stdio: 'ignore' })
-  const failed = new Promise<never>((_, reject) => child.once('error', (err) => reject(err)))
+  const failed = new Promise<never>((_resolve, reject) => child.once('error', (err) => reject(err)))
   failed.catch(() => {})
   for (let i = 0; i < 50; i++) {
     if (child.exitCode !== null) break
     if (await Promise.race([listening(port), failed])) return { url, process: child }
-    await new Promise((r) => setTimeout(r, 100))
+    await new Promise((resolve) => setTimeout(resolve, 100))
   }
   child.kill()
   throw new Error(`No REDIS_URL is set, nothing listens on 127.0.0.1:${port}, and redis-server could not be started. ` +

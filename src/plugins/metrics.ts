@@ -28,6 +28,7 @@ export default fp(async function metricsPlugin (fastify) {
     child.inc()
   }
 
+  // eslint-disable-next-line no-new -- prom-client: constructing the gauge registers it in `registry`
   new Gauge({
     name: 'couponrush_stream_backlog',
     help: 'Issue events in the streams not yet acknowledged by the consumer group (lag + pending), summed over active coupons',

@@ -28,9 +28,9 @@ export default fp(async function rateLimitPlugin (fastify, { config }: { config:
         errorResponseBuilder: (_request, context) => {
           fastify.metrics?.countIssueOutcome('RATE_LIMITED')
           return {
-          statusCode: 429,
-          code: 'RATE_LIMITED',
-          error: 'Too Many Requests',
+            statusCode: 429,
+            code: 'RATE_LIMITED',
+            error: 'Too Many Requests',
             message: `Rate limit exceeded; retry in ${Math.ceil(context.ttl / 1000)} s.`
           }
         }

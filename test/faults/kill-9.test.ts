@@ -16,8 +16,12 @@ t.test('kill -9 while Postgres is locked and at random points: reclaimed, no los
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
   const env = {
-    REDIS_URL, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl,
-    RECLAIM_MIN_IDLE_MS: '500', RECLAIM_CRON: '* * * * * *', CONSUMER_BATCH_SIZE: '20'
+    REDIS_URL,
+    REDIS_PREFIX: prefix,
+    DATABASE_URL: databaseUrl,
+    RECLAIM_MIN_IDLE_MS: '500',
+    RECLAIM_CRON: '* * * * * *',
+    CONSUMER_BATCH_SIZE: '20'
   }
   let service = await spawnService(t, env)
   const total = 400

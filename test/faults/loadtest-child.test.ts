@@ -6,7 +6,13 @@ import { runLoadtest } from '../../scripts/lib/loadtest.js'
 
 t.test('the same rush against the service in a child process, its consumer in another (npm run consume)', async (t) => {
   const report = await runLoadtest({
-    quantity: 100, users: 1000, connections: 20, rushes: 1, server: 'child', split: true, idleProbes: 1,
+    quantity: 100,
+    users: 1000,
+    connections: 20,
+    rushes: 1,
+    server: 'child',
+    split: true,
+    idleProbes: 1,
     env: { LOG_LEVEL: 'silent', CONSUMER_BLOCK_MS: '200' }
   })
   for (const check of report.rushes[0]!.checks) t.ok(check.ok, `${check.name}: ${check.detail}`)

@@ -18,10 +18,15 @@ t.test('Postgres down for 8 s under load: issuing continues, consumer backs off 
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
   const service = await spawnService(t, {
-    REDIS_URL, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl,
+    REDIS_URL,
+    REDIS_PREFIX: prefix,
+    DATABASE_URL: databaseUrl,
     // A periodic reclaim every second of entries idle 0.5 s, and parking after 3 deliveries: an 8 s
     // outage is then far longer than MAX_DELIVERIES reclaims, as a 30 s outage is with the defaults.
-    RECLAIM_MIN_IDLE_MS: '500', RECLAIM_CRON: '* * * * * *', MAX_DELIVERIES: '3', CONSUMER_BATCH_SIZE: '25'
+    RECLAIM_MIN_IDLE_MS: '500',
+    RECLAIM_CRON: '* * * * * *',
+    MAX_DELIVERIES: '3',
+    CONSUMER_BATCH_SIZE: '25'
   })
   const total = 5000
   const coupon = await createCouponOver(service.base, { totalQuantity: total })

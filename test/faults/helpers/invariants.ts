@@ -58,6 +58,7 @@ export function load (base: () => string, couponId: number, { width = 4, maxCall
   let next = 0
   const started = Date.now()
   const done = Promise.all(Array.from({ length: width }, async () => {
+    // eslint-disable-next-line no-unmodified-loop-condition -- stop() sets it while the callers await
     while (!stopped && next < maxCalls && Date.now() - started < maxMs) {
       const i = next++
       calls.push(await issue(base(), couponId, `${userPrefix}${i}`, { timeoutMs }))

@@ -22,18 +22,18 @@ function track (child: ChildProcess): ChildProcess {
 }
 
 export async function freePort (): Promise<number> {
-  return new Promise((done, fail) => {
+  return new Promise((resolve, reject) => {
     const server = createServer()
-    server.once('error', fail)
+    server.once('error', reject)
     server.listen(0, '127.0.0.1', () => {
       const { port } = server.address() as { port: number }
-      server.close(() => done(port))
+      server.close(() => resolve(port))
     })
   })
 }
 
 /** The interval between two checks of a polling loop. */
-export const pollPause = (ms: number) => new Promise((r) => setTimeout(r, ms))
+export const pollPause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Polls check() every 50 ms until it is truthy or timeoutMs passes. */
 export async function until (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
@@ -47,9 +47,9 @@ export async function until (check: () => Promise<boolean> | boolean, timeoutMs:
 
 async function exited (child: ChildProcess, timeoutMs: number): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return child.exitCode
-  return new Promise((done) => {
-    const deadline = setTimeout(() => done(null), timeoutMs)
-    child.once('exit', (code) => { clearTimeout(deadline); done(code) })
+  return new Promise((resolve) => {
+    const deadline = setTimeout(() => resolve(null), timeoutMs)
+    child.once('exit', (code) => { clearTimeout(deadline); resolve(code) })
   })
 }
 
@@ -161,8 +161,9 @@ export async function throwawayPostgres (t: Teardown): Promise<ThrowawayPostgres
       running = false
     }
   }
-  t.teardown(() => {
-    if (running) { try { self.stop() } catch {} }
+  t.teardown(async () => {
+    // stop() is async: a try/catch around it without await never saw its failure.
+    if (running) await self.stop().catch(() => {})
     rmSync(dir, { recursive: true, force: true })
   })
   asPostgres(['initdb', '-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync'])
