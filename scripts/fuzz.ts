@@ -48,7 +48,7 @@ for (const kind of without) if (!(CMD_KINDS as readonly string[]).includes(kind)
 const teardowns: (() => unknown)[] = []
 const t = { teardown: (fn: () => unknown) => { teardowns.push(fn) } }
 const cleanup = async () => { for (const fn of teardowns.reverse()) await Promise.resolve().then(fn).catch(() => {}) }
-process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
+process.once('SIGINT', () => { cleanup().then(() => process.exit(130), () => process.exit(130)) })
 
 const harness = await Harness.create(t, { instances, log: values.verbose ? (line) => console.log(line) : undefined })
 
@@ -66,16 +66,14 @@ try {
     for (let i = 0; i < Number(values.repeat) && !failed; i++) {
       const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, maxBatchSize, without }),
         { seed, numRuns, ...(values.path ? { path: values.path } : {}), endOnFailure: values.path !== undefined })
-      if (details.failed) { report(details); failed = true }
-      else console.log(`seed ${seed}${values.path ? ` path ${values.path}` : ''}: passed (${details.numRuns} runs)`)
+      if (details.failed) { report(details); failed = true } else console.log(`seed ${seed}${values.path ? ` path ${values.path}` : ''}: passed (${details.numRuns} runs)`)
     }
   } else {
     while (!failed && Date.now() - started < seconds * 1000) {
       const seed = Math.floor(Math.random() * 2 ** 31)
       seeds++
       const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, maxBatchSize, without }), { seed, numRuns })
-      if (details.failed) { report(details); failed = true }
-      else console.log(`seed ${seed}: ${details.numRuns} runs passed (${((Date.now() - started) / 1000).toFixed(0)} s)`)
+      if (details.failed) { report(details); failed = true } else console.log(`seed ${seed}: ${details.numRuns} runs passed (${((Date.now() - started) / 1000).toFixed(0)} s)`)
     }
     if (!failed) console.log(`no failure in ${seeds} seed(s), ${harness.runs} scenario runs, ${((Date.now() - started) / 1000).toFixed(0)} s, ${instances} instance(s)`)
   }

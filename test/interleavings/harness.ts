@@ -271,6 +271,7 @@ export class Harness {
   private sampler (k: CouponKeys, batch: number, violations: Violation[]) {
     let running = true
     const done = (async () => {
+      // eslint-disable-next-line no-unmodified-loop-condition -- stop() below clears it between awaits
       while (running) {
         const c = await this.counters(k).catch(() => null)
         if (c && c.stock !== null && c.meta.total !== undefined && c.holders['#'] !== undefined) {
@@ -392,8 +393,11 @@ export class Harness {
     this.apps.forEach((_, i) => { this.#consumerOn[i] = true })
     const now = Date.now()
     const created = await call(this.bases[0]!, 'POST', '/coupons', {
-      name: 'fuzz', totalQuantity: sc.total, perUserLimit: sc.perUserLimit,
-      startsAt: new Date(now - 86_400_000).toISOString(), endsAt: new Date(now + 3_600_000).toISOString()
+      name: 'fuzz',
+      totalQuantity: sc.total,
+      perUserLimit: sc.perUserLimit,
+      startsAt: new Date(now - 86_400_000).toISOString(),
+      endsAt: new Date(now + 3_600_000).toISOString()
     }, admin)
     if (created.status !== 201) throw new Error(`coupon not created: ${created.status} ${JSON.stringify(created.body)}`)
     const couponId = created.body.id as number
