@@ -2,16 +2,12 @@
 // script hits a key of the wrong type. Run in-process against the shared Redis (own prefix) and Postgres
 // (own database).
 import t from 'tap'
-import { createCoupon, inParallel, testApp, waitFor } from '../helpers/env.js'
-import { checkInvariants, groupState, issue, type Call } from './helpers/invariants.js'
-import { lockTable } from './helpers/inprocess.js'
+import { inParallel, waitFor } from '../helpers/env.js'
+import { groupState, issue, type Call } from './helpers/invariants.js'
+import { inProcessScenario, lockTable } from './helpers/inprocess.js'
 
 t.test('counter keys deleted while the stream holds unpersisted issues: rebuilt from Postgres + stream', async (t) => {
-  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '60000' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 50
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const k = app.keys.coupon(coupon.id)
+  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 50)
 
   // Nothing can reach Postgres: every issue lives only in the stream.
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
@@ -29,16 +25,12 @@ t.test('counter keys deleted while the stream holds unpersisted issues: rebuilt 
   t.equal(await app.redis.get(k.stock), '0', 'the counter stops at 0')
 
   await lock.release()
-  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  const summary = await check(t, calls)
   t.equal(summary.rows.length, total)
 })
 
 t.test('issue script fails halfway (stream key holds the wrong type): stock unchanged, 503 ISSUE_SCRIPT_FAILED', async (t) => {
-  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '60000' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 20
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const k = app.keys.coupon(coupon.id)
+  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 20)
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `before-${i}`))
   await waitFor(async () => { const s = await groupState(app.redis, k.events); return s.pending === 0 && s.length === 0 }, { what: 'the first issues to be persisted' })
@@ -59,5 +51,5 @@ t.test('issue script fails halfway (stream key holds the wrong type): stock unch
   const retried = await issue(base, coupon.id, 'victim')
   t.equal(retried.outcome, 'ok', 'the same user is issued once the key is fixed')
   calls.push(retried)
-  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
 })

@@ -2,20 +2,16 @@
 // a batch of good ones, a forced duplicate delivery. In-process against the shared Redis (own prefix)
 // and Postgres (own database).
 import t from 'tap'
-import { createCoupon, inParallel, testApp, waitFor, admin } from '../helpers/env.js'
+import { createCoupon, inParallel, waitFor, admin } from '../helpers/env.js'
 import { CONSUMER_GROUP } from '../../src/redis/keys.js'
-import { checkInvariants, groupState, issue, rowsOf, type Call } from './helpers/invariants.js'
-import { extraConsumer, lockTable, lockWaits, requestLock } from './helpers/inprocess.js'
+import { groupState, issue, rowsOf, type Call } from './helpers/invariants.js'
+import { extraConsumer, inProcessScenario, lockTable, lockWaits, requestLock } from './helpers/inprocess.js'
 
 const pendingIds = async (app: any, stream: string, consumer?: string) =>
   (await app.redis.xpending(stream, CONSUMER_GROUP, '-', '+', 1000, ...(consumer ? [consumer] : [])) as [string, string, number, number][])
 
 t.test('trimming never drops an unacknowledged entry; a pending entry deleted from the stream is counted', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 100
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const stream = app.keys.coupon(coupon.id).events
+  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
   const calls: Call[] = []
   for (let i = 1; i <= 3; i++) calls.push(await issue(base, coupon.id, `u${i}`))
   // A consumer that takes two entries and dies without acknowledging them.
@@ -34,7 +30,7 @@ t.test('trimming never drops an unacknowledged entry; a pending entry deleted fr
   await live.stop()
   const reclaimed = await live.reclaim(0)
   t.equal(reclaimed[String(coupon.id)], 2, 'a reclaim picks the ghost\'s entries up')
-  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
 
   // An entry deleted while pending cannot be persisted any more; it must be counted and reported.
   await issue(base, coupon.id, 'u7')
@@ -46,11 +42,7 @@ t.test('trimming never drops an unacknowledged entry; a pending entry deleted fr
 })
 
 t.test('poison entries in a batch of good ones: good ones land, bad ones are parked before the ack, admin can retry', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 100
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const stream = app.keys.coupon(coupon.id).events
+  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `good-${i}`))
   const now = String(Date.now())
@@ -72,7 +64,7 @@ t.test('poison entries in a batch of good ones: good ones land, bad ones are par
   t.equal((await groupState(app.redis, stream)).pending, 13, 'the whole batch stays pending while its bad entries cannot be parked')
   await lock.release()
 
-  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
   const unknownState = await waitFor(async () => { const s = await groupState(app.redis, unknownStream); return s.pending === 0 && s.undelivered === 0 && s }, { what: 'the unknown coupon stream to settle' })
   t.equal(unknownState.length, 0, 'the unknown coupon\'s stream is acked and trimmed')
 
@@ -106,11 +98,7 @@ t.test('poison entries in a batch of good ones: good ones land, bad ones are par
 
 t.test('a duplicate delivery forced with XCLAIM while the consumer works: no extra row, acked', async (t) => {
   // Two explicit consumers and Postgres' lock queue fix who writes when; the app's own consumer stays off.
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 100
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const stream = app.keys.coupon(coupon.id).events
+  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
   const db = app.env.databaseUrl
   const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
 
@@ -143,23 +131,19 @@ t.test('a duplicate delivery forced with XCLAIM while the consumer works: no ext
   t.same(reclaimed, { [coupon.id]: ids.length }, 'the intruder persisted exactly the entries forced on it')
   t.same(intruder.stats, { batches: 1, inserted: 0, duplicates: 20, failed: 0, deletedWhilePending: 0 }, 'and each of them was a duplicate')
 
-  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: db, couponId: coupon.id, total, calls })
+  const summary = await check(t, calls, { databaseUrl: db })
   t.equal(summary.rows.length, 20, 'no extra row from the duplicate delivery')
   t.equal(worker.stats.duplicates + intruder.stats.duplicates, ids.length, 'the second write of each entry was recognised as a duplicate')
 })
 
 t.test('the consumer group destroyed while entries wait: recreated (NOGROUP), everything persisted once', async (t) => {
-  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '600000' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 100
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const stream = app.keys.coupon(coupon.id).events
+  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '600000' }, 100)
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
   const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
   await waitFor(async () => (await pendingIds(app, stream)).length > 0, { what: 'the consumer to take a batch' })
   await app.redis.xgroup('DESTROY', stream, CONSUMER_GROUP)
   await lock.release()
   calls.push(...await inParallel(20, 4, (i) => issue(base, coupon.id, `v${i}`)))
-  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  const summary = await check(t, calls)
   t.equal(summary.rows.length, 40)
 })

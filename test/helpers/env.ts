@@ -12,7 +12,8 @@ export const ADMIN_TOKEN = 'test-admin-token-0123456789'
 export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 export const PG_ADMIN_URL = process.env.TEST_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
-interface Teardown { teardown (fn: () => unknown): void }
+/** What a test (or the fuzz CLI's stand-in) offers for cleanup: every helper takes this. */
+export interface Teardown { teardown (fn: () => unknown): void }
 
 /** Creates an empty database, dropped again at teardown. Returns its URL. */
 export async function createTestDatabase (t: Teardown, adminUrl = PG_ADMIN_URL): Promise<string> {
@@ -52,6 +53,9 @@ export function uniquePrefix (t: Teardown, redisUrl = REDIS_URL): string {
   return prefix
 }
 
+/** An app built for a test, with the environment it was built from. */
+export type TestApp = FastifyInstance & { env: TestEnv }
+
 export interface TestEnv {
   config: Config
   databaseUrl: string
@@ -75,7 +79,7 @@ export async function testEnv (t: Teardown, overrides: Record<string, string> = 
 }
 
 /** A ready app for a test, closed at teardown. */
-export async function testApp (t: Teardown, overrides: Record<string, string> = {}): Promise<FastifyInstance & { env: TestEnv }> {
+export async function testApp (t: Teardown, overrides: Record<string, string> = {}): Promise<TestApp> {
   const env = await testEnv(t, overrides)
   const app = await buildApp(env.config)
   await app.ready()
@@ -105,17 +109,16 @@ export async function inParallel<T> (count: number, width: number, task: (i: num
 }
 
 /** Polls until check() returns a truthy value or the deadline passes (then throws). */
-export async function waitFor<T> (check: () => Promise<T | null | undefined | false>, { timeoutMs = 10_000, pollIntervalMs = 20, what = 'condition' } = {}): Promise<T> {
+export async function waitFor<T> (check: () => Promise<T | null | undefined | false>, { timeoutMs = 10_000, pollIntervalMs = 20, what = 'condition' as string | (() => string) } = {}): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const value = await check()
     if (value) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
     await new Promise((resolve) => setTimeout(resolve, pollIntervalMs))
   }
 }
 
-export type TestApp = FastifyInstance & { env: TestEnv }
 
 /**
  * A consumer of the app's group for a test (drain, reclaim, or a second loop). With `blocking` it gets

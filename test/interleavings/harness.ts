@@ -13,10 +13,9 @@ import { couponIssues } from '../../src/db/schema.js'
 import { IssueEventConsumer } from '../../src/persistence/consumer.js'
 import { createKeys, type CouponKeys } from '../../src/redis/keys.js'
 import { consumerGroupInfo } from '../../src/redis/groups.js'
-import { ADMIN_TOKEN, REDIS_URL, testEnv, type TestEnv } from '../helpers/env.js'
+import { ADMIN_TOKEN, REDIS_URL, testEnv, type Teardown, type TestEnv } from '../helpers/env.js'
 import { describe, formatScenario, idemKeyName, INVARIANTS, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Scenario } from './model.js'
 
-interface Teardown { teardown (fn: () => unknown): void }
 
 export interface HarnessOptions {
   instances: 1 | 2

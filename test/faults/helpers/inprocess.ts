@@ -2,7 +2,8 @@
 // app's group, and Postgres connections holding (or queued for) a lock the consumer's insert needs.
 import pg from 'pg'
 
-interface Teardown { teardown (fn: () => unknown): void }
+import { createCoupon, testApp, type Teardown } from '../../helpers/env.js'
+import { checkInvariants, type Call, type InvariantInput } from './invariants.js'
 
 /** The suite's one consumer factory, under the name the fault tests know it by. */
 export { testConsumer as extraConsumer } from '../../helpers/env.js'
@@ -48,4 +49,18 @@ export async function lockWaits (databaseUrl: string, table: string): Promise<st
         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, [table])
     return rows.map((r: { mode: string }) => r.mode).sort()
   } finally { await client.end() }
+}
+
+/**
+ * The preamble every in-process fault scenario shares: the app (with `env` overrides) listening on a
+ * port, one coupon of `total` units, its keys, and the invariant check (I1..I5) bound to them.
+ */
+export async function inProcessScenario (t: Teardown, env: Record<string, string>, total: number) {
+  const app = await testApp(t, env)
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  const coupon = await createCoupon(app, { totalQuantity: total })
+  const k = app.keys.coupon(coupon.id)
+  const check = (assert: Parameters<typeof checkInvariants>[0], calls: Call[], more: Partial<InvariantInput> = {}) =>
+    checkInvariants(assert, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls, ...more })
+  return { app, base, coupon, total, k, stream: k.events, check }
 }

@@ -6,10 +6,10 @@ import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { ADMIN_TOKEN, waitFor, type Teardown } from '../../helpers/env.js'
 import { Redis } from 'ioredis'
 import { ROOT, distEntry } from '../../../scripts/lib/dist.js'
 
-interface Teardown { teardown (fn: () => unknown): void }
 
 // Last line of defence: a child must not outlive the test process, whatever happened.
 const live = new Set<ChildProcess>()
@@ -35,14 +35,9 @@ export async function freePort (): Promise<number> {
 /** The interval between two checks of a polling loop. */
 export const pollPause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Polls check() every 50 ms until it is truthy or timeoutMs passes. */
+/** waitFor with the fault suite's argument order: check() every 50 ms until truthy, else throw after timeoutMs. */
 export async function until (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    if (await check()) return
-    await pollPause(50)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
+  await waitFor(async () => await check() || null, { timeoutMs, pollIntervalMs: 50, what })
 }
 
 async function exited (child: ChildProcess, timeoutMs: number): Promise<number | null> {
@@ -200,7 +195,7 @@ export async function spawnService (t: Teardown, env: Record<string, string>, { 
       PORT: String(port),
       HOST: '127.0.0.1',
       LOG_LEVEL: 'warn',
-      ADMIN_TOKEN: 'test-admin-token-0123456789',
+      ADMIN_TOKEN,
       CONSUMER_BLOCK_MS: '200',
       ...env
     },

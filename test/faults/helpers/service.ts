@@ -1,5 +1,7 @@
 // Small HTTP helpers for a spawned service.
-export const ADMIN = { authorization: 'Bearer test-admin-token-0123456789' }
+import { admin as ADMIN } from '../../helpers/env.js'
+
+export { ADMIN }
 
 export async function createCouponOver (base: string, body: Record<string, unknown>): Promise<{ id: number, totalQuantity: number }> {
   const response = await fetch(`${base}/coupons`, {
