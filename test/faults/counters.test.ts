@@ -30,7 +30,7 @@ t.test('counter keys deleted while the stream holds unpersisted issues: rebuilt 
 })
 
 t.test('issue script fails halfway (stream key holds the wrong type): stock unchanged, 503 ISSUE_SCRIPT_FAILED', async (t) => {
-  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 20)
+  const { app, base, coupon, k, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 20)
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `before-${i}`))
   await waitFor(async () => { const s = await groupState(app.redis, k.events); return s.pending === 0 && s.length === 0 }, { what: 'the first issues to be persisted' })

@@ -11,7 +11,7 @@ const pendingIds = async (app: any, stream: string, consumer?: string) =>
   (await app.redis.xpending(stream, CONSUMER_GROUP, '-', '+', 1000, ...(consumer ? [consumer] : [])) as [string, string, number, number][])
 
 t.test('trimming never drops an unacknowledged entry; a pending entry deleted from the stream is counted', async (t) => {
-  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
+  const { app, base, coupon, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
   const calls: Call[] = []
   for (let i = 1; i <= 3; i++) calls.push(await issue(base, coupon.id, `u${i}`))
   // A consumer that takes two entries and dies without acknowledging them.
@@ -42,7 +42,7 @@ t.test('trimming never drops an unacknowledged entry; a pending entry deleted fr
 })
 
 t.test('poison entries in a batch of good ones: good ones land, bad ones are parked before the ack, admin can retry', async (t) => {
-  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
+  const { app, base, coupon, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `good-${i}`))
   const now = String(Date.now())
@@ -98,7 +98,7 @@ t.test('poison entries in a batch of good ones: good ones land, bad ones are par
 
 t.test('a duplicate delivery forced with XCLAIM while the consumer works: no extra row, acked', async (t) => {
   // Two explicit consumers and Postgres' lock queue fix who writes when; the app's own consumer stays off.
-  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
+  const { app, base, coupon, stream, check } = await inProcessScenario(t, { CONSUMER_ENABLED: 'false' }, 100)
   const db = app.env.databaseUrl
   const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
 
@@ -137,7 +137,7 @@ t.test('a duplicate delivery forced with XCLAIM while the consumer works: no ext
 })
 
 t.test('the consumer group destroyed while entries wait: recreated (NOGROUP), everything persisted once', async (t) => {
-  const { app, base, coupon, total, stream, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '600000' }, 100)
+  const { app, base, coupon, stream, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '600000' }, 100)
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
   const calls = await inParallel(20, 4, (i) => issue(base, coupon.id, `u${i}`))
   await waitFor(async () => (await pendingIds(app, stream)).length > 0, { what: 'the consumer to take a batch' })

@@ -119,7 +119,6 @@ export async function waitFor<T> (check: () => Promise<T | null | undefined | fa
   }
 }
 
-
 /**
  * A consumer of the app's group for a test (drain, reclaim, or a second loop). With `blocking` it gets
  * its own connection for the blocking read and can run start(); stopped at teardown.

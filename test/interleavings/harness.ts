@@ -16,7 +16,6 @@ import { consumerGroupInfo } from '../../src/redis/groups.js'
 import { ADMIN_TOKEN, REDIS_URL, testEnv, type Teardown, type TestEnv } from '../helpers/env.js'
 import { describe, formatScenario, idemKeyName, INVARIANTS, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Scenario } from './model.js'
 
-
 export interface HarnessOptions {
   instances: 1 | 2
   /** per-run progress lines (the CLI prints them with --verbose) */

@@ -10,7 +10,6 @@ import { ADMIN_TOKEN, waitFor, type Teardown } from '../../helpers/env.js'
 import { Redis } from 'ioredis'
 import { ROOT, distEntry } from '../../../scripts/lib/dist.js'
 
-
 // Last line of defence: a child must not outlive the test process, whatever happened.
 const live = new Set<ChildProcess>()
 process.once('exit', () => { for (const child of live) { try { child.kill('SIGKILL') } catch {} } })
