@@ -1,5 +1,5 @@
 // Where a coupon is issued: the route calls issue(), which runs src/redis/scripts/issue.lua in one
-// round trip and maps its reply code to a typed error. Postgres is touched only when the counters
+// round trip; refusals.ts maps its reply code to a catalog error. Postgres is touched only when the counters
 // must be rebuilt, and by admin changes (which hold the coupon's row lock while Redis applies them).
 import type { Redis } from 'ioredis'
 import type { Db } from '../db/client.js'
@@ -10,6 +10,7 @@ import { DiscardCode, IssueCode, NEEDS_RESTORE, RevokeCode, UpdateCode } from '.
 import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
+import { issueRefusal, revokeRefusal } from './refusals.js'
 
 export interface Issued {
   couponId: number
@@ -90,18 +91,9 @@ export class CouponStore {
     const reply = await this.#runWithRestore(couponId, () => scripts.issue(this.#redis, k, {
       couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
     }))
-    switch (reply.code) {
-      case IssueCode.ISSUED:
-        if (reply.reactivated) await this.#reactivate(couponId)
-        return { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed }
-      case IssueCode.ALREADY_ISSUED: throw new errors.AlreadyIssued(userId, couponId, reply.at)
-      case IssueCode.SOLD_OUT: throw new errors.SoldOut(couponId)
-      case IssueCode.NOT_STARTED: throw new errors.NotStarted(couponId, new Date(reply.at).toISOString())
-      case IssueCode.ENDED: throw new errors.Ended(couponId, new Date(reply.at).toISOString())
-      case IssueCode.BACKLOG_FULL: throw new errors.BacklogFull(couponId)
-      case IssueCode.IDEMPOTENCY_KEY_REUSED: throw new errors.IdempotencyKeyReused()
-      default: throw new errors.IssueScriptFailed()
-    }
+    if (reply.code !== IssueCode.ISSUED) throw issueRefusal(reply, couponId, userId)
+    if (reply.reactivated) await this.#reactivate(couponId)
+    return { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed }
   }
 
   /** Takes back every unit the user holds and returns them to stock. */
@@ -110,14 +102,9 @@ export class CouponStore {
     const reply = await this.#runWithRestore(couponId, () => scripts.revoke(this.#redis, k, {
       couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds
     }))
-    switch (reply.code) {
-      case RevokeCode.REVOKED:
-        if (reply.reactivated) await this.#reactivate(couponId)
-        return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
-      case RevokeCode.NOT_HELD: throw new errors.IssueNotFound(userId, couponId)
-      case RevokeCode.IDEMPOTENCY_KEY_REUSED: throw new errors.IdempotencyKeyReused()
-      default: throw new errors.IssueScriptFailed()
-    }
+    if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
+    if (reply.reactivated) await this.#reactivate(couponId)
+    return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
   }
 
   /**
