@@ -1,17 +1,13 @@
 // Fault 12: Postgres blocked, the stream grows, and above BACKLOG_CAP the issue endpoint sheds load with
 // 503 BACKLOG_FULL; under Redis maxmemory with noeviction a refused write leaves stock unchanged.
 import t from 'tap'
-import { createCoupon, testApp, uniquePrefix } from '../helpers/env.js'
-import { checkInvariants, issue, type Call } from './helpers/invariants.js'
-import { lockTable } from './helpers/inprocess.js'
+import { uniquePrefix } from '../helpers/env.js'
+import { issue, type Call } from './helpers/invariants.js'
+import { inProcessScenario, lockTable } from './helpers/inprocess.js'
 import { throwawayRedis } from './helpers/procs.js'
 
 t.test('above BACKLOG_CAP unpersisted entries the endpoint sheds load with 503 BACKLOG_FULL', async (t) => {
-  const app = await testApp(t, { BACKLOG_CAP: '20', RECLAIM_MIN_IDLE_MS: '60000' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 100
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const k = app.keys.coupon(coupon.id)
+  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { BACKLOG_CAP: '20', RECLAIM_MIN_IDLE_MS: '60000' }, 100)
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
   const calls: Call[] = []
   for (let i = 0; i < 30; i++) calls.push(await issue(base, coupon.id, `u${i}`))
@@ -21,21 +17,17 @@ t.test('above BACKLOG_CAP unpersisted entries the endpoint sheds load with 503 B
   t.equal(await app.redis.hget(k.holders, 'u25'), null, 'nor marked the user')
 
   await lock.release()
-  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
   const resumed = await issue(base, coupon.id, 'u25')
   t.equal(resumed.outcome, 'ok', 'once the backlog is persisted, issuing resumes')
   calls.push(resumed)
-  await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
 })
 
 t.test('Redis at maxmemory (noeviction): the issue is refused with a 503, stock unchanged; the consumer still acks', async (t) => {
   const redis = await throwawayRedis(t, { appendonly: false })
   const prefix = uniquePrefix(t, redis.url)
-  const app = await testApp(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, RECLAIM_MIN_IDLE_MS: '60000' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 100
-  const coupon = await createCoupon(app, { totalQuantity: total })
-  const k = app.keys.coupon(coupon.id)
+  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, RECLAIM_MIN_IDLE_MS: '60000' }, 100)
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `u${i}`))
@@ -55,12 +47,12 @@ t.test('Redis at maxmemory (noeviction): the issue is refused with a 503, stock 
 
   // Acknowledging and trimming is what frees memory: it must work while Redis is full.
   await lock.release()
-  await checkInvariants(t, { redis: redis.client, prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
   t.equal(await redis.client.xlen(k.events), 0, 'the persisted entries were trimmed while Redis was out of memory')
 
   await redis.client.config('SET', 'maxmemory', '0')
   const resumed = await issue(base, coupon.id, 'oom-victim')
   t.equal(resumed.outcome, 'ok', 'issuing resumes once memory is available')
   calls.push(resumed)
-  await checkInvariants(t, { redis: redis.client, prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
 })

@@ -1,16 +1,13 @@
 // Fault 11: a reply is lost and the client retries. The same request twice at once, and again after a
 // client timeout, yields one row; with an Idempotency-Key the retry replays the first response.
 import t from 'tap'
-import { createCoupon, testApp } from '../helpers/env.js'
-import { checkInvariants, type Call } from './helpers/invariants.js'
+import { type Call } from './helpers/invariants.js'
+import { inProcessScenario } from './helpers/inprocess.js'
 
 interface Sent { status: number, body: any, replayed: boolean }
 
 t.test('retries after a lost reply: one row; Idempotency-Key replays the first response', async (t) => {
-  const app = await testApp(t, { RECLAIM_MIN_IDLE_MS: '60000' })
-  const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const total = 50
-  const coupon = await createCoupon(app, { totalQuantity: total })
+  const { app, base, coupon, total, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 50)
   const calls: Call[] = []
   const send = async (userId: string, key?: string, signal?: AbortSignal): Promise<Sent> => {
     const started = Date.now()
@@ -64,6 +61,6 @@ t.test('retries after a lost reply: one row; Idempotency-Key replays the first r
   // Replays count once in the invariants: keep one 201 per user.
   const firstOk = new Set<string>()
   const deduped = calls.filter((c) => c.outcome !== 'ok' || (!firstOk.has(c.userId) && firstOk.add(c.userId)))
-  const summary = await checkInvariants(t, { redis: app.redis, prefix: app.env.prefix, databaseUrl: app.env.databaseUrl, couponId: coupon.id, total, calls: deduped })
+  const summary = await check(t, deduped)
   t.equal(summary.rows.length, 3, 'three users, three rows')
 })
