@@ -7,7 +7,7 @@ import { inProcessScenario, lockTable } from './helpers/inprocess.js'
 import { throwawayRedis } from './helpers/procs.js'
 
 t.test('above BACKLOG_CAP unpersisted entries the endpoint sheds load with 503 BACKLOG_FULL', async (t) => {
-  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { BACKLOG_CAP: '20', RECLAIM_MIN_IDLE_MS: '60000' }, 100)
+  const { app, base, coupon, k, check } = await inProcessScenario(t, { BACKLOG_CAP: '20', RECLAIM_MIN_IDLE_MS: '60000' }, 100)
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
   const calls: Call[] = []
   for (let i = 0; i < 30; i++) calls.push(await issue(base, coupon.id, `u${i}`))
@@ -27,7 +27,7 @@ t.test('above BACKLOG_CAP unpersisted entries the endpoint sheds load with 503 B
 t.test('Redis at maxmemory (noeviction): the issue is refused with a 503, stock unchanged; the consumer still acks', async (t) => {
   const redis = await throwawayRedis(t, { appendonly: false })
   const prefix = uniquePrefix(t, redis.url)
-  const { app, base, coupon, total, k, check } = await inProcessScenario(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, RECLAIM_MIN_IDLE_MS: '60000' }, 100)
+  const { app, base, coupon, k, check } = await inProcessScenario(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, RECLAIM_MIN_IDLE_MS: '60000' }, 100)
   const lock = await lockTable(t, app.env.databaseUrl, 'coupon_issues')
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(base, coupon.id, `u${i}`))

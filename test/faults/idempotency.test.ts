@@ -7,7 +7,7 @@ import { inProcessScenario } from './helpers/inprocess.js'
 interface Sent { status: number, body: any, replayed: boolean }
 
 t.test('retries after a lost reply: one row; Idempotency-Key replays the first response', async (t) => {
-  const { app, base, coupon, total, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 50)
+  const { base, coupon, check } = await inProcessScenario(t, { RECLAIM_MIN_IDLE_MS: '60000' }, 50)
   const calls: Call[] = []
   const send = async (userId: string, key?: string, signal?: AbortSignal): Promise<Sent> => {
     const started = Date.now()

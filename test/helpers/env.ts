@@ -65,7 +65,7 @@ export interface TestEnv {
 /** Config for a test file: own database, own prefix, quiet logs; overrides are env-style strings. */
 export async function testEnv (t: Teardown, overrides: Record<string, string> = {}): Promise<TestEnv> {
   const databaseUrl = overrides.DATABASE_URL ?? await createTestDatabase(t)
-  const prefix = uniquePrefix(t, overrides.REDIS_URL ?? REDIS_URL)
+  const prefix = overrides.REDIS_PREFIX ?? uniquePrefix(t, overrides.REDIS_URL ?? REDIS_URL)
   const config = loadConfig({
     DATABASE_URL: databaseUrl,
     REDIS_URL,
