@@ -5,7 +5,6 @@
 // have no compiled form and still run from scripts/lib/server-child.ts through tsx.
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { isDeepStrictEqual } from 'node:util'
 import type { FastifyInstance } from 'fastify'
@@ -14,6 +13,7 @@ import { loadConfig, type Config } from '../../src/config.js'
 import type { ConsumerStats } from '../../src/persistence/consumer.js'
 import { distEntry } from './dist.js'
 import type { ServerMode } from './server-child.js'
+import { freePort } from './ports.js'
 
 /**
  * The environment for a measured child: without a test runner's coverage and loader hooks (tap sets
@@ -83,17 +83,6 @@ export function configEnv (config: Config): Record<string, string> {
     throw new Error(`configEnv does not reproduce the config (${differing.join(', ')}): add the new field to scripts/lib/server.ts`)
   }
   return env
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 /** CPU time (user + system) a process has used so far, µs (from /proc, 10 ms resolution). */

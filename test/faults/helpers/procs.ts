@@ -3,12 +3,13 @@
 // the test fails. Nothing here touches the shared Redis on 6379 or the shared Postgres on 5432.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ADMIN_TOKEN, waitFor, type Teardown } from '../../helpers/env.js'
 import { Redis } from 'ioredis'
 import { ROOT, distEntry } from '../../../scripts/lib/dist.js'
+export { freePort } from '../../../scripts/lib/ports.js'
+import { freePort } from '../../../scripts/lib/ports.js'
 
 // Last line of defence: a child must not outlive the test process, whatever happened.
 const live = new Set<ChildProcess>()
@@ -18,17 +19,6 @@ function track (child: ChildProcess): ChildProcess {
   live.add(child)
   child.once('exit', () => live.delete(child))
   return child
-}
-
-export async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 /** The interval between two checks of a polling loop. */
