@@ -75,7 +75,7 @@ try {
       const details = await fc.check(interleavingProperty(harness, { shrinkBudgetMs, maxBatches, maxBatchSize, without }), { seed, numRuns })
       if (details.failed) { report(details); failed = true } else console.log(`seed ${seed}: ${details.numRuns} runs passed (${((Date.now() - started) / 1000).toFixed(0)} s)`)
     }
-    if (!failed) console.log(`no failure in ${seeds} seed(s), ${harness.runs} scenario runs, ${((Date.now() - started) / 1000).toFixed(0)} s, ${instances} instance(s)`)
+    if (!failed) console.log(`no failure in ${seeds} seed(s), ${harness.runs} scenario runs, ${((Date.now() - started) / 1000).toFixed(0)} s, ${instances} instance(s); ${await harness.soldOutFromMemory()} SOLD_OUT answered from a sold-out marker`)
   }
 } finally {
   await cleanup()

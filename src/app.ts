@@ -11,6 +11,7 @@ import addFormatsModule from 'ajv-formats'
 import type { Config } from './config.js'
 import { isDateTime } from './formats.js'
 import authPlugin from './plugins/auth.js'
+import consistencyWatchPlugin from './plugins/consistency-watch.js'
 import consumerPlugin from './plugins/consumer.js'
 import couponStorePlugin from './plugins/coupon-store.js'
 import databasePlugin from './plugins/database.js'
@@ -19,7 +20,11 @@ import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
 import shutdownPlugin from './plugins/shutdown.js'
+import campaignStatsRoutes from './routes/campaign-stats.js'
+import consistencyRoutes from './routes/consistency.js'
+import winnersRoutes from './routes/winners.js'
 import couponRoutes from './routes/coupons.js'
+import dashboardRoutes from './routes/dashboard.js'
 import failedEventRoutes from './routes/failed-events.js'
 import healthRoutes from './routes/health.js'
 import issueRoutes from './routes/issues.js'
@@ -110,12 +115,17 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   await fastify.register(authPlugin, { config })
   await fastify.register(rateLimitPlugin, { config })
   await fastify.register(consumerPlugin, { config })
+  await fastify.register(consistencyWatchPlugin, { config })
   await fastify.register(metricsPlugin)
 
   await fastify.register(healthRoutes)
   await fastify.register(couponRoutes)
   await fastify.register(issueRoutes)
   await fastify.register(failedEventRoutes)
+  await fastify.register(campaignStatsRoutes)
+  await fastify.register(consistencyRoutes)
+  await fastify.register(winnersRoutes)
+  await fastify.register(dashboardRoutes)
 }
 
 /** A ready-to-listen instance with the app's decorators visible at the root (for server.ts, tests, scripts). */

@@ -17,6 +17,9 @@ const schema = {
     LOG_REQUESTS: { type: 'boolean', default: false },
     // Empty means: use 127.0.0.1:6379, or start a local redis-server when nothing listens there.
     REDIS_URL: { type: 'string', default: '' },
+    // Comma-separated host:port of Redis Sentinels, instead of REDIS_URL; REDIS_SENTINEL_NAME names the master.
+    REDIS_SENTINELS: { type: 'string', default: '' },
+    REDIS_SENTINEL_NAME: { type: 'string', default: '' },
     // Keys look like `${REDIS_PREFIX}coupon:{42}:stock`; braces would break the per-coupon hash tag.
     REDIS_PREFIX: { type: 'string', pattern: '^[^{}]*$', default: 'couponrush:' },
     // Empty means: embedded Postgres (PGlite) with its data under DATA_DIR.
@@ -34,14 +37,23 @@ const schema = {
     CONSUMER_ENABLED: { type: 'boolean', default: true },
     // This process's name in the consumer group; empty means <hostname>-<pid>. Two processes must never share one.
     CONSUMER_NAME: { type: 'string', pattern: '^[A-Za-z0-9._:@-]{0,100}$', default: '' },
+    // The largest read COUNT; reads start smaller after idle and grow toward it while they come back full (consumer.ts, ReadSize).
     CONSUMER_BATCH_SIZE: { type: 'integer', minimum: 1, maximum: 10000, default: 1000 },
     CONSUMER_BLOCK_MS: { type: 'integer', minimum: 1, default: 1000 },
+    // The longest wait before the next read after a batch that did not fill its read; none after idle or a full one.
     CONSUMER_LINGER_MS: { type: 'integer', minimum: 0, maximum: 1000, default: 50 },
     RECLAIM_MIN_IDLE_MS: { type: 'integer', minimum: 0, default: 30000 },
     RECLAIM_CRON: { type: 'string', default: '*/15 * * * * *' },
     MAX_DELIVERIES: { type: 'integer', minimum: 1, default: 5 },
+    // How often the active campaigns' books are checked (src/consistency/watch.ts; node-cron with seconds); empty = never.
+    CONSISTENCY_CRON: { type: 'string', default: '30 * * * * *' },
+    // The periodic check leaves campaigns with more holders than this to the on-demand report.
+    CONSISTENCY_WATCH_MAX_HOLDERS: { type: 'integer', minimum: 0, default: 50000 },
     BACKLOG_CAP: { type: 'integer', minimum: 0, default: 200000 },
     IDEMPOTENCY_TTL_SECONDS: { type: 'integer', minimum: 1, default: 86400 },
+    // How long an instance that saw a coupon sold out answers SOLD_OUT from memory before asking Redis
+    // again (src/issuing/sold-out-markers.ts); anything that returns stock ends it at once. 0 = off.
+    SOLD_OUT_MARKER_TTL_MS: { type: 'integer', minimum: 0, maximum: 60000, default: 1000 },
     REDIS_COMMAND_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 2000 },
     SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 },
     // A whole request (headers and body) must arrive within this; 0 turns the check off. A valid request is
@@ -55,16 +67,30 @@ const schema = {
   }
 } as const
 
+/** How Redis is reached: exactly one of REDIS_URL (or its default) and REDIS_SENTINELS. */
+export type RedisTarget =
+  | {
+    kind: 'url'
+    /** REDIS_URL, or DEFAULT_REDIS_URL when it is empty */
+    url: string
+    /** REDIS_URL was empty: server.ts may start a local redis-server on DEFAULT_REDIS_URL */
+    defaulted: boolean
+  }
+  | {
+    kind: 'sentinel'
+    /** REDIS_SENTINELS, in the given order */
+    sentinels: Array<{ host: string, port: number }>
+    /** REDIS_SENTINEL_NAME: the master name the sentinels monitor */
+    name: string
+  }
+
 export interface Config {
   nodeEnv: string
   port: number
   host: string
   logLevel: string
   logRequests: boolean
-  /** REDIS_URL, or DEFAULT_REDIS_URL when it is empty */
-  redisUrl: string
-  /** REDIS_URL was empty: server.ts may start a local redis-server on DEFAULT_REDIS_URL */
-  redisUrlDefaulted: boolean
+  redis: RedisTarget
   redisPrefix: string
   databaseUrl: string
   dataDir: string
@@ -85,8 +111,13 @@ export interface Config {
     reclaimCron: string
     maxDeliveries: number
   }
+  /** CONSISTENCY_CRON: '' = the periodic consistency check is off */
+  consistencyCron: string
+  consistencyWatchMaxHolders: number
   backlogCap: number
   idempotencyTtlSeconds: number
+  /** SOLD_OUT_MARKER_TTL_MS: 0 = the sold-out short-circuit is off */
+  soldOutMarkerTtlMs: number
   redisCommandTimeoutMs: number
   shutdownTimeoutMs: number
   requestTimeoutMs: number
@@ -96,6 +127,52 @@ export interface Config {
 
 export class ConfigError extends Error {
   override name = 'ConfigError'
+}
+
+const SENTINEL_ADDRESS = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/
+
+/** REDIS_URL or REDIS_SENTINELS + REDIS_SENTINEL_NAME, never both: two ways to one Redis would be one too many. */
+function redisTarget (raw: Record<string, any>): RedisTarget {
+  const url = String(raw.REDIS_URL)
+  const list = String(raw.REDIS_SENTINELS).trim()
+  const name = String(raw.REDIS_SENTINEL_NAME).trim()
+  if (list === '') {
+    if (name !== '') throw new ConfigError('Invalid configuration: REDIS_SENTINEL_NAME is set without REDIS_SENTINELS')
+    return { kind: 'url', url: url !== '' ? url : DEFAULT_REDIS_URL, defaulted: url === '' }
+  }
+  if (url !== '') {
+    throw new ConfigError('Invalid configuration: REDIS_URL and REDIS_SENTINELS are both set; set exactly one ' +
+      '(REDIS_URL for one Redis, REDIS_SENTINELS with REDIS_SENTINEL_NAME for a Sentinel-managed one)')
+  }
+  if (name === '') throw new ConfigError('Invalid configuration: REDIS_SENTINELS needs REDIS_SENTINEL_NAME, the master name the sentinels monitor')
+  const sentinels = list.split(',').map((entry) => {
+    const match = SENTINEL_ADDRESS.exec(entry.trim())
+    const port = Number(match?.[3])
+    if (!match || port < 1 || port > 65535) {
+      throw new ConfigError(`Invalid configuration: REDIS_SENTINELS entry "${entry.trim()}" is not host:port (e.g. 10.0.0.5:26379, [::1]:26379)`)
+    }
+    return { host: match[1] ?? match[2]!, port }
+  })
+  return { kind: 'sentinel', sentinels, name }
+}
+
+/** Where Redis is, for log lines and error messages (a URL's password is not shown). */
+export function describeRedis (target: RedisTarget): string {
+  if (target.kind === 'sentinel') {
+    return `Sentinel master "${target.name}" via ${target.sentinels.map(formatAddress).join(',')}`
+  }
+  try {
+    const url = new URL(target.url)
+    if (url.password !== '') url.password = '***'
+    return url.toString()
+  } catch {
+    return target.url
+  }
+}
+
+/** host:port as REDIS_SENTINELS spells it (an IPv6 address in brackets). */
+export function formatAddress ({ host, port }: { host: string, port: number }): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
 }
 
 /** Validates the environment and returns a typed config; throws ConfigError with a readable message. */
@@ -120,8 +197,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     host: raw.HOST,
     logLevel: raw.LOG_LEVEL,
     logRequests: raw.LOG_REQUESTS,
-    redisUrl: raw.REDIS_URL !== '' ? raw.REDIS_URL : DEFAULT_REDIS_URL,
-    redisUrlDefaulted: raw.REDIS_URL === '',
+    redis: redisTarget(raw),
     redisPrefix: raw.REDIS_PREFIX,
     databaseUrl: raw.DATABASE_URL,
     dataDir: raw.DATA_DIR,
@@ -141,8 +217,11 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       reclaimCron: raw.RECLAIM_CRON,
       maxDeliveries: raw.MAX_DELIVERIES
     },
+    consistencyCron: raw.CONSISTENCY_CRON,
+    consistencyWatchMaxHolders: raw.CONSISTENCY_WATCH_MAX_HOLDERS,
     backlogCap: raw.BACKLOG_CAP,
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
+    soldOutMarkerTtlMs: raw.SOLD_OUT_MARKER_TTL_MS,
     redisCommandTimeoutMs: raw.REDIS_COMMAND_TIMEOUT_MS,
     shutdownTimeoutMs: raw.SHUTDOWN_TIMEOUT_MS,
     requestTimeoutMs: raw.REQUEST_TIMEOUT_MS,

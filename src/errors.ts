@@ -1,4 +1,5 @@
 // The error catalog: every error a client can see, with its code, status and a message that says what to do.
+import { STATUS_CODES } from 'node:http'
 import createError from '@fastify/error'
 
 // The answers most requests of a rush get: expected outcomes, not faults, so no stack trace is captured
@@ -11,8 +12,11 @@ export const AlreadyIssued = createError('ALREADY_ISSUED', 'User %s already hold
 export const SoldOut = createError('SOLD_OUT', 'Coupon %s is sold out. Do not retry.', 409, Error, LOSER)
 export const NotStarted = createError('NOT_STARTED', 'Coupon %s opens at %s. Retry after that moment.', 409, Error, LOSER)
 export const Ended = createError('ENDED', 'Coupon %s closed at %s.', 409, Error, LOSER)
+export const Paused = createError('PAUSED', 'Coupon %s is paused. Retry after it resumes.', 409, Error, LOSER)
 export const IdempotencyKeyReused = createError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body. Use a new key for a new request.', 422)
 export const StockBelowIssued = createError('STOCK_BELOW_ISSUED', 'totalQuantity %s is below the %s units out right now (issued and not cancelled). Stock can be lowered down to what is out, never below it.', 409)
+export const InvalidCursor = createError('INVALID_REQUEST', '`after` is not a cursor this list gave out. Pass the `next` of the previous page.', 400)
+export const InvalidMetadataKey = createError('INVALID_REQUEST', 'metadata keys are 1-40 characters of A-Z a-z 0-9 _ . - (found %s).', 400)
 export const InvalidWindow = createError('INVALID_WINDOW', 'endsAt must be later than startsAt.', 400)
 export const Unauthorized = createError('UNAUTHORIZED', 'Missing or invalid credentials. Send `Authorization: Bearer <token>`.', 401)
 export const Forbidden = createError('FORBIDDEN', 'This key may not use this route. Admin routes need the ADMIN_TOKEN.', 403)
@@ -20,22 +24,39 @@ export const RedisUnavailable = createError('REDIS_UNAVAILABLE', 'The coupon sto
 export const DatabaseUnavailable = createError('DATABASE_UNAVAILABLE', 'The database is unavailable. Retry shortly.', 503)
 export const BacklogFull = createError('BACKLOG_FULL', 'Too many issues are waiting to be persisted for coupon %s. Retry in a few seconds.', 503)
 export const Restoring = createError('RESTORING', 'Stock of coupon %s is being rebuilt. Retry in a moment.', 503)
+// One code per script a client can set off, so an alert or a client knows which act did not happen.
 export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon store rejected the operation; nothing was changed. Retry later or contact the operator.', 503)
+export const CancelScriptFailed = createError('CANCEL_SCRIPT_FAILED', 'The coupon store rejected the cancel; nothing was changed. Retry later with the same Idempotency-Key or contact the operator.', 503)
+export const UpdateScriptFailed = createError('UPDATE_SCRIPT_FAILED', 'The coupon store rejected the change of stock or window; nothing was changed. Retry later or contact the operator.', 503)
 export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
 export const FailedEventSettled = createError('FAILED_EVENT_SETTLED', 'Failed event %s was already %s; nothing changed.', 409)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
 // Every request arriving during a shutdown gets it: expected, so without a stack trace either.
 export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503, Error, LOSER)
 
+/** What every error answer looks like on the wire. */
+export interface ErrorBody { statusCode: number, code: string, error: string, message: string }
+
+/** The answer body for an error with this status (the error handler, the shutdown hook and the hot path agree on it). */
+export function errorBody (err: { code?: string, message: string }, statusCode: number): ErrorBody {
+  return { statusCode, code: err.code ?? `HTTP_${statusCode}`, error: STATUS_CODES[statusCode] ?? 'Error', message: err.message }
+}
+
 /** True for errors from this catalog (they carry a code and status for the client). */
 export function isCatalogError (err: unknown): err is Error & { code: string, statusCode: number } {
   return err instanceof Error && err.name === 'FastifyError' && typeof (err as { statusCode?: unknown }).statusCode === 'number'
 }
 
-/** Any Redis failure that is not one of our codes becomes a 503 the client can act on. */
-export function redisFailure (err: unknown): Error {
+/** One of the *_SCRIPT_FAILED errors above. */
+export type ScriptFailure = new (options: { cause: unknown }) => Error
+
+/**
+ * Any Redis failure that is not one of our codes becomes a 503 the client can act on; Redis refusing a
+ * command (a ReplyError: out of memory, a key of the wrong type) becomes the given script's code.
+ */
+export function redisFailure (err: unknown, ScriptFailed: ScriptFailure = IssueScriptFailed): Error {
   if (isCatalogError(err)) return err
-  if ((err as Error)?.name === 'ReplyError') return new IssueScriptFailed({ cause: err })
+  if ((err as Error)?.name === 'ReplyError') return new ScriptFailed({ cause: err })
   return new RedisUnavailable({ cause: err })
 }
 

@@ -1,11 +1,11 @@
 // Entry point: validate config, bring up local dependencies when none are configured, listen, shut down gracefully.
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
-import { ConfigError, loadConfig } from './config.js'
+import { ConfigError, loadConfig, type Config } from './config.js'
 import { ensureLocalRedis } from './dev/local-redis.js'
 
 async function main () {
-  let config
+  let config: Config
   try {
     config = loadConfig()
   } catch (err) {
@@ -15,9 +15,9 @@ async function main () {
     }
     throw err
   }
-  // No REDIS_URL: use 127.0.0.1:6379 (config.redisUrl), or start a local redis-server there when nothing listens.
-  const localRedis = config.redisUrlDefaulted ? await ensureLocalRedis(config.dataDir) : null
-  if (localRedis) config = { ...config, redisUrl: localRedis.url }
+  // No REDIS_URL (and no REDIS_SENTINELS): use 127.0.0.1:6379, or start a local redis-server there when nothing listens.
+  const localRedis = config.redis.kind === 'url' && config.redis.defaulted ? await ensureLocalRedis(config.dataDir) : null
+  if (localRedis) config = { ...config, redis: { kind: 'url', url: localRedis.url, defaulted: true } }
 
   const app = await buildApp(config)
   if (localRedis?.process) app.log.info({ url: localRedis.url }, 'no REDIS_URL: started a local redis-server')

@@ -3,7 +3,8 @@ import { consumerGroupInfo } from '../src/redis/groups.js'
 import { once } from 'node:events'
 import t from 'tap'
 import { eq } from 'drizzle-orm'
-import { couponIssues, failedIssueEvents } from '../src/db/schema.js'
+import { couponIssues, couponRevocations, failedIssueEvents } from '../src/db/schema.js'
+import { decodeEntry, eventPayload, isEvent, type CouponEvent } from '../src/stream/events.js'
 import { CONSUMER_GROUP } from '../src/redis/keys.js'
 import { admin, createCoupon, testApp, testConsumer, waitFor } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
@@ -183,4 +184,98 @@ t.test('ended, fully persisted coupons leave the read list; a late cancel brings
   await consumer.drain()
   const [row] = await rowsOf(app, ended.id)
   t.equal(row!.revokedAt?.toISOString(), cancel.json().revokedAt, 'and the cancel is persisted')
+})
+
+t.test('v1 entries: malformed ones are parked with a reason; parked v1 and old-style payloads are retried or discarded whole', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const k = app.keys.coupon(coupon.id)
+  const url = `/coupons/${coupon.id}/issues`
+  await app.inject({ method: 'POST', url, payload: { userId: 'good-1' } })
+  const [, written] = (await app.redis.xrange(k.events, '-', '+'))[0]!
+  t.equal(written[0], 'e1', 'the issue script writes one e1 field')
+  t.match(written[1], /^i\|good-1\|1\|\d{13}\|$/)
+  const now = Date.now()
+  await app.redis.xadd(k.events, '*', 'e1', `i|short|1|${now}`) // a part missing
+  await app.redis.xadd(k.events, '*', 'e1', `i|nul\u0000byte|1|${now}|`) // a hostile userId
+  await app.redis.xadd(k.events, '*', 'e1', `r|bad-units|0|${now}|1|`) // not a positive integer
+  await app.redis.xadd(k.events, '*', 'e9', `i|future|1|${now}|`) // a format this version does not know
+  await app.inject({ method: 'POST', url, payload: { userId: 'good-2' } })
+  const report = await testConsumer(t, app, 'v1').drain()
+  t.equal(report.stats.inserted, 2, 'the good ones land')
+  t.equal(report.stats.failed, 4, 'the bad ones are parked')
+  const failed = await app.db.select().from(failedIssueEvents)
+  t.match(failed.map((f) => f.error).sort(), [/expected 5/, /units missing/, /unknown entry format "e9"/, /userId missing or malformed/])
+  t.ok(failed.some((f) => (f.payload as any).e1 === `i|nul\\u0000byte|1|${now}|`), 'parked as its field/value object, the NUL byte escaped')
+  const future = failed.find((f) => 'e9' in (f.payload as object))!
+  const stillFailing = await app.inject({ method: 'POST', url: `/admin/failed-events/${future.id}/retry`, headers: admin })
+  t.equal(stillFailing.statusCode, 422, 'an unknown format is not guessed at on retry either')
+
+  // A v1 entry with a key, parked raw after too many deliveries: its retry keeps the key.
+  await app.inject({ method: 'POST', url, payload: { userId: 'keyed' }, headers: { 'idempotency-key': 'order-7' } })
+  await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crasher', 'COUNT', 10, 'STREAMS', k.events, '>')
+  const [keyedId] = (await app.redis.xrange(k.events, '-', '+')).at(-1)!
+  for (let i = 0; i < 5; i++) await app.redis.xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, keyedId)
+  await testConsumer(t, app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
+  const [parked] = await app.db.select().from(failedIssueEvents).where(eq(failedIssueEvents.streamId, keyedId))
+  t.match(parked!.payload, { e1: /^i\|keyed\|1\|\d+\|order-7$/ })
+  t.equal((await app.inject({ method: 'POST', url: `/admin/failed-events/${parked!.id}/retry`, headers: admin })).statusCode, 200)
+  const [keyedRow] = (await rowsOf(app, coupon.id)).filter((r) => r.userId === 'keyed')
+  t.equal(keyedRow!.idempotencyKey, 'order-7', 'the retried row carries the key')
+
+  // Parked before v1: the event's own field names (idempotencyKey, upToClaim). A retry keeps both.
+  const { recordFailedEvents } = await import('../src/db/queries/issues.js')
+  const streamId = `${now}-99`
+  await recordFailedEvents(app.db, [{
+    streamKey: k.events,
+    id: streamId,
+    payload: { type: 'revoke', couponId: String(coupon.id), userId: 'good-2', units: '1', at: String(now + 1), upToClaim: '1', idempotencyKey: 'cancel-1' },
+    error: 'coupon does not exist (then)',
+    deliveries: 1
+  }])
+  const [oldParked] = await app.db.select().from(failedIssueEvents).where(eq(failedIssueEvents.streamId, streamId))
+  t.equal((await app.inject({ method: 'POST', url: `/admin/failed-events/${oldParked!.id}/retry`, headers: admin })).statusCode, 200)
+  const [fact] = await app.db.select().from(couponRevocations).where(eq(couponRevocations.streamId, streamId))
+  t.match(fact, { userId: 'good-2', upToClaim: 1, units: 1, idempotencyKey: 'cancel-1' }, 'upTo and the key survive the old names')
+
+  // An issue parked as a v0 payload (as an older version parked it) is discarded: its unit comes back.
+  await app.inject({ method: 'POST', url, payload: { userId: 'given-up' } })
+  const [givenUpId, givenUpFields] = (await app.redis.xrange(k.events, '-', '+')).at(-1)!
+  const event = decodeEntry(k.events, coupon.id, givenUpId, givenUpFields)
+  t.ok(isEvent(event))
+  await recordFailedEvents(app.db, [{ streamKey: k.events, id: givenUpId, payload: eventPayload(event as CouponEvent), error: 'test', deliveries: 6 }])
+  await app.redis.xdel(k.events, givenUpId)
+  const stock = Number(await app.redis.get(k.stock))
+  const [givenUp] = await app.db.select().from(failedIssueEvents).where(eq(failedIssueEvents.streamId, givenUpId))
+  t.match(givenUp!.payload, { type: 'issue', userId: 'given-up', claim: '1' })
+  const discarded = await app.inject({ method: 'POST', url: `/admin/failed-events/${givenUp!.id}/discard`, headers: admin })
+  t.equal(discarded.json().unitReturned, true)
+  t.equal(Number(await app.redis.get(k.stock)), stock + 1, 'the unit is back in stock')
+})
+
+t.test('a backlog is read in growing batches; after idle the loop starts small again and writes the first issue at once', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 2000 })
+  const k = app.keys.coupon(coupon.id)
+  await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'first' } })
+  // 1,499 more entries written straight to the stream (as the script writes them): a backlog of 1,500.
+  const pipeline = app.redis.pipeline()
+  for (let i = 2; i <= 1500; i++) pipeline.xadd(k.events, '*', 'e1', `i|backlog-${i}|1|${Date.now()}|`)
+  await pipeline.exec()
+  const consumer = testConsumer(t, app, 'grower', { batchSize: 1000, lingerMs: 50, blockMs: 100 })
+  const sizes: number[] = []
+  consumer.on('batch', ({ entries }) => sizes.push(entries))
+  consumer.start()
+  await waitFor(async () => consumer.stats.inserted === 1500, { what: 'the backlog to be written' })
+  t.same(sizes.slice(0, 4), [100, 200, 400, 800], 'each full read asks for twice as many')
+  t.equal(sizes.reduce((a, b) => a + b, 0), 1500)
+  t.ok(sizes.every((n) => n <= 1000), 'never more than CONSUMER_BATCH_SIZE')
+  // Idle now: the next issue is read by a blocking read and written without a linger.
+  await waitFor(async () => sizes.length > 0 && (await consumerGroupInfo(app.redis, k.events))?.pending === 0, { what: 'the backlog to be acknowledged' })
+  const batch = once(consumer, 'batch')
+  const response = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'after-idle' } })
+  t.equal(response.statusCode, 201)
+  const [outcome] = await batch
+  t.match(outcome, { entries: 1, inserted: 1 }, 'the first issue after idle is a batch of its own')
+  await consumer.stop()
 })

@@ -14,13 +14,14 @@ t.test('OpenAPI: valid, every route in it, every error status documented', async
     ['post', '/coupons', ['201', '400', '401', '403']],
     ['get', '/coupons', ['200', '401', '403']],
     ['get', '/coupons/{couponId}', ['200', '404']],
-    ['patch', '/coupons/{couponId}', ['200', '404', '409']],
+    ['patch', '/coupons/{couponId}', ['200', '404', '409', '503']],
     ['post', '/coupons/{couponId}/issues', ['201', '400', '401', '404', '409', '413', '422', '429', '503']],
-    ['delete', '/coupons/{couponId}/issues/{userId}', ['200', '404', '422']],
+    ['delete', '/coupons/{couponId}/issues/{userId}', ['200', '404', '422', '503']],
     ['get', '/coupons/{couponId}/issues/{userId}', ['200', '404']],
     ['get', '/users/{userId}/coupons', ['200']],
     ['get', '/admin/failed-events', ['200', '401', '403']],
     ['post', '/admin/failed-events/{id}/retry', ['200', '404', '422']],
+    ['get', '/admin/coupons/{couponId}/consistency', ['200', '400', '401', '403', '404', '503']],
     ['get', '/health', ['200']],
     ['get', '/ready', ['200', '503']],
     ['get', '/metrics', ['200']]
@@ -34,6 +35,11 @@ t.test('OpenAPI: valid, every route in it, every error status documented', async
   t.match(issue.responses['409'].description, /SOLD_OUT/)
   t.match(issue.responses['409'].description, /ALREADY_ISSUED/)
   t.match(issue.responses['503'].description, /BACKLOG_FULL/)
+  // Each script a client sets off has its own failure code, documented on its route only.
+  const scriptFailures = (operation: { responses: Record<string, { description: string }> }) => operation.responses['503']!.description.match(/\w+_SCRIPT_FAILED/g)
+  t.same(scriptFailures(issue), ['ISSUE_SCRIPT_FAILED'])
+  t.same(scriptFailures(spec.paths['/coupons/{couponId}/issues/{userId}'].delete), ['CANCEL_SCRIPT_FAILED'])
+  t.same(scriptFailures(spec.paths['/coupons/{couponId}'].patch), ['UPDATE_SCRIPT_FAILED'])
   const routesInApp = app.printRoutes({ commonPrefix: false })
   t.ok(routesInApp.includes('/docs'), 'the UI is served at /docs')
   const ui = await app.inject({ method: 'GET', url: '/docs/' })

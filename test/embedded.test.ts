@@ -1,6 +1,6 @@
 // With no DATABASE_URL the service runs on embedded Postgres (PGlite): the whole path must work there too.
 import t from 'tap'
-import { loadConfig } from '../src/config.js'
+import { describeRedis, loadConfig } from '../src/config.js'
 import { buildApp } from '../src/app.js'
 import { ADMIN_TOKEN, REDIS_URL, createCoupon, createTestDatabase, testApp, uniquePrefix, waitFor } from './helpers/env.js'
 import { couponIssues } from '../src/db/schema.js'
@@ -36,8 +36,23 @@ t.test('configuration is validated with a message that says what is wrong', asyn
   const generated = loadConfig({})
   t.ok(generated.adminTokenGenerated)
   t.ok(generated.adminToken.length >= 16, 'a random admin token for local runs')
-  t.match(generated, { redisUrl: 'redis://127.0.0.1:6379', redisUrlDefaulted: true }, 'no REDIS_URL: the local default, resolved once')
-  t.match(loadConfig({ REDIS_URL: 'redis://cache:6380' }), { redisUrl: 'redis://cache:6380', redisUrlDefaulted: false })
+  t.same(generated.redis, { kind: 'url', url: 'redis://127.0.0.1:6379', defaulted: true }, 'no REDIS_URL: the local default, resolved once')
+  t.same(loadConfig({ REDIS_URL: 'redis://cache:6380' }).redis, { kind: 'url', url: 'redis://cache:6380', defaulted: false })
+  t.same(loadConfig({ REDIS_SENTINELS: ' 10.0.0.5:26379, sentinel-b:26380,[::1]:26381 ', REDIS_SENTINEL_NAME: 'coupons' }).redis, {
+    kind: 'sentinel',
+    sentinels: [{ host: '10.0.0.5', port: 26379 }, { host: 'sentinel-b', port: 26380 }, { host: '::1', port: 26381 }],
+    name: 'coupons'
+  }, 'REDIS_SENTINELS: host:port list, IPv6 in brackets')
+  t.throws(() => loadConfig({ REDIS_URL: 'redis://cache:6380', REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_NAME: 'coupons' }),
+    { name: 'ConfigError', message: /REDIS_URL and REDIS_SENTINELS are both set/ }, 'exactly one way to reach Redis')
+  t.throws(() => loadConfig({ REDIS_SENTINELS: 's:26379' }), /REDIS_SENTINELS needs REDIS_SENTINEL_NAME/)
+  t.throws(() => loadConfig({ REDIS_SENTINEL_NAME: 'coupons' }), /REDIS_SENTINEL_NAME is set without REDIS_SENTINELS/)
+  for (const bad of ['s', 's:', 's:0', 's:65536', 's:26379,', 'a b:1', '::1:26379', 'redis://s:26379']) {
+    t.throws(() => loadConfig({ REDIS_SENTINELS: bad, REDIS_SENTINEL_NAME: 'coupons' }), { name: 'ConfigError', message: /is not host:port/ }, `REDIS_SENTINELS=${bad}`)
+  }
+  t.equal(describeRedis(loadConfig({ REDIS_SENTINELS: 's:26379,[::1]:26380', REDIS_SENTINEL_NAME: 'coupons' }).redis), 'Sentinel master "coupons" via s:26379,[::1]:26380')
+  t.equal(describeRedis(loadConfig({ REDIS_URL: 'redis://:secret@cache:6380/2' }).redis), 'redis://:***@cache:6380/2', 'no password in messages')
+  t.equal(describeRedis({ kind: 'url', url: 'not a url', defaulted: false }), 'not a url')
   t.same(loadConfig({ API_KEYS: ' a-key-1234567 ,, b-key-7654321 ' }).apiKeys, ['a-key-1234567', 'b-key-7654321'])
 })
 

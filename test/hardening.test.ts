@@ -9,7 +9,7 @@ import { persistEvents, recordFailedEvents } from '../src/db/queries/issues.js'
 import { computeCounters } from '../src/issuing/restore-counters.js'
 import { COMPLETE_MARKER } from '../src/redis/keys.js'
 import { updateCoupon } from '../src/redis/scripts.js'
-import type { IssueEvent, RevokeEvent } from '../src/stream/events.js'
+import { decodeEntry, fieldsToObject, isEvent, type IssueEvent, type RevokeEvent } from '../src/stream/events.js'
 import { admin, createCoupon, inParallel, testApp, testConsumer, waitFor, type TestApp } from './helpers/env.js'
 
 const issue = (app: TestApp, couponId: number, userId: string, headers: Record<string, string> = {}) =>
@@ -60,7 +60,7 @@ t.test('1: a change Redis applied but Postgres did not (a failure between the wr
   await issue(app, coupon.id, 'a')
   const k = app.keys.coupon(coupon.id)
   // The first attempt reached Redis, then the commit failed.
-  await updateCoupon(app.redis, k, { total: 20, startsAtMs: 0, endsAtMs: null })
+  await updateCoupon(app.redis, k, { total: 20, startsAtMs: 0, endsAtMs: null, paused: false })
   const again = await patch(app, coupon.id, { totalQuantity: 20 })
   t.equal(again.statusCode, 200)
   t.equal(again.json().totalQuantity, 20)
@@ -275,19 +275,23 @@ t.test('13: a parked issue can be discarded: its unit returns to stock, once, au
   const coupon = await createCoupon(app, { totalQuantity: 3 })
   const k = app.keys.coupon(coupon.id)
   for (const user of ['keep', 'parked', 'cancelled']) await issue(app, coupon.id, user)
+  const parkedUser = new Map<string, string>()
   const park = async (userId: string) => {
-    const [id, fields] = (await app.redis.xrange(k.events, '-', '+')).find(([, f]) => f.includes(userId) && f.includes('issue'))!
-    const payload: Record<string, string> = {}
-    for (let i = 0; i < fields.length; i += 2) payload[fields[i]!] = fields[i + 1]!
-    await recordFailedEvents(app.db, [{ streamKey: k.events, id, payload, error: 'test', deliveries: 6 }])
+    const [id, fields] = (await app.redis.xrange(k.events, '-', '+')).find(([id, f]) => {
+      const event = decodeEntry(k.events, coupon.id, id, f)
+      return isEvent(event) && event.type === 'issue' && event.userId === userId
+    })!
+    // Parked as the consumer parks a raw entry: its fields as a field/value object.
+    await recordFailedEvents(app.db, [{ streamKey: k.events, id, payload: fieldsToObject(fields), error: 'test', deliveries: 6 }])
+    parkedUser.set(id, userId)
     await app.redis.xdel(k.events, id)
   }
   t.equal(await app.redis.get(k.stock), '0')
   await park('parked')
   await park('cancelled')
   await cancel(app, coupon.id, 'cancelled')
-  const parked = (await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items as { id: number, payload: { userId: string } }[]
-  const idOf = (user: string) => parked.find((p) => p.payload.userId === user)!.id
+  const parked = (await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items as { id: number, streamId: string }[]
+  const idOf = (user: string) => parked.find((p) => parkedUser.get(p.streamId) === user)!.id
 
   const discarded = await app.inject({ method: 'POST', url: `/admin/failed-events/${idOf('parked')}/discard`, headers: admin, payload: { reason: 'order never existed' } })
   t.equal(discarded.statusCode, 200)

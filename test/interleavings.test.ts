@@ -1,6 +1,7 @@
 // Model-based interleaving test: fast-check generates batches of concurrent calls (issue, duplicate
 // issue, Idempotency-Key retries, cancel, cancel+re-claim pipelined on one socket, PATCH stock and
 // window, counters lost, consumers stopped/started, drains, the periodic tick) against the real service
+// (sold-out markers on, so SOLD_OUT answered from memory is judged by the same model)
 // over HTTP, one and two app instances on the same Redis and Postgres. After every batch the counters
 // must be what the answers imply; after a drain Postgres must hold every 201 once with its issuedAt,
 // exactly the cancelled claims revoked, and a counter rebuild must reproduce the live counters.
@@ -20,8 +21,11 @@ const replay = process.env.FUZZ_SEED === undefined
 
 const suites = [
   { instances: 1 as const, seed: 20251123, numRuns: 20, shrinkBudgetMs: 8_000 },
-  { instances: 2 as const, seed: 4242, numRuns: 12, shrinkBudgetMs: 8_000 }
+  { instances: 2 as const, seed: 4242, numRuns: 24, shrinkBudgetMs: 8_000 }
 ].filter((s) => replay === null || s.instances === replay.instances)
+
+/** per suite: SOLD_OUT answers given from a sold-out marker (the model judged those too) */
+const fromMemory: number[] = []
 
 for (const suite of suites) {
   t.test(`${suite.instances} instance(s): random interleavings keep every invariant`, async (t) => {
@@ -33,7 +37,7 @@ for (const suite of suites) {
       numRuns: suite.numRuns,
       ...(replay?.path ? { path: replay.path, endOnFailure: true } : {})
     })
-    const took = `${harness.runs} runs incl. shrinking, ${Date.now() - started} ms`
+    const took = `${harness.runs} runs incl. shrinking, ${Date.now() - started} ms, ${await harness.soldOutFromMemory()} SOLD_OUT answered from a sold-out marker`
     if (details.failed) {
       const report = formatFailure(details, `npm run fuzz -- --instances ${suite.instances}`)
       t.fail(`interleavings broke an invariant (seed ${seed}, path ${details.counterexamplePath}, ${suite.instances} instance(s), ${took})`,
@@ -41,5 +45,13 @@ for (const suite of suites) {
     } else {
       t.pass(`seed ${seed}, ${took}`)
     }
+    fromMemory.push(await harness.soldOutFromMemory())
+  })
+}
+
+// Tap runs these one after the other, so this one sees the counts of both suites above.
+if (replay === null) {
+  t.test('the runs reached the sold-out markers (their SOLD_OUT answers were judged by the model too)', async (t) => {
+    t.ok(fromMemory.reduce((a, b) => a + b, 0) > 0, `answered from memory per suite: ${fromMemory.join(', ')}`)
   })
 }

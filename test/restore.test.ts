@@ -5,6 +5,7 @@ import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
 import { computeCounters } from '../src/issuing/restore-counters.js'
 import { restoreCounters } from '../src/redis/scripts.js'
+import { decodeEntry, encodeEntry, fieldsToObject } from '../src/stream/events.js'
 import { createCoupon, inParallel, testApp, testConsumer } from './helpers/env.js'
 import type { FastifyInstance } from 'fastify'
 
@@ -78,7 +79,7 @@ t.test('the restore script refuses when the stream moved since it was read', asy
   const code = await restoreCounters(app.redis, k, {
     group: 'persisters',
     lastEntryId: '0-1',
-    values: { total: 3, perUserLimit: 1, startsAtMs: 0, endsAtMs: null, stock: 3, users: new Map(), idempotency: new Map(), lastCancels: new Map() }
+    values: { total: 3, perUserLimit: 1, startsAtMs: 0, endsAtMs: null, paused: false, stock: 3, users: new Map(), idempotency: new Map(), lastCancels: new Map() }
   })
   t.equal(code, 2, 'STREAM_MOVED')
   t.equal(await app.redis.exists(k.stock), 0, 'nothing written')
@@ -101,6 +102,25 @@ t.test('computeCounters: persisted rows plus stream events, claims and cancellat
   ])
   t.same(Object.fromEntries(state.users), { a: [1, 1], b: [1, 2], c: [1, 2] })
   t.equal(state.stock, 7)
+  // The same stream written by this version (v1 entries, no couponId: the stream names it), and half and half.
+  const v1 = (id: string, event: Parameters<typeof encodeEntry>[0]) => [id, encodeEntry(event)] as [string, string[]]
+  const v1Entries = [
+    v1('1000-0', { type: 'issue', userId: 'a', claim: 1, at: 1000 }),
+    v1('2000-0', { type: 'issue', userId: 'b', claim: 2, at: 2000 }),
+    v1('2100-0', { type: 'issue', userId: 'c', claim: 1, at: 2100 }),
+    v1('2200-0', { type: 'revoke', userId: 'c', units: 1, at: 2200, upToClaim: 1 }),
+    v1('2300-0', { type: 'issue', userId: 'c', claim: 2, at: 2300 })
+  ]
+  const persisted = [
+    { userId: 'a', claim: 1, createdAt: new Date(1000), revokedAt: null, streamId: '1000-0', idempotencyKey: null },
+    { userId: 'b', claim: 1, createdAt: new Date(1001), revokedAt: new Date(1500), streamId: '1001-0', idempotencyKey: null }
+  ]
+  const held = ({ users, stock }: typeof state) => ({ users: Object.fromEntries(users), stock })
+  const fromV1 = computeCounters(coupon, persisted, v1Entries)
+  t.same(held(fromV1), held(state), 'v1 entries give the same counters')
+  t.same(Object.fromEntries(fromV1.lastCancels), { c: [1, 2200] }, 'and the v1 cancel\'s upTo')
+  t.same(held(computeCounters(coupon, persisted, [entry('1000-0', { type: 'issue', userId: 'a', claim: 1, at: 1000 }), ...v1Entries.slice(1, 3),
+    entry('2200-0', { type: 'revoke', userId: 'c', units: 1, at: 2200 }), v1Entries[4]!])), held(state), 'and so does a stream of both formats')
   t.equal(computeCounters({ id: 7, totalQuantity: 1 }, [], [entry('1-0', { type: 'issue', userId: 'a', claim: 1, at: 1 }), entry('2-0', { type: 'issue', userId: 'b', claim: 1, at: 2 })]).stock, 0, 'never negative')
 })
 
@@ -123,8 +143,8 @@ t.test('a lost holders or claims hash triggers a rebuild; parked entries still c
   t.equal(await issue(app, coupon.id, 'h3'), 'issued')
   const { recordFailedEvents } = await import('../src/db/queries/issues.js')
   const entries = await app.redis.xrange(k.events, '-', '+')
-  const [h3Id, h3Fields] = entries.find(([, fields]) => fields.includes('h3'))!
-  await recordFailedEvents(app.db, [{ streamKey: k.events, id: h3Id, payload: Object.fromEntries(h3Fields.flatMap((v, i) => (i % 2 ? [] : [[v, h3Fields[i + 1]!]]))), error: 'test', deliveries: 1 }])
+  const [h3Id, h3Fields] = entries.find(([id, fields]) => (decodeEntry(k.events, coupon.id, id, fields) as { userId?: string }).userId === 'h3')!
+  await recordFailedEvents(app.db, [{ streamKey: k.events, id: h3Id, payload: fieldsToObject(h3Fields), error: 'test', deliveries: 1 }])
   await app.redis.xdel(k.events, h3Id)
   await app.redis.del(k.stock)
   t.equal(await issue(app, coupon.id, 'h4'), 'SOLD_OUT', 'h1, h2 and the parked h3 hold all three units')

@@ -161,3 +161,48 @@ t.test('Idempotency-Key: a retry replays the first outcome; the same key with an
   t.equal(cancel1.statusCode, 200)
   t.same(cancel2.json(), cancel1.json(), 'a retried cancel replays')
 })
+
+t.test('a cancel or a change that Redis refuses answers its own 503 code and changes nothing', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const k = app.keys.coupon(coupon.id)
+  const url = `/coupons/${coupon.id}`
+  t.equal((await app.inject({ method: 'POST', url: `${url}/issues`, payload: { userId: 'r1' } })).statusCode, 201)
+  // A key of the wrong type makes the script fail (WRONGTYPE) before its first write.
+  const breakKey = async (key: string) => {
+    await app.redis.rename(key, `${key}:saved`)
+    await app.redis.set(key, 'not what the script expects')
+    return async () => { await app.redis.del(key); await app.redis.rename(`${key}:saved`, key) }
+  }
+
+  let repair = await breakKey(k.events)
+  const cancel = { method: 'DELETE', url: `${url}/issues/r1`, headers: { 'idempotency-key': 'cancel-r1' } } as const
+  const refused = await app.inject(cancel)
+  t.equal(refused.statusCode, 503)
+  t.equal(refused.json().code, 'CANCEL_SCRIPT_FAILED')
+  t.equal(await app.redis.hget(k.holders, 'r1'), '1', 'the user still holds the unit')
+  t.equal(await app.redis.get(k.stock), '4', 'stock unchanged')
+  await repair()
+  const retried = await app.inject(cancel)
+  t.equal(retried.statusCode, 200, 'the retry with the same key cancels')
+  t.equal(retried.headers['idempotent-replayed'], undefined, 'it is the first cancel that happened, not a replay')
+
+  repair = await breakKey(k.meta)
+  const change = await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 9 } })
+  t.equal(change.statusCode, 503)
+  t.equal(change.json().code, 'UPDATE_SCRIPT_FAILED')
+  await repair()
+  const read = (await app.inject({ method: 'GET', url })).json()
+  t.same([read.totalQuantity, read.remaining], [5, 5], 'neither Postgres nor Redis took the new total')
+  t.equal((await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 9 } })).json().remaining, 9, 'the retry applies it')
+
+  // Counters missing and the rebuild's script refused (the discarded set has the wrong type): the cancel
+  // and the change still answer their own codes, not the issue's.
+  await app.redis.del(k.stock)
+  await app.redis.set(k.discarded, 'not a set')
+  t.equal((await app.inject({ method: 'DELETE', url: `${url}/issues/r1` })).json().code, 'CANCEL_SCRIPT_FAILED')
+  t.equal((await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 8 } })).json().code, 'UPDATE_SCRIPT_FAILED')
+  t.equal((await app.inject({ method: 'POST', url: `${url}/issues`, payload: { userId: 'r2' } })).json().code, 'ISSUE_SCRIPT_FAILED')
+  await app.redis.del(k.discarded)
+  t.equal((await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 8 } })).statusCode, 200, 'rebuilt and applied once the key is repaired')
+})

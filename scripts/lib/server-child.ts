@@ -17,7 +17,7 @@ const okBody = { type: 'object', required: ['ok'], properties: { ok: { type: 'bo
 
 async function baseline (config: Config, withRedis: boolean): Promise<FastifyInstance> {
   const fastify = Fastify(serverOptions(config))
-  const redis = withRedis ? await connectRedis(createRedis({ url: config.redisUrl, commandTimeoutMs: config.redisCommandTimeoutMs })) : null
+  const redis = withRedis ? await connectRedis(createRedis({ target: config.redis, commandTimeoutMs: config.redisCommandTimeoutMs })) : null
   if (redis) fastify.addHook('onClose', async () => { redis.disconnect() })
   fastify.post<{ Params: { couponId: number }, Body: { userId: string } }>('/coupons/:couponId/issues', {
     schema: {

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 import { isDeepStrictEqual } from 'node:util'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
-import { loadConfig, type Config } from '../../src/config.js'
+import { formatAddress, loadConfig, type Config, type RedisTarget } from '../../src/config.js'
 import type { ConsumerStats } from '../../src/persistence/consumer.js'
 import { distEntry } from './dist.js'
 import type { ServerMode } from './server-child.js'
@@ -39,6 +39,15 @@ export interface RunningServer {
 export interface ChildOptions {
   /** write a V8 CPU profile of the server into this directory (node --cpu-prof) */
   cpuProfDir?: string
+  /** extra V8/Node flags for the child (e.g. --max-semi-space-size=32), the same for every target of a run */
+  nodeFlags?: string[]
+}
+
+/** REDIS_URL or REDIS_SENTINELS + REDIS_SENTINEL_NAME, as loadConfig reads them back into config.redis. */
+function redisEnv (redis: RedisTarget): Record<string, string> {
+  return redis.kind === 'url'
+    ? { REDIS_URL: redis.defaulted ? '' : redis.url, REDIS_SENTINELS: '', REDIS_SENTINEL_NAME: '' }
+    : { REDIS_URL: '', REDIS_SENTINELS: redis.sentinels.map(formatAddress).join(','), REDIS_SENTINEL_NAME: redis.name }
 }
 
 /** The environment that makes `loadConfig` return this config (checked: a Config field missing here throws). */
@@ -49,7 +58,7 @@ export function configEnv (config: Config): Record<string, string> {
     HOST: config.host,
     LOG_LEVEL: config.logLevel,
     LOG_REQUESTS: String(config.logRequests),
-    REDIS_URL: config.redisUrlDefaulted ? '' : config.redisUrl,
+    ...redisEnv(config.redis),
     REDIS_PREFIX: config.redisPrefix,
     DATABASE_URL: config.databaseUrl,
     DATA_DIR: config.dataDir,
@@ -70,6 +79,9 @@ export function configEnv (config: Config): Record<string, string> {
     MAX_DELIVERIES: String(config.consumer.maxDeliveries),
     BACKLOG_CAP: String(config.backlogCap),
     IDEMPOTENCY_TTL_SECONDS: String(config.idempotencyTtlSeconds),
+    SOLD_OUT_MARKER_TTL_MS: String(config.soldOutMarkerTtlMs),
+    CONSISTENCY_CRON: config.consistencyCron,
+    CONSISTENCY_WATCH_MAX_HOLDERS: String(config.consistencyWatchMaxHolders),
     REDIS_COMMAND_TIMEOUT_MS: String(config.redisCommandTimeoutMs),
     SHUTDOWN_TIMEOUT_MS: String(config.shutdownTimeoutMs),
     REQUEST_TIMEOUT_MS: String(config.requestTimeoutMs),
@@ -99,9 +111,9 @@ function procRss (pid: number): number {
 }
 
 /** `node dist/server.js` with the config as its environment, ready once /health answers. */
-async function startBuiltServer (config: Config, { cpuProfDir }: ChildOptions): Promise<RunningServer> {
+async function startBuiltServer (config: Config, { cpuProfDir, nodeFlags = [] }: ChildOptions): Promise<RunningServer> {
   const port = await freePort()
-  const args = [...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : []), distEntry('server.js')]
+  const args = [...nodeFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : []), distEntry('server.js')]
   // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
   const child = spawn(process.execPath, args, {
     env: childEnv(configEnv({ ...config, port, host: '127.0.0.1' })),
@@ -133,9 +145,9 @@ async function startBuiltServer (config: Config, { cpuProfDir }: ChildOptions): 
 
 export async function startChildServer (mode: ServerMode, config: Config, options: ChildOptions = {}): Promise<RunningServer> {
   if (mode === 'app') return startBuiltServer(config, options)
-  const { cpuProfDir } = options
+  const { cpuProfDir, nodeFlags = [] } = options
   const entry = fileURLToPath(new URL('./server-child.ts', import.meta.url))
-  const execArgv = ['--import', 'tsx', ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])]
+  const execArgv = ['--import', 'tsx', ...nodeFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])]
   // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
   const child: ChildProcess = fork(entry, [mode, JSON.stringify(config)], { execArgv, env: childEnv(), stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
   let nextId = 0
@@ -192,7 +204,7 @@ export async function startConsumerProcess (config: Config): Promise<ConsumerPro
   const entry = distEntry('cli/consume.js')
   const env = childEnv({
     DATABASE_URL: config.databaseUrl,
-    REDIS_URL: config.redisUrl,
+    ...redisEnv(config.redis),
     REDIS_PREFIX: config.redisPrefix,
     // At least info: readiness is its 'consuming issue events' line (its log is discarded after that).
     LOG_LEVEL: ['silent', 'fatal', 'error', 'warn'].includes(config.logLevel) ? 'info' : config.logLevel,

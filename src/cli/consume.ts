@@ -13,7 +13,7 @@ import { startConsumer } from '../persistence/start-consumer.js'
 async function main (): Promise<void> {
   const config = loadConfig()
   const log = pino({ level: config.logLevel })
-  const redis = createRedis({ url: config.redisUrl, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush-consume' })
+  const redis = createRedis({ target: config.redis, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush-consume' })
   redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'))
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolSize: 2 })
   await connectRedis(redis)

@@ -1,6 +1,9 @@
 import { sql } from 'drizzle-orm'
 import { bigint, boolean, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core'
 
+/** percent: 0 < value <= 100; amount: value in the currency's minor units (cents), ISO 4217 currency */
+export type Discount = { type: 'percent', value: number } | { type: 'amount', value: number, currency: string }
+
 const moment = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
 
 export const coupons = pgTable('coupons', {
@@ -10,6 +13,12 @@ export const coupons = pgTable('coupons', {
   perUserLimit: integer('per_user_limit').notNull().default(1),
   startsAt: moment('starts_at').notNull().defaultNow(),
   endsAt: moment('ends_at'),
+  /** while true, issue requests answer 409 PAUSED (redemption and cancels go on) */
+  paused: boolean('paused').notNull().default(false),
+  /** what the coupon is worth at checkout, echoed so checkout needs no second lookup (routes/schemas.ts: discount) */
+  discount: jsonb('discount').$type<Discount>(),
+  /** the shop's own small key/value data about the campaign, echoed as given */
+  metadata: jsonb('metadata').$type<Record<string, string | number | boolean | null>>(),
   createdAt: moment('created_at').notNull().defaultNow(),
   updatedAt: moment('updated_at').notNull().defaultNow()
 }, (t) => [
@@ -37,7 +46,9 @@ export const couponIssues = pgTable('coupon_issues', {
   idempotencyKey: text('idempotency_key')
 }, (t) => [
   uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
-  index('coupon_issues_user').on(t.userId)
+  index('coupon_issues_user').on(t.userId),
+  // The winners list in issue order, page by page (keyset on created_at, id).
+  index('coupon_issues_coupon_created').on(t.couponId, t.createdAt, t.id)
 ])
 
 /**

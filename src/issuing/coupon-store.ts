@@ -10,7 +10,8 @@ import { DiscardCode, IssueCode, NEEDS_RESTORE, RevokeCode, UpdateCode } from '.
 import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
-import { issueRefusal, revokeRefusal } from './refusals.js'
+import { issueRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
+import { SoldOutMarkers } from './sold-out-markers.js'
 
 export interface Issued {
   couponId: number
@@ -21,6 +22,9 @@ export interface Issued {
   /** true when the outcome was replayed for a repeated Idempotency-Key */
   replayed: boolean
 }
+
+/** An issue request's outcome: the unit, or why not (losing outcomes are answers, not exceptions). */
+export type IssueResult = { issued: Issued, refusal?: never } | { issued?: never, refusal: Readonly<Refusal> }
 
 export interface Revoked {
   couponId: number
@@ -43,6 +47,8 @@ export interface CouponStoreOptions {
   keys: Keys
   backlogCap: number
   idempotencyTtlSeconds: number
+  /** the sold-out short-circuit; absent = off */
+  soldOutMarkers?: SoldOutMarkers
 }
 
 const RESTORE_ATTEMPTS = 3
@@ -65,13 +71,15 @@ export class CouponStore {
   readonly #couponKeys = new Map<number, CouponKeys>()
   /** Coupons whose stream was reactivated but could not be put back on the read list (Redis failed). */
   readonly #stranded = new Set<number>()
+  readonly soldOutMarkers: SoldOutMarkers
 
-  constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds }: CouponStoreOptions) {
+  constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds, soldOutMarkers = new SoldOutMarkers({ ttlMs: 0 }) }: CouponStoreOptions) {
     this.#redis = redis
     this.#db = db
     this.#keys = keys
     this.#backlogCap = backlogCap
     this.#idempotencyTtlSeconds = idempotencyTtlSeconds
+    this.soldOutMarkers = soldOutMarkers
   }
 
   /** The coupon's key names, built once per coupon instead of eight strings per request. */
@@ -85,15 +93,29 @@ export class CouponStore {
     return k
   }
 
-  /** Hands one unit of the coupon to the user or throws a catalog error saying why not. */
-  async issue (couponId: number, userId: string, idempotencyKey = ''): Promise<Issued> {
+  /**
+   * Hands one unit of the coupon to the user, or says why not (a Refusal). Throws a catalog error only
+   * when the outcome is not known or nothing could be decided (Redis, Postgres, a script failed).
+   */
+  async issue (couponId: number, userId: string, idempotencyKey = ''): Promise<IssueResult> {
+    const markers = this.soldOutMarkers
+    // A keyed request always asks Redis: its answer may have to be the replay of an earlier one.
+    const unkeyed = idempotencyKey === ''
+    if (unkeyed && markers.soldOut(couponId)) return { refusal: soldOutFromMemory(couponId) }
+    const ticket = markers.ticket()
     const k = this.#keysOf(couponId)
     const reply = await this.#runWithRestore(couponId, () => scripts.issue(this.#redis, k, {
       couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
     }))
-    if (reply.code !== IssueCode.ISSUED) throw issueRefusal(reply, couponId, userId)
+    if (reply.code !== IssueCode.ISSUED) {
+      // For SOLD_OUT the script returns endsAt in `at` and its clock in `count` (see issue.lua).
+      if (reply.code === IssueCode.SOLD_OUT && unkeyed && !reply.replayed) markers.markSoldOut(couponId, ticket, reply.at, reply.count)
+      const refusal = issueRefusal(reply, couponId, userId)
+      if (refusal instanceof Error) throw refusal
+      return { refusal }
+    }
     if (reply.reactivated) await this.#reactivate(couponId)
-    return { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed }
+    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed } }
   }
 
   /** Takes back every unit the user holds and returns them to stock. */
@@ -101,7 +123,7 @@ export class CouponStore {
     const k = this.#keysOf(couponId)
     const reply = await this.#runWithRestore(couponId, () => scripts.revoke(this.#redis, k, {
       couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds
-    }))
+    }), errors.CancelScriptFailed)
     if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
@@ -145,19 +167,23 @@ export class CouponStore {
     const k = this.#keysOf(couponId)
     for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
       // Outside the transaction: a rebuild takes the row in share mode and would wait for us.
-      await this.#ensureCounters(couponId)
+      await this.#ensureCounters(couponId).catch((err) => { throw asCallersFailure(err, errors.UpdateScriptFailed) })
       const result = await this.#db.transaction(async (tx) => {
         const current = await findCoupon(tx as unknown as Db, couponId, 'update')
         if (!current) throw new errors.CouponNotFound(couponId)
         const total = changes.totalQuantity ?? current.totalQuantity
         const startsAt = changes.startsAt ?? current.startsAt
         const endsAt = changes.endsAt === undefined ? current.endsAt : changes.endsAt
+        const paused = changes.paused ?? current.paused
         if (endsAt && endsAt.getTime() <= startsAt.getTime()) throw new errors.InvalidWindow()
-        const { code, issued } = await scripts.updateCoupon(this.#redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null })
-          .catch((err) => { throw redisFailure(err) })
+        const { code, issued } = await scripts.updateCoupon(this.#redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null, paused })
+          .catch((err) => { throw redisFailure(err, errors.UpdateScriptFailed) })
         if (code === UpdateCode.NEEDS_RESTORE) return null
         if (code === UpdateCode.STOCK_BELOW_ISSUED) throw new errors.StockBelowIssued(total, issued)
-        const coupon = (await updateCouponRow(tx as unknown as Db, couponId, { totalQuantity: total, startsAt, endsAt }))!
+        // Discount and metadata live in Postgres only; they ride along under the same lock.
+        const coupon = (await updateCouponRow(tx as unknown as Db, couponId, {
+          totalQuantity: total, startsAt, endsAt, paused, discount: changes.discount, metadata: changes.metadata
+        }))!
         return { coupon, remaining: total - issued }
       }).catch((err) => { throw databaseFailure(err) })
       if (result) return result
@@ -229,7 +255,7 @@ export class CouponStore {
     throw new errors.CouponNotFound(couponId)
   }
 
-  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>): Promise<R> {
+  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>, scriptFailed: errors.ScriptFailure = errors.IssueScriptFailed): Promise<R> {
     try {
       for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
         const reply = await run()
@@ -237,8 +263,17 @@ export class CouponStore {
         await this.#restore(couponId)
       }
     } catch (err) {
-      throw redisFailure(err)
+      throw asCallersFailure(err, scriptFailed)
     }
     throw new errors.Restoring(couponId)
   }
+}
+
+/**
+ * A counter rebuild is shared by every caller waiting for it and reports a refused script as
+ * ISSUE_SCRIPT_FAILED; a cancel or a change answers with its own code (the one its route documents).
+ */
+function asCallersFailure (err: unknown, ScriptFailed: errors.ScriptFailure): Error {
+  if (err instanceof errors.IssueScriptFailed && ScriptFailed !== errors.IssueScriptFailed) return new ScriptFailed({ cause: err })
+  return redisFailure(err, ScriptFailed)
 }

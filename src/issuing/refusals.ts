@@ -1,16 +1,54 @@
-// The one place where script reply codes become catalog errors (as BullMQ's finished-errors.ts does):
-// what the client sees for each way a script can say no.
+// The one place where script reply codes become what the client sees (as BullMQ's finished-errors.ts
+// does). The losing outcomes of an issue — most requests of a rush — are not thrown: they come back as
+// a Refusal whose body is already serialized, and the route sends it as is. Failures stay errors.
 import * as errors from '../errors.js'
+import { errorBody } from '../errors.js'
 import { IssueCode, RevokeCode, type Outcome } from '../redis/scripts.js'
 
-/** The error for an issue the script did not make (any code but ISSUED). */
-export function issueRefusal ({ code, at }: Outcome<IssueCode>, couponId: number, userId: string): Error {
+/** A losing answer to an issue request: status, code, and the JSON body ready to send. */
+export interface Refusal {
+  statusCode: number
+  code: string
+  body: string
+  /** answered from this process's sold-out marker, without asking Redis */
+  fromMemory: boolean
+}
+
+// Refusals that depend only on the coupon (and a window edge) are built once; keyed by code, coupon and
+// edge, bounded because coupon ids come from clients. Shared objects: never modified.
+const CACHE_LIMIT = 10_000
+const cache = new Map<string, Readonly<Refusal>>()
+
+function refusal (err: Error & { code: string, statusCode: number }, fromMemory = false): Readonly<Refusal> {
+  return { statusCode: err.statusCode, code: err.code, body: JSON.stringify(errorBody(err, err.statusCode)), fromMemory }
+}
+
+function cached (key: string, make: () => Readonly<Refusal>): Readonly<Refusal> {
+  let answer = cache.get(key)
+  if (answer === undefined) {
+    if (cache.size >= CACHE_LIMIT) cache.clear()
+    cache.set(key, answer = make())
+  }
+  return answer
+}
+
+const soldOut = (couponId: number) => cached(`SOLD_OUT:${couponId}`, () => refusal(new errors.SoldOut(couponId)))
+
+/** SOLD_OUT answered from the sold-out marker (sold-out-markers.ts), without asking Redis. */
+export const soldOutFromMemory = (couponId: number) => cached(`SOLD_OUT*:${couponId}`, () => refusal(new errors.SoldOut(couponId), true))
+
+/**
+ * What the client gets for an issue the script did not make (any code but ISSUED): a Refusal for the
+ * losing outcomes, an error (thrown by the caller) for anything else.
+ */
+export function issueRefusal ({ code, at }: Outcome<IssueCode>, couponId: number, userId: string): Readonly<Refusal> | Error {
   switch (code) {
-    case IssueCode.ALREADY_ISSUED: return new errors.AlreadyIssued(userId, couponId, at)
-    case IssueCode.SOLD_OUT: return new errors.SoldOut(couponId)
-    case IssueCode.NOT_STARTED: return new errors.NotStarted(couponId, new Date(at).toISOString())
-    case IssueCode.ENDED: return new errors.Ended(couponId, new Date(at).toISOString())
-    case IssueCode.BACKLOG_FULL: return new errors.BacklogFull(couponId)
+    case IssueCode.ALREADY_ISSUED: return refusal(new errors.AlreadyIssued(userId, couponId, at))
+    case IssueCode.SOLD_OUT: return soldOut(couponId)
+    case IssueCode.NOT_STARTED: return cached(`NOT_STARTED:${couponId}:${at}`, () => refusal(new errors.NotStarted(couponId, new Date(at).toISOString())))
+    case IssueCode.ENDED: return cached(`ENDED:${couponId}:${at}`, () => refusal(new errors.Ended(couponId, new Date(at).toISOString())))
+    case IssueCode.PAUSED: return cached(`PAUSED:${couponId}`, () => refusal(new errors.Paused(couponId)))
+    case IssueCode.BACKLOG_FULL: return cached(`BACKLOG_FULL:${couponId}`, () => refusal(new errors.BacklogFull(couponId)))
     case IssueCode.IDEMPOTENCY_KEY_REUSED: return new errors.IdempotencyKeyReused()
     default: return new errors.IssueScriptFailed()
   }
@@ -21,6 +59,6 @@ export function revokeRefusal ({ code }: Outcome<RevokeCode>, couponId: number, 
   switch (code) {
     case RevokeCode.NOT_HELD: return new errors.IssueNotFound(userId, couponId)
     case RevokeCode.IDEMPOTENCY_KEY_REUSED: return new errors.IdempotencyKeyReused()
-    default: return new errors.IssueScriptFailed()
+    default: return new errors.CancelScriptFailed()
   }
 }

@@ -141,7 +141,7 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps,
       return await fromRedis(installCounters(redis, k, {
         group: CONSUMER_GROUP,
         lastEntryId,
-        values: { total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, ...state }
+        values: { total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, paused: coupon.paused, ...state }
       }))
     }).catch((err) => { throw databaseFailure(err) })
     if (code === null) return false

@@ -11,6 +11,8 @@ export interface Batch {
   ids: Map<string, string[]>
   events: CouponEvent[]
   poison: FailedEntry[]
+  /** how long the loop waits before its next read, set by a fresh read (ReadSize in consumer.ts); absent = none */
+  lingerMs?: number
 }
 
 export interface DecodeOptions {
@@ -67,4 +69,55 @@ export function countPerCoupon (batch: Batch, couponIdOfStream: (stream: string)
     into[couponId] = (into[couponId] ?? 0) + ids.length
   }
   return into
+}
+
+/** The read COUNT after idle (batchSize when that is smaller); see ReadSize. */
+export const FIRST_READ_COUNT = 100
+
+/**
+ * How many entries the loop asks for, and whether it lingers before asking again. No fixed batch size:
+ *   - COUNT starts at FIRST_READ_COUNT after idle and doubles each time a read comes back full (a
+ *     backlog), up to batchSize (CONSUMER_BATCH_SIZE). A backlog is thus written in batches that grow to
+ *     the largest (cheapest per entry) size within a few reads, while the first rows of a rush that
+ *     starts after idle go out in small statements instead of waiting behind a large one.
+ *   - A read that comes back empty means idle: COUNT drops back to the start, and the next read blocks.
+ *     Nothing lingers before the first batch after idle, so an issue at idle reaches Postgres at once.
+ *   - After a batch that did not fill its read (small, but not empty: the loop keeps up), the next read
+ *     waits lingerMs (CONSUMER_LINGER_MS), overlapping the write, so a steady rush is written in fewer,
+ *     larger batches. After a full batch there is a backlog: read on at once (and with a larger COUNT).
+ * Entries stay pending in the group while they wait either way; nothing here decides what is acknowledged.
+ */
+export class ReadSize {
+  readonly #first: number
+  readonly #max: number
+  readonly #lingerMs: number
+  #count: number
+
+  constructor (maxCount: number, lingerMs: number) {
+    this.#max = maxCount
+    this.#first = Math.min(FIRST_READ_COUNT, maxCount)
+    this.#count = this.#first
+    this.#lingerMs = lingerMs
+  }
+
+  /** the COUNT of the next read */
+  get count (): number {
+    return this.#count
+  }
+
+  /**
+   * Takes in what a read of `count` returned (entries of its largest stream, as COUNT applies per
+   * stream; 0 = nothing) and says how long to wait before the next read.
+   */
+  read (largestShare: number, count: number = this.#count): number {
+    if (largestShare === 0) {
+      this.#count = this.#first
+      return 0
+    }
+    if (largestShare >= count) {
+      this.#count = Math.min(this.#max, Math.max(this.#count, count * 2))
+      return 0
+    }
+    return this.#lingerMs
+  }
 }

@@ -11,7 +11,7 @@ import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { ackAndTrim } from '../redis/scripts.js'
-import { countPerCoupon, largestStreamShare, mergeBatches, toBatch, type Batch, type StreamReply } from './batch.js'
+import { countPerCoupon, largestStreamShare, mergeBatches, ReadSize, toBatch, type Batch, type StreamReply } from './batch.js'
 import { StreamMaintenance } from './maintenance.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
@@ -23,8 +23,9 @@ export interface ConsumerOptions {
   db: Db
   keys: Keys
   log: FastifyBaseLogger
+  /** the largest read COUNT (per stream); the loop starts lower and grows toward it while reads come back full */
   batchSize: number
-  /** pause before reading again after a batch smaller than batchSize; 0 = read on at once */
+  /** the longest pause before reading again after a batch that did not fill its read; 0 = read on at once */
   lingerMs: number
   blockMs: number
   reclaimMinIdleMs: number
@@ -49,7 +50,6 @@ export interface DrainReport {
 
 const STREAM_LIST_TTL_MS = 1000
 const MAX_BACKOFF_MS = 5000
-
 function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T | null> {
   if (signal.aborted) return promise
   return new Promise((resolve, reject) => {
@@ -62,13 +62,24 @@ function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T
 /** What the consumer tells listeners (metrics, tests: `await once(consumer, 'batch')`). */
 export interface ConsumerEvents {
   /** a batch was committed (not yet acknowledged) */
-  batch: [outcome: BatchOutcome & { entries: number }]
+  batch: [outcome: BatchOutcome & { entries: number, lagMsByCoupon: Map<number, number> }]
   /** entries were parked in failed_issue_events */
   parked: [entries: FailedEntry[]]
   /** a round failed; the loop waits this long and retries the same batch */
   backoff: [failure: { error: unknown, retryInMs: number, what: string }]
   /** abandoned entries were claimed and persisted (per coupon), or found deleted while pending */
   reclaimed: [reclaim: { perCoupon: Record<string, number>, deletedWhilePending: number }]
+}
+
+/** Per coupon: how long after its issue the batch's oldest event was committed (local clock against Redis's, so approximate). */
+function lagByCoupon (batch: Batch): Map<number, number> {
+  const now = Date.now()
+  const lag = new Map<number, number>()
+  for (const event of batch.events) {
+    const ms = now - event.at
+    if (ms > (lag.get(event.couponId) ?? -1)) lag.set(event.couponId, ms)
+  }
+  return lag
 }
 
 export function defaultConsumerName () {
@@ -83,6 +94,7 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   readonly #o: ConsumerOptions
   readonly #persister: PersistBatch
   readonly #decoding: { couponIdOfStream: (stream: string) => number | null, maxDeliveries: number }
+  readonly #size: ReadSize
   #streams: string[] = []
   #streamsReadAt = 0
   #abort = new AbortController()
@@ -101,6 +113,7 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
     this.maintenance = new StreamMaintenance(options, () => { this.#streamsReadAt = 0 })
     this.name = options.name ?? defaultConsumerName()
     this.#persister = new PersistBatch(options.db)
+    this.#size = new ReadSize(options.batchSize, options.lingerMs)
     this.#decoding = { couponIdOfStream: options.keys.couponIdOfStream, maxDeliveries: options.maxDeliveries }
     // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
     // clients from 1 again) the old id may name somebody else's blocked client, which stop() would unblock.
@@ -241,10 +254,9 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
         // Persist the batch in hand while the next read (and the previous batch's ack) is on its way.
         // Only while persisting works: after a failure the batch is retried alone, so a dead database
         // does not make this consumer take more and more entries it cannot write.
-        // A batch below the batch size means the consumer is keeping up: linger before the next read so
-        // a steady trickle is written in fewer, larger batches (each batch costs the web process a read,
-        // an insert and an ack whatever its size). A full batch means a backlog: read on at once.
-        const linger = this.#o.lingerMs > 0 && largestStreamShare(inHand) < this.#o.batchSize ? this.#o.lingerMs : 0
+        // The read size decides the linger (ReadSize): each batch costs the web process a read, an insert
+        // and an ack whatever its size, so a loop that keeps up waits a little to write fewer, larger ones.
+        const linger = inHand.lingerMs ?? 0
         const readAhead = signal.aborted || this.#failures > 0
           ? Promise.resolve(null)
           : (linger > 0 ? sleep(linger, undefined, { signal }).catch(() => {}) : Promise.resolve()).then(() => this.#read(0, signal))
@@ -299,7 +311,7 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
       this.#o.log.warn({ failed: outcome.failed }, 'entries parked in failed_issue_events')
       this.emit('parked', outcome.parked)
     }
-    this.emit('batch', { ...outcome, entries: batch.events.length + batch.poison.length })
+    this.emit('batch', { ...outcome, entries: batch.events.length + batch.poison.length, lagMsByCoupon: lagByCoupon(batch) })
     return outcome
   }
 
@@ -339,13 +351,19 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
       if (own) return own
     }
     const block = blockMs ? ['BLOCK', blockMs] : []
+    const count = this.#size.count
     const read = (conn.xreadgroup as (...args: (string | number)[]) => Promise<unknown>)('GROUP', CONSUMER_GROUP, this.name,
-      'COUNT', this.#o.batchSize, ...block, 'STREAMS', ...streams, ...streams.map(() => '>')) as Promise<StreamReply | null>
+      'COUNT', count, ...block, 'STREAMS', ...streams, ...streams.map(() => '>')) as Promise<StreamReply | null>
     // While Redis is down the read waits for the reconnect; stopping must not wait with it. Entries a
     // read abandoned this way stay pending in the group and are reclaimed.
     const reply = signal ? await abandonOnAbort(read, signal) : await read
-    if (!reply) return null
-    return toBatch(reply, this.#decoding)
+    if (!reply) {
+      this.#size.read(0)
+      return null
+    }
+    const batch = toBatch(reply, this.#decoding)
+    batch.lingerMs = this.#size.read(largestStreamShare(batch), count)
+    return batch
   }
 
   /** One page of our own pending entries (history read, never blocks); null once there are none left. */

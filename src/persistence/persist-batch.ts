@@ -4,7 +4,7 @@
 import { driverError, type Db } from '../db/client.js'
 import { existingCouponIds } from '../db/queries/coupons.js'
 import { persistEvents, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
-import type { CouponEvent, IssueEvent, RevokeEvent } from '../stream/events.js'
+import { eventPayload, type CouponEvent, type IssueEvent, type RevokeEvent } from '../stream/events.js'
 
 export interface BatchOutcome {
   /** new rows in coupon_issues */
@@ -90,7 +90,7 @@ export class PersistBatch {
   }
 }
 
+/** A decoded event to park, stored as a v0 payload (events.ts) so that a retry or discard decodes it whole. */
 export function toFailed (event: CouponEvent, error: string, deliveries: number): FailedEntry {
-  const { streamKey, id, ...fields } = event
-  return { streamKey, id, payload: Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, String(v)])), error, deliveries }
+  return { streamKey: event.streamKey, id: event.id, payload: eventPayload(event), error, deliveries }
 }

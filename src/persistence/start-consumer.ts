@@ -6,6 +6,7 @@ import type { Config } from '../config.js'
 import type { Db } from '../db/client.js'
 import { connectRedis, createRedis } from '../redis/client.js'
 import type { Keys } from '../redis/keys.js'
+import { CampaignStats } from '../issuing/campaign-stats.js'
 import { IssueEventConsumer } from './consumer.js'
 import { scheduleMaintenance, type MaintenanceOptions } from './maintenance.js'
 
@@ -29,10 +30,14 @@ export interface RunningConsumer {
 
 /** Connects the blocking connection and wires the consumer and its maintenance; start() runs the loop. */
 export async function startConsumer ({ config, redis, db, keys, log, strandedCoupons }: StartConsumerOptions): Promise<RunningConsumer> {
-  const blockingRedis = createRedis({ url: config.redisUrl, blocking: true, name: 'couponrush-consumer' })
+  const blockingRedis = createRedis({ target: config.redis, blocking: true, name: 'couponrush-consumer' })
   blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   await connectRedis(blockingRedis)
   const consumer = new IssueEventConsumer({ redis, blockingRedis, db, keys, log, ...config.consumer })
+  // The worst persistence lag per campaign, for GET /admin/coupons/:id/stats (flushed once a second).
+  const lagStats = new CampaignStats(redis, keys)
+  consumer.on('batch', ({ lagMsByCoupon }) => { for (const [couponId, ms] of lagMsByCoupon) lagStats.noteLag(couponId, ms) })
+  const flushTimer = setInterval(() => { lagStats.flush().catch(() => {}) }, 1000).unref()
   const schedule = scheduleMaintenance(consumer, config.consumer.reclaimCron, log, {
     strandedCoupons,
     idempotencyTtlMs: config.idempotencyTtlSeconds * 1000
@@ -43,6 +48,8 @@ export async function startConsumer ({ config, redis, db, keys, log, strandedCou
     async stop () {
       await schedule.destroy()
       await consumer.stop()
+      clearInterval(flushTimer)
+      await lagStats.flush()
       blockingRedis.disconnect()
     }
   }

@@ -1,11 +1,18 @@
 import fp from 'fastify-plugin'
 import { CouponStore } from '../issuing/coupon-store.js'
+import { CampaignStats } from '../issuing/campaign-stats.js'
+import { followStockReturns, SoldOutMarkers } from '../issuing/sold-out-markers.js'
 import { databaseId } from '../db/queries/coupons.js'
 import type { Config } from '../config.js'
+
+/** How often this instance adds what it counted to the shared statistics. */
+const STATS_FLUSH_MS = 1000
 
 declare module 'fastify' {
   interface FastifyInstance {
     couponStore: CouponStore
+    /** this instance's share of the campaign statistics, added to Redis once a second */
+    campaignStats: CampaignStats
   }
 }
 
@@ -17,11 +24,26 @@ export default fp(async function couponStorePlugin (fastify, { config }: { confi
     throw new Error(`Redis keys under REDIS_PREFIX "${config.redisPrefix}" belong to another database (${bound}, this one is ${id}). ` +
       'Use a different REDIS_PREFIX for this database, or delete those keys if that database is gone.')
   }
+  const soldOutMarkers = new SoldOutMarkers({ ttlMs: config.soldOutMarkerTtlMs })
+  const unfollow = await followStockReturns(fastify.redis, fastify.keys.stockReturned, soldOutMarkers, fastify.log)
+  fastify.addHook('onClose', unfollow)
   fastify.decorate('couponStore', new CouponStore({
     redis: fastify.redis,
     db: fastify.db,
     keys: fastify.keys,
     backlogCap: config.backlogCap,
-    idempotencyTtlSeconds: config.idempotencyTtlSeconds
+    idempotencyTtlSeconds: config.idempotencyTtlSeconds,
+    soldOutMarkers
   }))
+
+  const campaignStats = new CampaignStats(fastify.redis, fastify.keys)
+  fastify.decorate('campaignStats', campaignStats)
+  let flushing: Promise<void> = Promise.resolve()
+  const timer = setInterval(() => { flushing = flushing.then(() => campaignStats.flush()) }, STATS_FLUSH_MS).unref()
+  // Registered after the redis plugin's hook, so it runs before the connection closes.
+  fastify.addHook('onClose', async () => {
+    clearInterval(timer)
+    await flushing
+    await campaignStats.flush()
+  })
 }, { name: 'coupon-store', dependencies: ['redis', 'database'] })

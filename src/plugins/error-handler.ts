@@ -6,18 +6,12 @@ import type { Socket } from 'node:net'
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isDatabaseUnreachable } from '../db/client.js'
-import { DatabaseUnavailable, HeadersTooLarge, InvalidUrl, MalformedRequest, RequestTimeout, UnsupportedMediaType, UriTooLong } from '../errors.js'
+import { DatabaseUnavailable, errorBody as bodyOf, type ErrorBody, HeadersTooLarge, InvalidUrl, MalformedRequest, RequestTimeout, UnsupportedMediaType, UriTooLong } from '../errors.js'
 
 /** The router answers 414 URI_TOO_LONG above this many characters in one (decoded) path segment. */
 export const MAX_PARAM_LENGTH = 1024
 
-interface ErrorBody { statusCode: number, code: string, error: string, message: string }
-
 const internalError: ErrorBody = { statusCode: 500, code: 'INTERNAL_ERROR', error: STATUS_CODES[500]!, message: 'Something went wrong on our side; it has been logged. Retry later.' }
-
-function bodyOf (err: { code?: string, message: string }, statusCode: number): ErrorBody {
-  return { statusCode, code: err.code ?? `HTTP_${statusCode}`, error: STATUS_CODES[statusCode] ?? 'Error', message: err.message }
-}
 
 /** Fastify's own errors that have a catalog code of ours. */
 function fromFramework (err: FastifyError): FastifyError {
@@ -74,7 +68,7 @@ export default fp(async function errorHandlerPlugin (fastify) {
     if (isDatabaseUnreachable(thrown)) {
       request.log.error({ err: thrown }, 'database unreachable')
       const unavailable = new DatabaseUnavailable()
-      return reply.status(503).send({ statusCode: 503, code: unavailable.code, error: STATUS_CODES[503], message: unavailable.message })
+      return reply.status(503).send(bodyOf(unavailable, 503))
     }
     const err = fromFramework(thrown)
     const statusCode = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500

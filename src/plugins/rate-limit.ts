@@ -25,8 +25,10 @@ export default fp(async function rateLimitPlugin (fastify, { config }: { config:
         redis: fastify.redis,
         nameSpace: fastify.keys.rateLimit,
         skipOnError: true,
-        errorResponseBuilder: (_request, context) => {
+        errorResponseBuilder: (request, context) => {
           fastify.metrics?.countIssueOutcome('RATE_LIMITED')
+          const { couponId } = request.params as { couponId?: number }
+          if (typeof couponId === 'number') fastify.campaignStats.countRejection(couponId, 'RATE_LIMITED')
           return {
             statusCode: 429,
             code: 'RATE_LIMITED',

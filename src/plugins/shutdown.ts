@@ -15,11 +15,11 @@
 //      idle connections are closed; connections with a request in flight close after its answer;
 //   4. at half of SHUTDOWN_TIMEOUT_MS requests still in flight are answered 503 SHUTTING_DOWN and every
 //      connection is closed, leaving the rest of the deadline to the consumer's batch and the stores.
-import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { Server as NetServer } from 'node:net'
 import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
-import { ShuttingDown } from '../errors.js'
+import { errorBody, ShuttingDown } from '../errors.js'
 
 /** How long idle keep-alive connections stay open after the close starts, for requests already under way. */
 export const IDLE_GRACE_MS = 500
@@ -30,7 +30,7 @@ const openConnections = (server: Server) => new Promise<number>((resolve) => ser
 
 function shuttingDownBody () {
   const err = new ShuttingDown()
-  return JSON.stringify({ statusCode: 503, code: err.code, error: STATUS_CODES[503], message: err.message })
+  return JSON.stringify(errorBody(err, 503))
 }
 
 interface DrainOptions {

@@ -1,9 +1,11 @@
 // Redis connections with this service's Lua scripts defined as commands.
 import { Redis, type RedisOptions } from 'ioredis'
+import type { RedisTarget } from '../config.js'
 import { defineScripts } from './scripts.js'
 
 export interface RedisConnectOptions {
-  url: string
+  /** config.redis: a URL, or Sentinels that name the current master */
+  target: RedisTarget
   /** Fail a command after this long instead of hanging (not for blocking reads). */
   commandTimeoutMs?: number
   /** The connection for blocking XREADGROUP: must not share a socket with anything else. */
@@ -11,7 +13,8 @@ export interface RedisConnectOptions {
   name?: string
 }
 
-export function createRedis ({ url, commandTimeoutMs, blocking = false, name }: RedisConnectOptions): Redis {
+/** Every connection of the service is made here, to the one Redis (or Sentinel-managed master) config.redis names. */
+export function createRedis ({ target, commandTimeoutMs, blocking = false, name }: RedisConnectOptions): Redis {
   const options: RedisOptions = {
     lazyConnect: true,
     connectionName: name,
@@ -22,9 +25,42 @@ export function createRedis ({ url, commandTimeoutMs, blocking = false, name }: 
     commandTimeout: blocking ? undefined : commandTimeoutMs,
     retryStrategy: (attempt) => Math.min(50 * attempt, 1000)
   }
-  const redis = new Redis(url, options)
+  const redis = target.kind === 'url'
+    ? new Redis(target.url, options)
+    : new Redis({ ...options, ...sentinelOptions(target) })
   defineScripts(redis)
+  releaseSentinelsOnEnd(redis)
   return redis
+}
+
+/**
+ * ioredis's quit() ends the connection but not the failover detector's subscriptions to the sentinels,
+ * which then reconnect forever (and keep a closing process alive): end them with the connection.
+ * For every Sentinel-mode connection, duplicates included; nothing to do for a URL.
+ */
+export function releaseSentinelsOnEnd (redis: Redis): void {
+  if (redis.options.sentinels) redis.on('end', () => redis.disconnect())
+}
+
+/**
+ * Sentinel mode: every (re)connect asks the sentinels for the current master (role master is ioredis's
+ * default) and checks the ROLE of the server it reaches, so after a failover the connections, the
+ * blocking reader and the sold-out subscriber (a duplicate()) follow the new master on their own.
+ */
+function sentinelOptions (target: Extract<RedisTarget, { kind: 'sentinel' }>): RedisOptions {
+  return {
+    sentinels: target.sentinels,
+    name: target.name,
+    // All sentinels unreachable: keep asking, at most a second apart, like retryStrategy (never give up:
+    // Redis out of reach is a 503 per request, not a dead process).
+    sentinelRetryStrategy: (attempt) => Math.min(100 * attempt, 1000),
+    // Subscribe to +switch-master on the sentinels and reconnect the moment they promote a replica,
+    // instead of writing to a demoted (or partitioned) old master until its connection breaks.
+    failoverDetector: true,
+    // A write that reaches a demoted master is refused (READONLY, nothing ran; the request gets its
+    // 503): reconnect, which asks the sentinels again, instead of staying on a replica.
+    reconnectOnError: (err) => err.message.startsWith('READONLY') ? 1 : false
+  }
 }
 
 /** Resolves once the connection is ready; rejects with the connection error otherwise. */

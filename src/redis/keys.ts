@@ -11,6 +11,10 @@ export const CONSUMER_GROUP = 'persisters'
 export const COMPLETE_MARKER = '#'
 
 export interface CouponKeys {
+  /** the coupon id these keys belong to, as the scripts publish it */
+  couponId: string
+  /** pub/sub channel (one per prefix, not a key): coupon ids whose stock may have come back */
+  stockReturned: string
   /** hash: total, perUserLimit, startsAt (ms), endsAt (ms or '') */
   meta: string
   /** string integer: units still available */
@@ -29,13 +33,23 @@ export interface CouponKeys {
   discarded: string
   /** string: short lock while one request rebuilds the counters */
   restoreLock: string
+  /**
+   * hash: campaign statistics that survive a counter rebuild: issued, revoked, discarded (units, cumulative),
+   * firstIssuedAt, soldOutAt (ms, first time), rejected:<CODE>, peakPerSecond, lagWorstMs (src/issuing/campaign-stats.ts)
+   */
+  stats: string
+  /** prefix of the per-second issue counters (`<prefix><unix second>`, expiring), for the peak rate */
+  perSecond: string
 }
 
 export function createKeys (prefix: string) {
   const couponKey = (couponId: number | string, part: string) => `${prefix}coupon:{${couponId}}:${part}`
+  const stockReturned = `${prefix}stock-returned`
   return {
     coupon (couponId: number | string): CouponKeys {
       return {
+        couponId: String(couponId),
+        stockReturned,
         meta: couponKey(couponId, 'meta'),
         stock: couponKey(couponId, 'stock'),
         holders: couponKey(couponId, 'holders'),
@@ -44,7 +58,9 @@ export function createKeys (prefix: string) {
         idempotency: couponKey(couponId, 'idempotency'),
         revoked: couponKey(couponId, 'revoked'),
         discarded: couponKey(couponId, 'discarded'),
-        restoreLock: couponKey(couponId, 'restore-lock')
+        restoreLock: couponKey(couponId, 'restore-lock'),
+        stats: couponKey(couponId, 'stats'),
+        perSecond: couponKey(couponId, 'second:')
       }
     },
     /** SCAN pattern matching every coupon's events stream under this prefix */
@@ -53,6 +69,11 @@ export function createKeys (prefix: string) {
     databaseId: `${prefix}database-id`,
     /** set of coupon ids whose event streams the consumer reads */
     activeCoupons: `${prefix}active-coupons`,
+    /**
+     * pub/sub channel: revoke, updateCoupon, discardIssue and a full restoreCounters publish the coupon id
+     * here, so every instance drops its sold-out marker (src/issuing/sold-out-markers.ts)
+     */
+    stockReturned,
     /** prefix for @fastify/rate-limit counters */
     rateLimit: `${prefix}rate:`,
     /** Parses the coupon id back out of an events stream key. */

@@ -9,14 +9,16 @@ const read = (path: string) => readFileSync(new URL(`./scripts/${path}`, import.
 // `-- @include x.lua` lines are replaced by scripts/includes/x.lua, so scripts share helpers (as BullMQ does).
 const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include (\S+)$/gm, (_, file: string) => read(`includes/${file}`))
 
+/** Script name -> number of keys; null = the caller passes the count first (a variable number of keys). */
 const SCRIPTS = {
-  issue: 6,
-  revoke: 7,
+  issue: 7,
+  revoke: 8,
   restoreCounters: 8,
   updateCoupon: 2,
   ackAndTrim: 1,
   markDormant: 2,
-  discardIssue: 5
+  discardIssue: 6,
+  recordStats: null
 } as const
 
 type Arg = string | number
@@ -31,15 +33,16 @@ declare module 'ioredis' {
     ackAndTrim (...keysThenArgs: Arg[]): Result<[acked: number, trimmed: number], Context>
     markDormant (...keysThenArgs: Arg[]): Result<number, Context>
     discardIssue (...keysThenArgs: Arg[]): Result<number, Context>
+    recordStats (numberOfKeys: number, ...keysThenArgs: Arg[]): Result<number, Context>
   }
 }
 
 /** Defines every script as a command on the connection (EVALSHA, loaded on first use). */
 export function defineScripts (redis: Redis): void {
-  for (const [name, numberOfKeys] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: scriptSource(name), numberOfKeys })
+  for (const [name, numberOfKeys] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: scriptSource(name), ...(numberOfKeys === null ? {} : { numberOfKeys }) })
 }
 
-export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8 } as const
 export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, IDEMPOTENCY_KEY_REUSED: 7 } as const
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
@@ -80,7 +83,7 @@ export interface IssueArgs {
 }
 
 export async function issue (redis: Redis, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
-  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency,
+  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats,
     a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
 }
 
@@ -92,8 +95,8 @@ export interface RevokeArgs {
 }
 
 export async function revoke (redis: Redis, k: CouponKeys, a: RevokeArgs): Promise<Outcome<RevokeCode>> {
-  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked,
-    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds))
+  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.stats,
+    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, k.stockReturned))
 }
 
 export interface CounterValues {
@@ -101,6 +104,7 @@ export interface CounterValues {
   perUserLimit: number
   startsAtMs: number
   endsAtMs: number | null
+  paused: boolean
   stock: number
   /** userId -> [units held now, last claim number] */
   users: Map<string, [number, number]>
@@ -119,7 +123,8 @@ export interface RestoreArgs {
 
 export async function restoreCounters (redis: Redis, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
   const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded,
-    group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size]
+    group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
+    k.stockReturned, k.couponId, v.paused ? '1' : '']
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
@@ -130,10 +135,11 @@ export interface UpdateArgs {
   total: number
   startsAtMs: number
   endsAtMs: number | null
+  paused: boolean
 }
 
 export async function updateCoupon (redis: Redis, k: CouponKeys, a: UpdateArgs): Promise<{ code: UpdateCode, issued: number }> {
-  const [code, issued] = await redis.updateCoupon(k.meta, k.stock, a.total, a.startsAtMs, a.endsAtMs ?? '')
+  const [code, issued] = await redis.updateCoupon(k.meta, k.stock, a.total, a.startsAtMs, a.endsAtMs ?? '', k.stockReturned, k.couponId, a.paused ? '1' : '')
   return { code: code as UpdateCode, issued }
 }
 
@@ -153,5 +159,23 @@ export interface DiscardArgs {
 }
 
 export async function discardIssue (redis: Redis, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
-  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, a.userId, a.claim, a.entryId) as DiscardCode
+  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
+}
+
+export interface StatsDelta {
+  /** rejections counted since the last flush, by code */
+  rejected: Map<string, number>
+  /** issues counted since the last flush, by unix second (Redis clock) */
+  issuedPerSecond: Map<number, number>
+  /** the largest persistence lag seen since the last flush, ms (0 = none) */
+  lagMs: number
+}
+
+export async function recordStats (redis: Redis, k: CouponKeys, { rejected, issuedPerSecond, lagMs }: StatsDelta): Promise<void> {
+  const seconds = [...issuedPerSecond.keys()]
+  const args: Arg[] = [k.stats, ...seconds.map((s) => `${k.perSecond}${s}`), rejected.size]
+  for (const [code, n] of rejected) args.push(code, n)
+  for (const s of seconds) args.push(issuedPerSecond.get(s)!)
+  args.push(lagMs)
+  await redis.recordStats(1 + seconds.length, ...args)
 }

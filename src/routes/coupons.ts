@@ -1,8 +1,9 @@
 // Coupon administration and reads. Creating writes Postgres first, then loads the counters into Redis.
 import type { FastifyPluginAsync } from 'fastify'
 import { findCoupon, insertCoupon, listCoupons, type Coupon } from '../db/queries/coupons.js'
-import { CouponNotFound, InvalidWindow } from '../errors.js'
-import { couponBody, couponParams, dateTime, errors } from './schemas.js'
+import { CouponNotFound, InvalidMetadataKey, InvalidWindow } from '../errors.js'
+import type { Discount } from '../db/schema.js'
+import { couponBody, couponParams, dateTime, discount, errors, METADATA_KEY, metadata, pageOf } from './schemas.js'
 
 const view = (coupon: Coupon, remaining?: number) => ({ ...coupon, ...(remaining === undefined ? {} : { remaining }) })
 
@@ -17,9 +18,18 @@ const newCoupon = {
     totalQuantity: { type: 'integer', minimum: 1, maximum: 10_000_000 },
     perUserLimit: { type: 'integer', minimum: 1, maximum: 1000, default: 1 },
     startsAt: dateTime,
-    endsAt: { type: ['string', 'null'], format: 'date-time' }
+    endsAt: { type: ['string', 'null'], format: 'date-time' },
+    discount,
+    metadata
   }
 } as const
+
+type Metadata = Record<string, string | number | boolean | null>
+
+function checkMetadataKeys (metadata: Metadata | null | undefined): void {
+  const bad = metadata ? Object.keys(metadata).find((key) => !METADATA_KEY.test(key)) : undefined
+  if (bad !== undefined) throw new InvalidMetadataKey(JSON.stringify(bad))
+}
 
 const couponChanges = {
   type: 'object',
@@ -28,7 +38,9 @@ const couponChanges = {
   properties: {
     totalQuantity: { type: 'integer', minimum: 1, maximum: 10_000_000 },
     startsAt: dateTime,
-    endsAt: { type: ['string', 'null'], format: 'date-time' }
+    endsAt: { type: ['string', 'null'], format: 'date-time' },
+    discount: { anyOf: [discount, { type: 'null' }] },
+    metadata: { anyOf: [metadata, { type: 'null' }] }
   }
 } as const
 
@@ -37,7 +49,7 @@ const adminErrors = errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 40
 const couponRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, couponStore } = fastify
 
-  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null } }>('/coupons', {
+  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata } }>('/coupons', {
     onRequest: fastify.requireAdmin,
     schema: {
       summary: 'Create a coupon campaign (admin)',
@@ -48,6 +60,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
     }
   }, async (request, reply) => {
     const { startsAt, endsAt, ...rest } = request.body
+    checkMetadataKeys(rest.metadata)
     const starts = startsAt === undefined ? undefined : new Date(startsAt)
     const ends = endsAt == null ? null : new Date(endsAt)
     if (ends && ends.getTime() <= (starts ?? new Date()).getTime()) throw new InvalidWindow()
@@ -72,7 +85,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
     return view(coupon, await couponStore.remaining(coupon.id))
   })
 
-  fastify.patch<{ Params: { couponId: number }, Body: { totalQuantity?: number, startsAt?: string, endsAt?: string | null } }>('/coupons/:couponId', {
+  fastify.patch<{ Params: { couponId: number }, Body: { totalQuantity?: number, startsAt?: string, endsAt?: string | null, discount?: Discount | null, metadata?: Metadata | null } }>('/coupons/:couponId', {
     onRequest: fastify.requireAdmin,
     schema: {
       summary: 'Change the stock or the window (admin); stock never drops below what is out',
@@ -80,17 +93,41 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       security: [{ bearer: [] }],
       params: couponParams,
       body: couponChanges,
-      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'ISSUE_SCRIPT_FAILED'] }) }
+      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
     }
   }, async (request) => {
-    const { totalQuantity, startsAt, endsAt } = request.body
+    const { totalQuantity, startsAt, endsAt, discount, metadata } = request.body
+    checkMetadataKeys(metadata)
     const { coupon, remaining } = await couponStore.change(request.params.couponId, {
       totalQuantity,
+      discount,
+      metadata,
       startsAt: startsAt === undefined ? undefined : new Date(startsAt),
       endsAt: endsAt === undefined ? undefined : endsAt === null ? null : new Date(endsAt)
     })
     return view(coupon, remaining)
   })
+
+  // Pause and resume: a switch for the claims only (cancels, reads and persistence go on). Both go through
+  // the same locked change as a PATCH, so they serialize with it and survive a counter rebuild; sending
+  // either twice is harmless.
+  for (const [action, paused] of [['pause', true], ['resume', false]] as const) {
+    fastify.post<{ Params: { couponId: number } }>(`/coupons/:couponId/${action}`, {
+      onRequest: fastify.requireAdmin,
+      schema: {
+        summary: paused
+          ? 'Pause claims (admin): issue requests answer 409 PAUSED until resumed; cancels and persistence go on'
+          : 'Resume claims of a paused coupon (admin)',
+        tags: ['coupons'],
+        security: [{ bearer: [] }],
+        params: couponParams,
+        response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
+      }
+    }, async (request) => {
+      const { coupon, remaining } = await couponStore.change(request.params.couponId, { paused })
+      return view(coupon, remaining)
+    })
+  }
 
   fastify.get<{ Querystring: { after: number, limit: number } }>('/coupons', {
     onRequest: fastify.requireAdmin,
@@ -107,14 +144,10 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
         }
       },
       response: {
-        200: {
-          type: 'object',
-          required: ['items', 'next'],
-          properties: {
-            items: { type: 'array', items: { ...couponBody, properties: { ...couponBody.properties, persistedIssued: { type: 'integer' } } } },
-            next: { type: ['integer', 'null'], description: 'pass as `after` for the next page; null on the last page' }
-          }
-        },
+        200: pageOf(
+          { ...couponBody, properties: { ...couponBody.properties, persistedIssued: { type: 'integer' } } },
+          { type: ['integer', 'null'], description: 'pass as `after` for the next page; null on the last page' }
+        ),
         ...adminErrors
       }
     }

@@ -36,6 +36,8 @@ const holdingBody = {
   }
 } as const
 
+const JSON_TYPE = 'application/json; charset=utf-8'
+
 type PersistedView = Awaited<ReturnType<typeof issuesOfUser>>[number]
 
 /**
@@ -48,8 +50,8 @@ function withRedisCancel (rows: PersistedView[], { lastCancel }: Holding): Persi
 }
 
 const issueRoutes: FastifyPluginAsync = async (fastify) => {
-  const { db, couponStore } = fastify
-  const { countIssueOutcome } = fastify.metrics
+  const { db, couponStore, campaignStats } = fastify
+  const { countIssueOutcome, countSoldOutFromMemory } = fastify.metrics
 
   fastify.post<IssueRoute>('/coupons/:couponId/issues', {
     onRequest: fastify.shopAuth,
@@ -72,7 +74,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
           400: ['INVALID_REQUEST'],
           401: ['UNAUTHORIZED'],
           404: ['COUPON_NOT_FOUND'],
-          409: ['ALREADY_ISSUED', 'SOLD_OUT', 'NOT_STARTED', 'ENDED'],
+          409: ['ALREADY_ISSUED', 'SOLD_OUT', 'NOT_STARTED', 'ENDED', 'PAUSED'],
           413: ['FST_ERR_CTP_BODY_TOO_LARGE'],
           422: ['IDEMPOTENCY_KEY_REUSED'],
           429: ['RATE_LIMITED'],
@@ -81,14 +83,26 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    let issued
+    let result
     try {
-      issued = await couponStore.issue(request.params.couponId, request.body.userId, request.headers['idempotency-key'])
+      result = await couponStore.issue(request.params.couponId, request.body.userId, request.headers['idempotency-key'])
     } catch (err) {
-      countIssueOutcome((err as { code?: string }).code ?? 'ERROR')
+      const code = (err as { code?: string }).code ?? 'ERROR'
+      countIssueOutcome(code)
+      // Only for coupons that exist: a flood of made-up ids must not grow the statistics.
+      if (code !== 'COUPON_NOT_FOUND' && code !== 'ERROR') campaignStats.countRejection(request.params.couponId, code)
       throw err
     }
+    const { issued, refusal } = result
+    if (refusal) {
+      // A losing outcome: its body is already JSON, so it skips the error handler and the serializer.
+      countIssueOutcome(refusal.code)
+      campaignStats.countRejection(request.params.couponId, refusal.code)
+      if (refusal.fromMemory) countSoldOutFromMemory()
+      return reply.status(refusal.statusCode).type(JSON_TYPE).send(refusal.body)
+    }
     countIssueOutcome(issued.replayed ? 'replayed' : 'issued')
+    if (!issued.replayed) campaignStats.countIssued(issued.couponId, issued.issuedAt.getTime())
     if (issued.replayed) reply.header('idempotent-replayed', 'true')
     return reply.status(201).send(issued)
   })
@@ -112,7 +126,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
           401: ['UNAUTHORIZED'],
           404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'],
           422: ['IDEMPOTENCY_KEY_REUSED'],
-          503: ['REDIS_UNAVAILABLE', 'RESTORING', 'ISSUE_SCRIPT_FAILED']
+          503: ['REDIS_UNAVAILABLE', 'RESTORING', 'CANCEL_SCRIPT_FAILED']
         })
       }
     }

@@ -12,6 +12,11 @@ export const errorBody = {
   }
 } as const
 
+/** A page of a cursor-paginated list: `items`, and `next` to pass back for the following page (null on the last). */
+export function pageOf<I extends object, N extends object> (items: I, next: N) {
+  return { type: 'object', required: ['items', 'next'], properties: { items: { type: 'array', items }, next } } as const
+}
+
 /** Response schemas for the given statuses, each documented with the codes it can carry. */
 export function errors (byStatus: Record<number, string[]>) {
   return Object.fromEntries(Object.entries(byStatus).map(([status, codes]) => [status, { ...errorBody, description: codes.join(', ') }]))
@@ -42,9 +47,50 @@ export const idempotencyHeaders = {
   }
 } as const
 
+/** What a coupon is worth at checkout. Amounts are integers in the currency's minor units (cents), as Stripe's. */
+export const discount = {
+  oneOf: [
+    {
+      type: 'object',
+      required: ['type', 'value'],
+      additionalProperties: false,
+      properties: { type: { const: 'percent' }, value: { type: 'number', minimum: 0.01, maximum: 100 } }
+    },
+    {
+      type: 'object',
+      required: ['type', 'value', 'currency'],
+      additionalProperties: false,
+      properties: {
+        type: { const: 'amount' },
+        value: { type: 'integer', minimum: 1, maximum: 1_000_000_000 },
+        currency: { type: 'string', pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, e.g. EUR' }
+      }
+    }
+  ]
+} as const
+
+/** Metadata keys: checked in the handler (OpenAPI 3.0 has no propertyNames). */
+export const METADATA_KEY = /^[A-Za-z0-9_.-]{1,40}$/
+
+/** The shop's own data about the campaign: at most 20 keys (METADATA_KEY), scalar values, echoed as given. */
+export const metadata = {
+  type: 'object',
+  maxProperties: 20,
+  additionalProperties: {
+    anyOf: [{ type: 'string', maxLength: 500 }, { type: 'number' }, { type: 'boolean' }, { type: 'null' }]
+  }
+} as const
+
+/** How discount and metadata leave: as stored (null when not set). */
+const discountOut = {
+  type: ['object', 'null'],
+  properties: { type: { type: 'string', enum: ['percent', 'amount'] }, value: { type: 'number' }, currency: { type: 'string' } }
+} as const
+const metadataOut = { type: ['object', 'null'], additionalProperties: true } as const
+
 export const couponBody = {
   type: 'object',
-  required: ['id', 'name', 'totalQuantity', 'perUserLimit', 'startsAt', 'endsAt'],
+  required: ['id', 'name', 'totalQuantity', 'perUserLimit', 'startsAt', 'endsAt', 'paused'],
   properties: {
     id: { type: 'integer' },
     name: { type: 'string' },
@@ -53,6 +99,9 @@ export const couponBody = {
     remaining: { type: 'integer' },
     startsAt: dateTime,
     endsAt: { type: ['string', 'null'], format: 'date-time' },
+    paused: { type: 'boolean', description: 'while true, issue requests answer 409 PAUSED' },
+    discount: discountOut,
+    metadata: metadataOut,
     createdAt: dateTime
   }
 } as const

@@ -1,5 +1,32 @@
-// The events the issue and revoke scripts append to a coupon's stream, and how the consumer reads them back.
-// Field names are written by src/redis/scripts/issue.lua and revoke.lua.
+// The events the issue and revoke scripts append to a coupon's stream, and how every reader (the
+// consumer, the counter rebuild, the failed-events routes, `npm run drain`) reads them back.
+//
+// Entry formats. A stream entry is either
+//
+//   v1, compact (written by src/redis/scripts/issue.lua and revoke.lua): ONE field whose name carries
+//       the format version, its value the event's fields joined by '|':
+//         e1  i|<userId>|<claim>|<atMs>|<idem>           an issue
+//         e1  r|<userId>|<units>|<atMs>|<upTo>|<idem>    a revoke
+//       <idem> is the request's Idempotency-Key, empty without one. There is no couponId: the stream
+//       key names the coupon (keys.couponIdOfStream). '|' cannot occur in a userId (USER_ID_PATTERN)
+//       or an Idempotency-Key (IDEMPOTENCY_KEY_PATTERN), so one split takes the value apart; an entry
+//       whose value does not split into exactly 5 (issue) or 6 (revoke) parts is poison.
+//       A later format gets a new field name (e2, ...); a reader that does not know it parks the entry
+//       as poison instead of guessing. A field name 'e<digits>' is never a v0 field. A version that
+//       writes a new format must not run beside one that cannot read it (its counter rebuild would skip
+//       the entries it cannot read): README, "What is on the stream?".
+//
+//   v0, one field per value (written by versions before v1, so an upgraded service may still find them
+//       in a stream, and the form parked entries rebuilt from a decoded event are stored in):
+//         type issue,  couponId, userId, claim, at[, idem]
+//         type revoke, couponId, userId, units, at[, upTo][, idem]
+//       couponId must match the stream's coupon. Payloads parked before v1 may carry `idempotencyKey`
+//       and `upToClaim` instead of `idem` and `upTo` (persist-batch.ts stored decoded events under
+//       those names); both are read.
+//
+// Numbers are positive decimal integers without leading zeros; at and atMs are ms since the epoch
+// from Redis TIME. Anything else is an UndecodableEntry (poison): parked in failed_issue_events with
+// its fields as a field/value object, never guessed at.
 
 export interface IssueEvent {
   type: 'issue'
@@ -40,6 +67,10 @@ export const USER_ID_PATTERN = /^[A-Za-z0-9._:@-]{1,128}$/
 /** What an Idempotency-Key may look like (the route schema holds the same rule). */
 export const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/
 
+/** The field name of a v1 (compact) entry; issue.lua and revoke.lua write it. */
+export const ENTRY_FIELD = 'e1'
+const VERSIONED_FIELD = /^e\d+$/
+
 const positiveInt = (value: string | undefined) => value !== undefined && /^[1-9]\d{0,15}$/.test(value) ? Number(value) : null
 
 export function fieldsToObject (fields: string[]): Record<string, string> {
@@ -50,6 +81,48 @@ export function fieldsToObject (fields: string[]): Record<string, string> {
 
 /** Turns a raw stream entry into an event, or explains why it cannot be one (a poison entry). */
 export function decodeEntry (streamKey: string, streamCouponId: number | null, id: string, fields: string[]): CouponEvent | UndecodableEntry {
+  const first = fields[0]
+  if (fields.length === 2 && first === ENTRY_FIELD) return decodeCompact(streamKey, streamCouponId, id, fields[1]!, fields)
+  if (first !== undefined && VERSIONED_FIELD.test(first)) {
+    const error = first === ENTRY_FIELD
+      ? `a ${ENTRY_FIELD} entry has exactly one field, this one has ${fields.length >> 1}`
+      : `unknown entry format ${JSON.stringify(first)} (written by a newer version?)`
+    return { streamKey, id, payload: fieldsToObject(fields), error }
+  }
+  return decodeV0(streamKey, streamCouponId, id, fields)
+}
+
+/** v1: one split, no intermediate object (the consumer decodes every entry through here). */
+function decodeCompact (streamKey: string, couponId: number | null, id: string, value: string, fields: string[]): CouponEvent | UndecodableEntry {
+  const fail = (error: string): UndecodableEntry => ({ streamKey, id, payload: fieldsToObject(fields), error })
+  if (couponId === null) return fail(`the stream key names no coupon, and a ${ENTRY_FIELD} entry carries none`)
+  const parts = value.split('|')
+  const kind = parts[0]
+  if (kind !== 'i' && kind !== 'r') return fail(`unknown event type ${JSON.stringify(kind)}`)
+  const expected = kind === 'i' ? 5 : 6
+  if (parts.length !== expected) return fail(`${kind === 'i' ? 'issue' : 'revoke'} entry has ${parts.length} '|'-separated parts, expected ${expected}`)
+  const userId = parts[1]!
+  if (!USER_ID_PATTERN.test(userId)) return fail('userId missing or malformed')
+  const count = positiveInt(parts[2])
+  const at = positiveInt(parts[3])
+  if (at === null) return fail('at missing or not a timestamp in ms')
+  const idempotencyKey = parts[expected - 1]!
+  if (idempotencyKey !== '' && !IDEMPOTENCY_KEY_PATTERN.test(idempotencyKey)) return fail('idem malformed')
+  if (kind === 'i') {
+    if (count === null) return fail('claim missing or not a positive integer')
+    return idempotencyKey === ''
+      ? { type: 'issue', streamKey, id, couponId, userId, claim: count, at }
+      : { type: 'issue', streamKey, id, couponId, userId, claim: count, at, idempotencyKey }
+  }
+  if (count === null) return fail('units missing or not a positive integer')
+  const upToClaim = positiveInt(parts[4])
+  if (upToClaim === null) return fail('upTo missing or not a positive integer')
+  return idempotencyKey === ''
+    ? { type: 'revoke', streamKey, id, couponId, userId, units: count, at, upToClaim }
+    : { type: 'revoke', streamKey, id, couponId, userId, units: count, at, upToClaim, idempotencyKey }
+}
+
+function decodeV0 (streamKey: string, streamCouponId: number | null, id: string, fields: string[]): CouponEvent | UndecodableEntry {
   const payload = fieldsToObject(fields)
   const fail = (error: string): UndecodableEntry => ({ streamKey, id, payload, error })
   const couponId = positiveInt(payload.couponId)
@@ -59,7 +132,7 @@ export function decodeEntry (streamKey: string, streamCouponId: number | null, i
   if (streamCouponId !== null && couponId !== streamCouponId) return fail(`couponId ${couponId} does not match stream of coupon ${streamCouponId}`)
   if (userId === undefined || !USER_ID_PATTERN.test(userId)) return fail('userId missing or malformed')
   if (at === null) return fail('at missing or not a timestamp in ms')
-  const idempotencyKey = payload.idem
+  const idempotencyKey = payload.idem ?? payload.idempotencyKey
   if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY_PATTERN.test(idempotencyKey)) return fail('idem malformed')
   const withKey = idempotencyKey === undefined ? {} : { idempotencyKey }
   if (payload.type === 'issue') {
@@ -70,11 +143,38 @@ export function decodeEntry (streamKey: string, streamCouponId: number | null, i
   if (payload.type === 'revoke') {
     const units = positiveInt(payload.units)
     if (units === null) return fail('units missing or not a positive integer')
-    const upToClaim = payload.upTo === undefined ? undefined : positiveInt(payload.upTo)
+    const upTo = payload.upTo ?? payload.upToClaim
+    const upToClaim = upTo === undefined ? undefined : positiveInt(upTo)
     if (upToClaim === null) return fail('upTo not a positive integer')
     return { type: 'revoke', streamKey, id, couponId, userId, units, at, ...(upToClaim === undefined ? {} : { upToClaim }), ...withKey }
   }
   return fail(`unknown event type ${JSON.stringify(payload.type)}`)
+}
+
+/** The v1 entry of an event, as issue.lua and revoke.lua write it: [ENTRY_FIELD, value]. For tests and tools. */
+export function encodeEntry (event: Omit<IssueEvent, 'streamKey' | 'id' | 'couponId'> | Omit<RevokeEvent, 'streamKey' | 'id' | 'couponId'>): [string, string] {
+  const idem = event.idempotencyKey ?? ''
+  return [ENTRY_FIELD, event.type === 'issue'
+    ? `i|${event.userId}|${event.claim}|${event.at}|${idem}`
+    : `r|${event.userId}|${event.units}|${event.at}|${event.upToClaim ?? ''}|${idem}`]
+}
+
+/**
+ * A decoded event as a v0 field/value object: how an entry parked after decoding (unknown coupon, a row
+ * Postgres refused) is stored. It reads well in the admin listing and decodeEntry reads it back whole.
+ */
+export function eventPayload (event: CouponEvent): Record<string, string> {
+  const payload: Record<string, string> = { type: event.type, couponId: String(event.couponId), userId: event.userId }
+  if (event.type === 'issue') {
+    payload.claim = String(event.claim)
+    payload.at = String(event.at)
+  } else {
+    payload.units = String(event.units)
+    payload.at = String(event.at)
+    if (event.upToClaim !== undefined) payload.upTo = String(event.upToClaim)
+  }
+  if (event.idempotencyKey !== undefined) payload.idem = event.idempotencyKey
+  return payload
 }
 
 export const isEvent = (entry: CouponEvent | UndecodableEntry): entry is CouponEvent => 'type' in entry

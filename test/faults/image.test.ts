@@ -104,6 +104,7 @@ t.test('the image, replayed: ready, issues, its drain command persists the issue
   t.equal(containerCommand(image)[0], 'node', 'node itself is PID 1 (exec form, no shell between it and SIGTERM)')
   t.ok(image.healthcheck, 'has a HEALTHCHECK')
   t.ok(existsSync(join(image.workdir, 'dist/redis/scripts/issue.lua')), 'the Lua scripts are next to the compiled code')
+  t.ok(existsSync(join(image.workdir, 'dist/dashboard/app.js')), 'so are the live campaign page\'s files')
   t.notOk(existsSync(join(image.workdir, 'src')), 'no TypeScript sources in the image')
   for (const dev of ['typescript', 'tsx', 'tap']) t.notOk(existsSync(join(image.workdir, 'node_modules', dev)), `no dev dependency ${dev}`)
   const unreadable: string[] = []
@@ -131,6 +132,7 @@ t.test('the image, replayed: ready, issues, its drain command persists the issue
 
   const health = runInImage(image, image.healthcheck!, env, 10_000)
   t.equal(health.status, 0, `the HEALTHCHECK command passes ${health.output}`)
+  for (const path of ['/dashboard', '/dashboard/app.js']) t.equal((await fetch(`${service.base}${path}`)).status, 200, `the image serves ${path}`)
 
   const admin = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
   const created = await fetch(`${service.base}/coupons`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'image replay', totalQuantity: 5 }) })

@@ -3,30 +3,14 @@
 // (XAUTOCLAIM) and persists it: nothing lost, nothing twice.
 import t from 'tap'
 import pg from 'pg'
-import { Redis } from 'ioredis'
-import { createTestDatabase, uniquePrefix, REDIS_URL } from '../helpers/env.js'
 import { spawnService, until } from './helpers/procs.js'
-import { checkInvariants, groupState, load, type Call } from './helpers/invariants.js'
-import { createCouponOver } from './helpers/service.js'
-import { createKeys } from '../../src/redis/keys.js'
+import { groupState, load, type Call } from './helpers/invariants.js'
+import { spawnedScenario } from './helpers/service.js'
 
 t.test('kill -9 while Postgres is locked and at random points: reclaimed, no loss, no duplicates', async (t) => {
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t)
-  const redis = new Redis(REDIS_URL)
-  t.teardown(() => redis.disconnect())
-  const env = {
-    REDIS_URL,
-    REDIS_PREFIX: prefix,
-    DATABASE_URL: databaseUrl,
-    RECLAIM_MIN_IDLE_MS: '500',
-    RECLAIM_CRON: '* * * * * *',
-    CONSUMER_BATCH_SIZE: '20'
-  }
-  let service = await spawnService(t, env)
-  const total = 400
-  const coupon = await createCouponOver(service.base, { totalQuantity: total })
-  const stream = createKeys(prefix).coupon(coupon.id).events
+  const scenario = await spawnedScenario(t, { env: { RECLAIM_MIN_IDLE_MS: '500', RECLAIM_CRON: '* * * * * *', CONSUMER_BATCH_SIZE: '20' }, total: 400 })
+  const { env, databaseUrl, redis, coupon, stream, check } = scenario
+  let { service } = scenario
   const calls: Call[] = []
 
   // Round 0: Postgres holds a lock the insert needs, so the consumer sits in the middle of its batch.
@@ -58,6 +42,6 @@ t.test('kill -9 while Postgres is locked and at random points: reclaimed, no los
 
   // The last process lives: it must reclaim everything the dead ones left.
   service = await spawnService(t, env)
-  const summary = await checkInvariants(t, { redis, prefix, databaseUrl, couponId: coupon.id, total, calls })
+  const summary = await check(t, calls)
   t.ok(summary.ok.length > 60, `issued across the kills (${summary.ok.length} ok, ${summary.timedOut.length + summary.connErrors.length} cut off by a kill)`)
 })

@@ -3,20 +3,15 @@
 // Restarted empty, the counters are rebuilt from Postgres, the consumer group is recreated (NOGROUP),
 // and issuing resumes without handing anything out twice.
 import t from 'tap'
-import { createTestDatabase, uniquePrefix } from '../helpers/env.js'
-import { spawnService, throwawayRedis, until } from './helpers/procs.js'
-import { checkInvariants, issue, load, type Call } from './helpers/invariants.js'
-import { createCouponOver } from './helpers/service.js'
+import { throwawayRedis, until } from './helpers/procs.js'
+import { issue, load, type Call } from './helpers/invariants.js'
+import { spawnedScenario } from './helpers/service.js'
 
 const CLIENT_TIMEOUT_MS = 5000
 
 t.test('Redis killed (kill -9) and restarted from its AOF under load', async (t) => {
   const redis = await throwawayRedis(t, { appendonly: true })
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t, redis.url)
-  const service = await spawnService(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl, RECLAIM_MIN_IDLE_MS: '60000' })
-  const total = 5000
-  const coupon = await createCouponOver(service.base, { totalQuantity: total })
+  const { service, coupon, check } = await spawnedScenario(t, { redis, env: { RECLAIM_MIN_IDLE_MS: '60000' }, total: 5000 })
 
   const running = load(() => service.base, coupon.id, { width: 4, maxCalls: 4000, timeoutMs: CLIENT_TIMEOUT_MS, maxMs: 60_000 })
   await until(() => running.calls.filter((c) => c.outcome === 'ok').length >= 50, 10_000, 'some issues before the kill')
@@ -34,22 +29,18 @@ t.test('Redis killed (kill -9) and restarted from its AOF under load', async (t)
   t.ok(unavailable.length > 10, `requests while Redis was down got 503 REDIS_UNAVAILABLE (${unavailable.length} of ${whileDown.length})`)
   t.ok(whileDown.every((c) => c.outcome !== 'timed-out'), 'no request hung while Redis was down')
   t.ok(unavailable.every((c) => c.status === 503), 'REDIS_UNAVAILABLE is a 503')
-  const summary = await checkInvariants(t, { redis: redis.client, prefix, databaseUrl, couponId: coupon.id, total, calls: running.calls })
+  const summary = await check(t, running.calls)
   t.ok(summary.rows.length >= summary.ok.length, 'every 201 from before, during and after the outage is persisted')
   t.equal(service.child.exitCode, null, 'the service rode out the outage')
 })
 
 t.test('Redis restarted empty: counters rebuilt from Postgres, group recreated, nothing issued twice', async (t) => {
   const redis = await throwawayRedis(t, { appendonly: true })
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t, redis.url)
-  const service = await spawnService(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl, RECLAIM_MIN_IDLE_MS: '60000' })
-  const total = 100
-  const coupon = await createCouponOver(service.base, { totalQuantity: total })
+  const { service, coupon, total, check } = await spawnedScenario(t, { redis, env: { RECLAIM_MIN_IDLE_MS: '60000' }, total: 100 })
   const calls: Call[] = []
   for (let i = 0; i < 40; i++) calls.push(await issue(service.base, coupon.id, `early-${i}`))
   // Let the consumer persist these first: entries still in a wiped Redis are lost by definition.
-  await checkInvariants(t, { redis: redis.client, prefix, databaseUrl, couponId: coupon.id, total, calls })
+  await check(t, calls)
 
   await redis.wipe()
   await redis.start()
@@ -67,18 +58,14 @@ t.test('Redis restarted empty: counters rebuilt from Postgres, group recreated, 
   t.same(again.slice(0, 40).map((c) => c.code), Array(40).fill('ALREADY_ISSUED'), 'users persisted before the wipe are still known')
   t.equal(again.filter((c) => c.outcome === 'ok').length, 60, 'exactly the 60 units left are issued')
 
-  const summary = await checkInvariants(t, { redis: redis.client, prefix, databaseUrl, couponId: coupon.id, total, calls })
+  const summary = await check(t, calls)
   t.equal(summary.rows.length, total, 'sold out, each unit once')
   t.equal(service.child.exitCode, null)
 })
 
 t.test('Redis frozen (SIGSTOP: connections open, no answers): a 503 within the command timeout, not a hang', async (t) => {
   const redis = await throwawayRedis(t, { appendonly: true })
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t, redis.url)
-  const service = await spawnService(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl, RECLAIM_MIN_IDLE_MS: '60000', REDIS_COMMAND_TIMEOUT_MS: '1000' })
-  const total = 100
-  const coupon = await createCouponOver(service.base, { totalQuantity: total })
+  const { service, coupon, check } = await spawnedScenario(t, { redis, env: { RECLAIM_MIN_IDLE_MS: '60000', REDIS_COMMAND_TIMEOUT_MS: '1000' }, total: 100 })
   const calls: Call[] = []
   for (let i = 0; i < 5; i++) calls.push(await issue(service.base, coupon.id, `before-${i}`))
   t.teardown(() => redis.signal('SIGCONT'))
@@ -91,5 +78,5 @@ t.test('Redis frozen (SIGSTOP: connections open, no answers): a 503 within the c
   calls.push({ userId: 'probe', outcome: 'timed-out', status: null, ms: 0 })
   for (let i = 0; i < 5; i++) calls.push(await issue(service.base, coupon.id, `after-${i}`))
   t.equal(calls.filter((c) => c.userId.startsWith('after-') && c.outcome === 'ok').length, 5, 'issuing resumes')
-  await checkInvariants(t, { redis: redis.client, prefix, databaseUrl, couponId: coupon.id, total, calls, expectNoTimeouts: false })
+  await check(t, calls, { expectNoTimeouts: false })
 })

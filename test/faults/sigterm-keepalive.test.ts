@@ -6,21 +6,17 @@
 // Raw sockets instead of fetch: fetch would retry and open new connections behind the test's back.
 import t from 'tap'
 import pg from 'pg'
-import { createTestDatabase, uniquePrefix, REDIS_URL } from '../helpers/env.js'
 import { httpRequest, KeepAliveConnection, type Outcome } from '../helpers/raw-http.js'
-import { spawnService, until } from './helpers/procs.js'
+import { until } from './helpers/procs.js'
 import { lockTable } from './helpers/inprocess.js'
-import { createCouponOver } from './helpers/service.js'
+import { spawnedScenario } from './helpers/service.js'
 
 const describe = (o: Outcome) => o.kind === 'response'
   ? `${o.response.status} ${o.response.json().code ?? ''} connection=${o.response.headers.connection}`.replace('  ', ' ')
   : `no answer (${o.error})`
 
 t.test('SIGTERM with busy, idle and waiting keep-alive connections: every request is answered, exit 0', async (t) => {
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t)
-  const service = await spawnService(t, { REDIS_URL, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl, SHUTDOWN_TIMEOUT_MS: '10000' })
-  const coupon = await createCouponOver(service.base, { totalQuantity: 1_000_000 })
+  const { databaseUrl, service, coupon } = await spawnedScenario(t, { env: { SHUTDOWN_TIMEOUT_MS: '10000' }, total: 1_000_000 })
   const issue = (userId: string) => httpRequest('POST', `/coupons/${coupon.id}/issues`, { body: JSON.stringify({ userId }) })
 
   let signalled = false

@@ -3,24 +3,13 @@
 // 0 within 10 s.
 import t from 'tap'
 import pg from 'pg'
-import { Redis } from 'ioredis'
-import { createTestDatabase, uniquePrefix, REDIS_URL } from '../helpers/env.js'
 import { spawnService, until } from './helpers/procs.js'
-import { checkInvariants, groupState, load } from './helpers/invariants.js'
+import { groupState, load } from './helpers/invariants.js'
 import { lockTable } from './helpers/inprocess.js'
-import { createCouponOver } from './helpers/service.js'
-import { createKeys } from '../../src/redis/keys.js'
+import { spawnedScenario } from './helpers/service.js'
 
 t.test('SIGTERM under load: in-flight requests finish, the batch in hand is committed and acked, exit 0 within 10 s', async (t) => {
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t)
-  const redis = new Redis(REDIS_URL)
-  t.teardown(() => redis.disconnect())
-  const env = { REDIS_URL, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl, RECLAIM_MIN_IDLE_MS: '60000' }
-  const service = await spawnService(t, env)
-  const total = 10_000
-  const coupon = await createCouponOver(service.base, { totalQuantity: total })
-  const stream = createKeys(prefix).coupon(coupon.id).events
+  const { env, databaseUrl, redis, service, coupon, stream, check } = await spawnedScenario(t, { env: { RECLAIM_MIN_IDLE_MS: '60000' }, total: 10_000 })
 
   // The consumer's insert and a read request both wait on this lock when SIGTERM arrives.
   const lock = await lockTable(t, databaseUrl, 'coupon_issues', 'ACCESS EXCLUSIVE')
@@ -60,5 +49,5 @@ t.test('SIGTERM under load: in-flight requests finish, the batch in hand is comm
 
   // What was issued after the consumer's last read is persisted by the next process.
   await spawnService(t, env)
-  await checkInvariants(t, { redis, prefix, databaseUrl, couponId: coupon.id, total, calls: running.calls })
+  await check(t, running.calls)
 })

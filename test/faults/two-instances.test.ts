@@ -3,28 +3,22 @@
 // nothing is lost.
 import { hostname } from 'node:os'
 import t from 'tap'
-import { Redis } from 'ioredis'
-import { createTestDatabase, uniquePrefix, REDIS_URL } from '../helpers/env.js'
 import { spawnService, until } from './helpers/procs.js'
-import { checkInvariants, load } from './helpers/invariants.js'
+import { load } from './helpers/invariants.js'
 import { lockTable } from './helpers/inprocess.js'
-import { createCouponOver } from './helpers/service.js'
-import { CONSUMER_GROUP, createKeys } from '../../src/redis/keys.js'
+import { spawnedScenario } from './helpers/service.js'
+import { CONSUMER_GROUP } from '../../src/redis/keys.js'
 
 const MIN_IDLE_MS = 3000
 
 t.test('two instances, one killed mid-batch: the survivor claims only entries idle > RECLAIM_MIN_IDLE_MS, nothing lost', async (t) => {
-  const databaseUrl = await createTestDatabase(t)
-  const prefix = uniquePrefix(t)
-  const redis = new Redis(REDIS_URL)
-  t.teardown(() => redis.disconnect())
-  const env = { REDIS_URL, REDIS_PREFIX: prefix, DATABASE_URL: databaseUrl, RECLAIM_MIN_IDLE_MS: String(MIN_IDLE_MS), RECLAIM_CRON: '* * * * * *', CONSUMER_BATCH_SIZE: '50' }
-  const [a, b] = await Promise.all([spawnService(t, env), spawnService(t, env)])
+  const { env, databaseUrl, redis, service: a, coupon, stream, check } = await spawnedScenario(t, {
+    env: { RECLAIM_MIN_IDLE_MS: String(MIN_IDLE_MS), RECLAIM_CRON: '* * * * * *', CONSUMER_BATCH_SIZE: '50' },
+    total: 1000
+  })
+  const b = await spawnService(t, env)
   const nameA = `${hostname()}-${a.child.pid}`
   const nameB = `${hostname()}-${b.child.pid}`
-  const total = 1000
-  const coupon = await createCouponOver(a.base, { totalQuantity: total })
-  const stream = createKeys(prefix).coupon(coupon.id).events
   const owners = async () => await redis.xpending(stream, CONSUMER_GROUP, '-', '+', 10_000) as [string, string, number, number][]
 
   // Both consumers end up in the middle of a batch whose insert waits on this lock.
@@ -64,7 +58,7 @@ t.test('two instances, one killed mid-batch: the survivor claims only entries id
   t.equal(takenOver.size, ofA.size, 'every entry of the dead instance was taken over')
 
   await lock.release()
-  const summary = await checkInvariants(t, { redis, prefix, databaseUrl, couponId: coupon.id, total, calls: running.calls })
+  const summary = await check(t, running.calls)
   t.equal(summary.rows.length, summary.ok.length, 'nothing lost')
   t.equal(b.child.exitCode, null, 'the survivor is still running')
 })

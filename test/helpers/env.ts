@@ -1,55 +1,30 @@
-// Per-file isolation: a throwaway Postgres database and a unique Redis key prefix.
-import { randomBytes } from 'node:crypto'
-import pg from 'pg'
-import { Redis } from 'ioredis'
+// Per-file isolation: a throwaway Postgres database and a unique Redis key prefix, made and removed by
+// the helpers the load test and the bench use too (scripts/lib/infra.ts), bound to the test's teardown.
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { loadConfig, type Config } from '../../src/config.js'
 import { createRedis } from '../../src/redis/client.js'
 import { IssueEventConsumer, type ConsumerOptions } from '../../src/persistence/consumer.js'
+import * as infra from '../../scripts/lib/infra.js'
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789'
-export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
-export const PG_ADMIN_URL = process.env.TEST_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? infra.REDIS_URL
+export const PG_ADMIN_URL = process.env.TEST_PG_ADMIN_URL ?? infra.PG_ADMIN_URL
 
 /** What a test (or the fuzz CLI's stand-in) offers for cleanup: every helper takes this. */
 export interface Teardown { teardown (fn: () => unknown): void }
 
 /** Creates an empty database, dropped again at teardown. Returns its URL. */
 export async function createTestDatabase (t: Teardown, adminUrl = PG_ADMIN_URL): Promise<string> {
-  const name = `couponrush_test_${randomBytes(6).toString('hex')}`
-  const admin = new pg.Client({ connectionString: adminUrl })
-  await admin.connect()
-  await admin.query(`CREATE DATABASE ${name}`)
-  await admin.end()
-  t.teardown(async () => {
-    const client = new pg.Client({ connectionString: adminUrl })
-    await client.connect()
-    await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-    await client.end()
-  })
-  const url = new URL(adminUrl)
-  url.pathname = `/${name}`
-  return url.toString()
+  const database = await infra.createScratchDatabase('test', adminUrl)
+  t.teardown(database.drop)
+  return database.url
 }
 
 /** Deletes every key under the prefix at teardown. */
 export function uniquePrefix (t: Teardown, redisUrl = REDIS_URL): string {
-  const prefix = `test:${randomBytes(6).toString('hex')}:`
-  t.teardown(async () => {
-    const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 })
-    try {
-      await redis.connect()
-      let cursor = '0'
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-        cursor = next
-        if (keys.length > 0) await redis.del(...keys)
-      } while (cursor !== '0')
-    } catch {} finally {
-      redis.disconnect()
-    }
-  })
+  const prefix = infra.scratchPrefix('test')
+  t.teardown(() => infra.deletePrefix(redisUrl, prefix).catch(() => {}))
   return prefix
 }
 
@@ -68,7 +43,8 @@ export async function testEnv (t: Teardown, overrides: Record<string, string> = 
   const prefix = overrides.REDIS_PREFIX ?? uniquePrefix(t, overrides.REDIS_URL ?? REDIS_URL)
   const config = loadConfig({
     DATABASE_URL: databaseUrl,
-    REDIS_URL,
+    // Sentinels instead of a URL when the test names them (both at once are refused).
+    ...(overrides.REDIS_SENTINELS ? {} : { REDIS_URL }),
     REDIS_PREFIX: prefix,
     ADMIN_TOKEN,
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
@@ -124,7 +100,7 @@ export async function waitFor<T> (check: () => Promise<T | null | undefined | fa
  * its own connection for the blocking read and can run start(); stopped at teardown.
  */
 export function testConsumer (t: Teardown, app: TestApp, name: string, overrides: Partial<Omit<ConsumerOptions, 'blockingRedis' | 'name'>> = {}): IssueEventConsumer {
-  const blockingRedis = createRedis({ url: app.env.config.redisUrl, blocking: true, name })
+  const blockingRedis = createRedis({ target: app.env.config.redis, blocking: true, name })
   blockingRedis.on('error', () => {})
   const consumer = new IssueEventConsumer({
     redis: app.redis, blockingRedis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, ...overrides, name

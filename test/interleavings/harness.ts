@@ -161,6 +161,16 @@ export class Harness {
     return harness
   }
 
+  /** SOLD_OUT answers the instances gave from their sold-out markers, without asking Redis (all runs so far). */
+  async soldOutFromMemory (): Promise<number> {
+    let answered = 0
+    for (const app of this.apps) {
+      const metric = await app.metrics.registry.getSingleMetric('couponrush_sold_out_from_memory_total')!.get()
+      answered += metric.values[0]?.value ?? 0
+    }
+    return answered
+  }
+
   private app (via: number) { return this.apps[via % this.apps.length]! }
   private base (via: number) { return this.bases[via % this.bases.length]! }
   private port (via: number) { return this.ports[via % this.ports.length]! }
@@ -203,6 +213,11 @@ export class Harness {
         const reply = await call(this.base(cmd.via), 'POST', `/coupons/${couponId}/issues`, { userId: user }, key ? { 'idempotency-key': key } : {})
         return [answer('issue', reply, { user, key })]
       }
+      case 'rush': {
+        const users = Array.from({ length: cmd.n }, (_, i) => userName(sc, cmd.u + i))
+        const replies = await Promise.all(users.map((user) => call(this.base(cmd.via), 'POST', `/coupons/${couponId}/issues`, { userId: user })))
+        return replies.map((reply, i) => answer('issue', reply, { user: users[i] }))
+      }
       case 'cancel': {
         const user = userName(sc, cmd.u)
         return [answer('cancel', await call(this.base(cmd.via), 'DELETE', `/coupons/${couponId}/issues/${user}`), { user })]
@@ -223,16 +238,13 @@ export class Harness {
         const endsAt = new Date(cmd.to === 'open' ? now + 3_600_000 : cmd.to === 'ended' ? now - 1000 : now - 120_000).toISOString()
         return [answer('patchWindow', await call(this.base(cmd.via), 'PATCH', `/coupons/${couponId}`, { endsAt }, admin), { window: cmd.to })]
       }
+      case 'pause':
+        return [answer('pause', await call(this.base(cmd.via), 'POST', `/coupons/${couponId}/${cmd.on ? 'pause' : 'resume'}`, undefined, admin), { paused: cmd.on })]
       case 'lose': {
         const doomed = [k.meta, k.stock, k.holders, k.claims]
         if (cmd.idem) {
           model.idempotencyLost.push(batch)
-          let cursor = '0'
-          do {
-            const [next, found] = await this.redis.scan(cursor, 'MATCH', `${this.env.prefix}coupon:{${couponId}}:idem:*`, 'COUNT', 1000)
-            cursor = next
-            doomed.push(...found)
-          } while (cursor !== '0')
+          doomed.push(k.idempotency)
         }
         await this.redis.del(...doomed)
         return []
@@ -297,7 +309,7 @@ export class Harness {
     }
     const total = got.body.totalQuantity as number
     const endsAt = got.body.endsAt === null ? null : Date.parse(got.body.endsAt)
-    v.push(...model.settle(batch, answers, total, endsAt))
+    v.push(...model.settle(batch, answers, total, endsAt, got.body.paused === true))
     const held = model.heldTotal()
     if (got.body.remaining !== total - held) bad('d', `GET says remaining ${got.body.remaining}; total ${total} - held ${held} (per the answers) = ${total - held}`)
     const c = await this.counters(this.keys.coupon(couponId))
@@ -305,6 +317,7 @@ export class Harness {
       bad('q', `counters missing right after a GET rebuilt them: ${JSON.stringify(c)}`)
       return v
     }
+    if ((c.meta.paused === '1') !== (got.body.paused === true)) bad('q', `Redis paused ${c.meta.paused ?? 'absent'}, Postgres paused ${got.body.paused}`)
     if (Number(c.meta.total) !== total) bad('q', `Redis total ${c.meta.total}, Postgres total ${total} (a PATCH lost in Redis?)`)
     if ((c.meta.endsAt || null) !== (endsAt === null ? null : String(endsAt))) bad('q', `Redis endsAt ${c.meta.endsAt || 'none'}, Postgres endsAt ${endsAt ?? 'none'}`)
     if (c.stock < 0) bad('a', `Redis stock ${c.stock} < 0`)

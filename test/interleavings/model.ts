@@ -15,6 +15,8 @@ export type Cmd =
   | { k: 'issue', u: number, via: number, key: number | null }
   /** DELETE /coupons/:id/issues/:user */
   | { k: 'cancel', u: number, via: number }
+  /** n issues without a key by users u, u+1, …, fired at once: after a sell-out these meet the sold-out markers */
+  | { k: 'rush', u: number, n: number, via: number }
   /** cancel and re-claim pipelined on one socket: the two land in Redis within microseconds */
   | { k: 'reclaim', u: number, via: number }
   /** claim and cancel pipelined on one socket (the issue and its revoke reach the consumers back to back) */
@@ -23,6 +25,8 @@ export type Cmd =
   | { k: 'total', to: number, via: number }
   /** PATCH {endsAt}: a second ago, two minutes ago (older than the consumer's prune grace), an hour ahead */
   | { k: 'window', to: WindowTo, via: number }
+  /** POST /coupons/:id/pause (on) or /resume */
+  | { k: 'pause', on: boolean, via: number }
   /** delete the coupon's counter keys (meta, stock, holders, claims); idem: its Idempotency-Key records too (Redis lost them) */
   | { k: 'lose', idem: boolean }
   /** app.consumer.stop() / start() on one instance */
@@ -48,10 +52,12 @@ export function formatCmd (c: Cmd): string {
   switch (c.k) {
     case 'issue': return `issue u${c.u}@${c.via}${c.key === null ? '' : ` key=k${c.key}`}`
     case 'cancel': return `cancel u${c.u}@${c.via}`
+    case 'rush': return `rush u${c.u}..u${c.u + c.n - 1}@${c.via}`
     case 'reclaim': return `cancel+reclaim u${c.u}@${c.via}`
     case 'issueCancel': return `issue+cancel u${c.u}@${c.via}`
     case 'total': return `total=${c.to}@${c.via}`
     case 'window': return `window=${c.to}@${c.via}`
+    case 'pause': return `${c.on ? 'pause' : 'resume'}@${c.via}`
     case 'lose': return c.idem ? 'lose counters+idempotency' : 'lose counters'
     case 'consumer': return `consumer.${c.on ? 'start' : 'stop'}@${c.via}`
     case 'drain': return 'drain'
@@ -68,7 +74,7 @@ export function formatScenario (sc: Scenario): string {
 const printable = <T extends object>(value: T, show: (v: T) => string): T =>
   Object.defineProperty(value, fc.toStringMethod, { value: () => show(value), enumerable: false })
 
-export const CMD_KINDS = ['issue', 'cancel', 'reclaim', 'issueCancel', 'total', 'window', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
+export const CMD_KINDS = ['issue', 'rush', 'cancel', 'reclaim', 'issueCancel', 'total', 'window', 'pause', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
 
 export interface ScenarioOptions {
   maxBatches?: number
@@ -83,11 +89,13 @@ export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without 
   const kinds: { arbitrary: fc.Arbitrary<Cmd>, weight: number }[] = [
     { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.constant(null) }), weight: 6 },
     { arbitrary: fc.record({ k: fc.constant('issue' as const), u, via, key: fc.integer({ min: 0, max: 1 }) }), weight: 4 },
+    { arbitrary: fc.record({ k: fc.constant('rush' as const), u, n: fc.integer({ min: 2, max: 6 }), via }), weight: 3 },
     { arbitrary: fc.record({ k: fc.constant('cancel' as const), u, via }), weight: 3 },
     { arbitrary: fc.record({ k: fc.constant('reclaim' as const), u, via }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('issueCancel' as const), u, via }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('total' as const), to: fc.integer({ min: 1, max: 12 }), via }), weight: 3 },
     { arbitrary: fc.record({ k: fc.constant('window' as const), to: fc.constantFrom('open' as const, 'ended' as const, 'endedLongAgo' as const), via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('pause' as const), on: fc.boolean(), via }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('lose' as const), idem: fc.boolean() }), weight: 2 },
     { arbitrary: fc.record({ k: fc.constant('consumer' as const), on: fc.boolean(), via }), weight: 1 },
     { arbitrary: fc.record({ k: fc.constant('drain' as const) }), weight: 1 },
@@ -107,7 +115,7 @@ export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without 
 
 // ------------------------------------------------------------------------------------------ answers
 
-export type Op = 'issue' | 'cancel' | 'patchTotal' | 'patchWindow' | 'get'
+export type Op = 'issue' | 'cancel' | 'patchTotal' | 'patchWindow' | 'pause' | 'get'
 
 export interface Answer {
   batch: number
@@ -117,6 +125,8 @@ export interface Answer {
   /** PATCH totalQuantity asked for */
   to?: number
   window?: WindowTo
+  /** pause: true for /pause, false for /resume */
+  paused?: boolean
   /** HTTP status; 0 = no answer (connection failed) */
   status: number
   code?: string
@@ -146,7 +156,7 @@ interface Claim { issuedAt: string, batch: number }
 interface Cancel { user: string, units: number, revokedAt: string, batch: number }
 
 /** Codes an issue script does not remember under an Idempotency-Key (a later retry may still succeed). */
-const NOT_REMEMBERED = new Set(['ENDED', 'NOT_STARTED', 'BACKLOG_FULL', 'RESTORING', 'REDIS_UNAVAILABLE', 'ISSUE_SCRIPT_FAILED', 'DATABASE_UNAVAILABLE'])
+const NOT_REMEMBERED = new Set(['ENDED', 'NOT_STARTED', 'PAUSED', 'BACKLOG_FULL', 'RESTORING', 'REDIS_UNAVAILABLE', 'ISSUE_SCRIPT_FAILED', 'DATABASE_UNAVAILABLE'])
 
 /**
  * What the answers so far imply. Per user: the claims answered 201 (claim numbers never repeat), and
@@ -163,6 +173,7 @@ export class Model {
   readonly idempotencyLost: number[] = []
   total: number
   endsAt: number | null
+  paused = false
   readonly limit: number
   readonly users: string[]
 
@@ -222,6 +233,10 @@ export class Model {
     const heldTotal0 = this.heldTotal()
     const total0 = this.total
     const closed0 = this.closed()
+    const paused0 = this.paused
+    const pauses = answers.filter((a) => a.op === 'pause' && a.status === 200)
+    const resumedInBatch = pauses.some((a) => a.paused === false)
+    const pausedInBatch = pauses.some((a) => a.paused === true)
 
     for (const a of answers) {
       if (a.status === 0) bad('f', `${describe(a)} got no answer (${a.code ?? 'connection failed'})`)
@@ -251,6 +266,7 @@ export class Model {
         if (!mine) newClaims.set(user, mine = new Map())
         mine.set(claim, { issuedAt: a.body.issuedAt, batch })
       }
+      if (paused0 && !resumedInBatch) bad('m', `201 for ${user} (claim ${claim}) although the campaign was paused and nothing resumed it`)
       if (closed0 && !windowTargets.includes('open')) bad('m', `201 for ${user} (claim ${claim}) although the campaign had ended (endsAt ${iso(this.endsAt)}) and no PATCH reopened it`)
     }
     for (const a of issued.filter((a) => a.replayed)) {
@@ -271,6 +287,8 @@ export class Model {
       } else if (a.code === 'SOLD_OUT') {
         const most = heldTotal0 + fresh.length
         if (most < minTotal && !sameKeyInBatch) bad('m', `SOLD_OUT for ${user} although at most ${most} units were out and the total was at least ${minTotal}`)
+      } else if (a.code === 'PAUSED') {
+        if (!paused0 && !pausedInBatch) bad('m', `PAUSED for ${user} although the campaign was not paused and no pause answered in the batch`)
       } else if (a.code === 'ENDED' || a.code === 'NOT_STARTED') {
         if (!closed0 && !windowTargets.some((w) => w !== 'open')) bad('m', `${a.code} for ${user} although the window was open (endsAt ${iso(this.endsAt)}) and no PATCH closed it`)
       }
@@ -342,8 +360,12 @@ export class Model {
   }
 
   /** After a batch: the total and window in force (read from the service), checked against the PATCH answers. */
-  settle (batch: number, answers: Answer[], total: number, endsAt: number | null): Violation[] {
+  settle (batch: number, answers: Answer[], total: number, endsAt: number | null, paused: boolean): Violation[] {
     const v: Violation[] = []
+    const switches = answers.filter((a) => a.op === 'pause' && a.status === 200).map((a) => a.paused!)
+    const possiblyPaused = switches.length > 0 ? switches : [this.paused]
+    if (!possiblyPaused.includes(paused)) v.push(new Violation('m', `batch ${batch}: paused is ${paused} after the batch; the pause/resume answers allow only ${possiblyPaused.join(' or ')}`))
+    this.paused = paused
     const totals200 = answers.filter((a) => a.op === 'patchTotal' && a.status === 200).map((a) => a.to!)
     const possible = totals200.length > 0 ? totals200 : [this.total]
     if (!possible.includes(total)) v.push(new Violation('m', `batch ${batch}: total is ${total} after the batch; the PATCH answers allow only ${possible.join(' or ')}`))
@@ -361,6 +383,7 @@ export function describe (a: Answer): string {
     case 'cancel': return `cancel ${a.user}`
     case 'patchTotal': return `PATCH totalQuantity=${a.to}`
     case 'patchWindow': return `PATCH window=${a.window}`
+    case 'pause': return a.paused ? 'pause' : 'resume'
     case 'get': return 'GET coupon'
   }
 }

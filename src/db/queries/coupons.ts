@@ -1,6 +1,6 @@
 import { asc, eq, gt, inArray, sql } from 'drizzle-orm'
 import type { Db } from '../client.js'
-import { coupons, databaseIdentity } from '../schema.js'
+import { coupons, databaseIdentity, type Discount } from '../schema.js'
 
 export type Coupon = typeof coupons.$inferSelect
 
@@ -10,6 +10,8 @@ export interface NewCoupon {
   perUserLimit?: number
   startsAt?: Date
   endsAt?: Date | null
+  discount?: Discount | null
+  metadata?: Record<string, string | number | boolean | null> | null
 }
 
 export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
@@ -18,7 +20,9 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
     totalQuantity: input.totalQuantity,
     perUserLimit: input.perUserLimit ?? 1,
     ...(input.startsAt ? { startsAt: input.startsAt } : {}),
-    endsAt: input.endsAt ?? null
+    endsAt: input.endsAt ?? null,
+    discount: input.discount ?? null,
+    metadata: input.metadata ?? null
   }).returning()
   return row!
 }
@@ -37,6 +41,10 @@ export interface CouponChanges {
   totalQuantity?: number
   startsAt?: Date
   endsAt?: Date | null
+  paused?: boolean
+  /** null clears; absent keeps */
+  discount?: Discount | null
+  metadata?: Record<string, string | number | boolean | null> | null
 }
 
 export async function updateCoupon (db: Db, id: number, changes: CouponChanges): Promise<Coupon | undefined> {

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, isNull, sql } from 'drizzle-orm'
+import { and, asc, desc, eq, isNotNull, isNull, sql, type SQL } from 'drizzle-orm'
 import type { Db } from '../client.js'
 import { couponIssues, couponRevocations, failedIssueEvents } from '../schema.js'
 import type { IssueEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
@@ -98,6 +98,37 @@ export async function issuesOfUser (db: Db, userId: string, couponId?: number) {
   }).from(couponIssues)
     .where(couponId === undefined ? eq(couponIssues.userId, userId) : and(eq(couponIssues.userId, userId), eq(couponIssues.couponId, couponId)))
     .orderBy(asc(couponIssues.couponId), asc(couponIssues.claim))
+}
+
+export type IssueStatus = 'active' | 'revoked'
+
+/** Where a page of the winners list ends: the last row's issue moment and id (the keyset). */
+export interface IssueCursor { issuedAtMs: number, id: number }
+
+export interface WinnerRow {
+  id: number
+  userId: string
+  claim: number
+  issuedAt: Date
+  revokedAt: Date | null
+}
+
+/**
+ * One page of a coupon's issues in issue order (created_at, then id), after `after`; served by the
+ * coupon_issues_coupon_created index, so a page costs the same on page 1 and page 1,000.
+ */
+export async function issuesPage (db: Db, couponId: number, { status, after, limit }: { status?: IssueStatus, after?: IssueCursor, limit: number }): Promise<WinnerRow[]> {
+  const conditions: SQL[] = [eq(couponIssues.couponId, couponId)]
+  if (status === 'active') conditions.push(isNull(couponIssues.revokedAt))
+  if (status === 'revoked') conditions.push(isNotNull(couponIssues.revokedAt))
+  if (after) conditions.push(sql`(${couponIssues.createdAt}, ${couponIssues.id}) > (${new Date(after.issuedAtMs).toISOString()}::timestamptz, ${after.id})`)
+  return db.select({
+    id: couponIssues.id,
+    userId: couponIssues.userId,
+    claim: couponIssues.claim,
+    issuedAt: couponIssues.createdAt,
+    revokedAt: couponIssues.revokedAt
+  }).from(couponIssues).where(and(...conditions)).orderBy(asc(couponIssues.createdAt), asc(couponIssues.id)).limit(limit)
 }
 
 export interface FailedEntry extends UndecodableEntry {

@@ -10,8 +10,10 @@
   KEYS[3] holders    hash
   KEYS[4] revoked    hash   userId -> "upTo|revokedAtMs"
   KEYS[5] discarded  set    entry ids given back
+  KEYS[6] stats      hash   discarded += 1 on RETURNED (best effort)
 
   ARGV[1] userId   ARGV[2] claim number of the parked issue   ARGV[3] its stream entry id
+  ARGV[4] stock-returned channel   ARGV[5] couponId (published on RETURNED: see src/issuing/sold-out-markers.ts)
 
   Returns code
     0 RETURNED         the unit went back to stock
@@ -20,7 +22,7 @@
     3 NOT_HELD         a cancel already returned the unit: nothing changed
 ]]
 
-local meta, stock, holders, revoked, discarded = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, stock, holders, revoked, discarded, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local userId, claim, entryId = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
 if redis.call('SISMEMBER', discarded, entryId) == 1 then return 2 end
@@ -36,4 +38,6 @@ redis.call('SADD', discarded, entryId)
 if upTo >= claim or held <= 0 then return 3 end
 if held == 1 then redis.call('HDEL', holders, userId) else redis.call('HSET', holders, userId, held - 1) end
 redis.call('INCR', stock)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.pcall('HINCRBY', stats, 'discarded', 1)
 return 0

@@ -6,17 +6,21 @@
   of memory, instead of failing after its first write. Every read that could fail (wrong key type)
   also runs before the first write, because Lua does not roll back.
 
-  KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or ''), dormant (set by markDormant)
+  KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or ''), dormant (set by markDormant),
+                             paused ('1' while paused; set by updateCoupon)
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks the hash as complete
   KEYS[4] claims      hash   userId -> last claim number (never decreases); field '#' likewise
                       (a userId cannot contain '#'; a hash without it was lost and must be rebuilt)
-  KEYS[5] events      stream issue/revoke events for the consumer group
+  KEYS[5] events      stream issue/revoke events for the consumer group; this one appends
+                      e1 = "i|userId|claim|atMs|idempotencyKey" (format: src/stream/events.ts)
   KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
+  KEYS[7] stats       hash   issued +1, firstIssuedAt and soldOutAt (first time stock reaches 0) on ISSUED;
+                             best effort (a wrong type there fails nothing)
 
-  ARGV[1] couponId
-  ARGV[2] userId
-  ARGV[3] idempotency key given ('' = none)
+  ARGV[1] couponId (unused: the entry names no coupon, the stream key does)
+  ARGV[2] userId (USER_ID_PATTERN: never contains '|' or '#')
+  ARGV[3] idempotency key given ('' = none; never contains '|')
   ARGV[4] idempotency ttl, seconds
   ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
 
@@ -24,11 +28,14 @@
     code 0 ISSUED                  at = issuedAt ms; claim, entryId set
     code 1 NEEDS_RESTORE           counters (or the idempotency hash, for a keyed call) missing: rebuild, call again
     code 2 ALREADY_ISSUED          user already holds perUserLimit units; at carries perUserLimit
-    code 3 SOLD_OUT
+    code 3 SOLD_OUT                at carries endsAt (0 = none), claim carries Redis now (ms): together they
+                                   bound how long an instance may answer SOLD_OUT from memory
     code 4 NOT_STARTED             at carries startsAt
     code 5 ENDED                   at carries endsAt
     code 6 BACKLOG_FULL            too many unpersisted events; nothing changed
     code 7 IDEMPOTENCY_KEY_REUSED  the key was used with another userId
+    code 8 PAUSED                  the campaign is paused; nothing changed, nothing remembered (a retry after
+                                   the resume may win)
   replayed is 1 when the outcome was remembered from an earlier call with the same key.
   reactivated is 1 when the stream had been marked dormant (dropped from the consumer's read list):
   the caller must put the coupon back on that list.
@@ -36,12 +43,12 @@
 
 -- @include outcomes.lua
 
-local meta, stock, holders, claims, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
+local meta, stock, holders, claims, events, idem, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local userId, idemKey = ARGV[2], ARGV[3]
 local field = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
-local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant')
+local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
 if not m[1] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
@@ -51,13 +58,14 @@ local function finish (code, at, claim, entry, reactivated)
   return rememberOutcome(idem, field, userId, now, code, at, claim, entry, reactivated or 0)
 end
 
+if m[5] then return { 8, 0, 0, '', 0, 0 } end
 local startsAt, endsAt = tonumber(m[2]), tonumber(m[3])
 if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0, 0 } end
 if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0, 0 } end
 
 local held = tonumber(holding[1]) or 0
 if held >= tonumber(m[1]) then return finish(2, tonumber(m[1]), 0, '') end
-if left <= 0 then return finish(3, 0, 0, '') end
+if left <= 0 then return finish(3, endsAt or 0, now, '') end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
 if not claimed[2] then return { 1, 0, 0, '', 0, 0 } end
@@ -70,6 +78,10 @@ if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
 redis.call('HSET', claims, userId, claim)
-local entry = appendEvent(events, idemKey, { 'type', 'issue', 'couponId', couponId, 'userId', userId, 'claim', claim, 'at', now })
+local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
+-- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
+redis.pcall('HINCRBY', stats, 'issued', 1)
+redis.pcall('HSETNX', stats, 'firstIssuedAt', now)
+if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
 return finish(0, now, claim, entry, reactivated)

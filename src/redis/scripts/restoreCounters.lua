@@ -19,6 +19,9 @@
   ARGV[3] total      ARGV[4] perUserLimit   ARGV[5] startsAt ms   ARGV[6] endsAt ms or ''
   ARGV[7] stock left
   ARGV[8] U, ARGV[9] I, ARGV[10] R: how many of each group follow
+  ARGV[11] stock-returned channel   ARGV[12] couponId (published after a full rebuild: the rebuilt stock
+           may differ from what instances saw, see src/issuing/sold-out-markers.ts)
+  ARGV[13] paused: '1' or ''
   then U triples  userId, units held now, last claim number
   then I pairs    idempotency field, record
   then R pairs    userId, "upTo|revokedAtMs"
@@ -33,7 +36,8 @@ local meta, stock, holders, claims, events, idem, revoked, discarded =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 local users, records, cancels = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local records_from = 11 + 3 * users
+local FIRST_GROUP = 14
+local records_from = FIRST_GROUP + 3 * users
 
 -- The idempotency records and last cancels from ARGV[from..], and their markers. HSETNX: a record
 -- still live is never older than one computed from Postgres and the stream.
@@ -70,10 +74,11 @@ redis.call('SCARD', discarded)
 
 redis.call('DEL', meta, stock, holders, claims, revoked, discarded)
 redis.call('HSET', meta, 'total', ARGV[3], 'perUserLimit', ARGV[4], 'startsAt', ARGV[5], 'endsAt', ARGV[6])
+if ARGV[13] == '1' then redis.call('HSET', meta, 'paused', '1') end
 redis.call('SET', stock, ARGV[7])
 redis.call('HSET', holders, '#', 1)
 redis.call('HSET', claims, '#', 1)
-local i = 11
+local i = FIRST_GROUP
 for _ = 1, users do
   if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', holders, ARGV[i], ARGV[i + 1]) end
   redis.call('HSET', claims, ARGV[i], ARGV[i + 2])
@@ -83,4 +88,5 @@ installPairs(i)
 
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events, ARGV[1], '0', 'MKSTREAM')
 if not ok and not string.find(tostring(err), 'BUSYGROUP') then return redis.error_reply(tostring(err)) end
+redis.call('PUBLISH', ARGV[11], ARGV[12])
 return 1

@@ -11,14 +11,18 @@
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks it complete (see issue.lua)
   KEYS[4] claims      hash   userId -> last claim number; field '#' likewise
-  KEYS[5] events      stream
+  KEYS[5] events      stream; this one appends e1 = "r|userId|units|atMs|upTo|idempotencyKey"
+                      (format: src/stream/events.ts)
   KEYS[6] idempotency hash   (see includes/outcomes.lua)
   KEYS[7] revoked     hash   userId -> "upTo|revokedAtMs" of the user's last cancel; field '#' likewise
+  KEYS[8] stats       hash   revoked += units returned (best effort)
 
-  ARGV[1] couponId
-  ARGV[2] userId
-  ARGV[3] idempotency key given ('' = none)
+  ARGV[1] couponId (published on the stock-returned channel; the entry names no coupon, the stream key does)
+  ARGV[2] userId (never contains '|')
+  ARGV[3] idempotency key given ('' = none; never contains '|')
   ARGV[4] idempotency ttl, seconds
+  ARGV[5] stock-returned channel: the coupon id is published there when units return to stock, so
+          every instance drops its sold-out marker (src/issuing/sold-out-markers.ts)
 
   Returns { code, revokedAtMs, units, entryId, replayed, reactivated }
     code 0 REVOKED        units returned to stock
@@ -29,7 +33,7 @@
 
 -- @include outcomes.lua
 
-local meta, stock, holders, claims, events, idem, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta, stock, holders, claims, events, idem, revoked, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local couponId, userId, idemKey = ARGV[1], ARGV[2], ARGV[3]
 local field = idemKey == '' and '' or 'revoke:' .. idemKey
 local now = nowMs()
@@ -54,6 +58,8 @@ local upTo = tonumber(claimed[1]) or 0
 redis.call('INCRBY', stock, held)
 redis.call('HDEL', holders, userId)
 redis.call('HSET', revoked, userId, upTo .. '|' .. now)
-local entry = appendEvent(events, idemKey, { 'type', 'revoke', 'couponId', couponId, 'userId', userId, 'units', held, 'at', now, 'upTo', upTo })
+local entry = appendEvent(events, { 'r', userId, held, now, upTo, idemKey })
 local reactivated = wakeIfDormant(meta, m[2])
+redis.call('PUBLISH', ARGV[5], couponId)
+redis.pcall('HINCRBY', stats, 'revoked', held)
 return finish(0, now, held, entry, reactivated)

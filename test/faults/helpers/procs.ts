@@ -2,7 +2,7 @@
 // child process on its own free port, all killed (and their directories removed) at teardown even when
 // the test fails. Nothing here touches the shared Redis on 6379 or the shared Postgres on 5432.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ADMIN_TOKEN, waitFor, type Teardown } from '../../helpers/env.js'
@@ -107,6 +107,96 @@ export async function throwawayRedis (t: Teardown, { appendonly = true, args = [
   })
   await self.client.connect().catch(() => {})
   await self.start()
+  return self
+}
+
+// ------------------------------------------------------------------------------------------- sentinel
+
+export interface ThrowawaySentinelSet {
+  /** the master name the sentinels monitor */
+  name: string
+  /** the first primary and its replicas, in start order (which one is master changes with a failover) */
+  servers: ThrowawayRedis[]
+  /** sentinel ports, for REDIS_SENTINELS */
+  sentinelPorts: number[]
+  /** REDIS_SENTINELS + REDIS_SENTINEL_NAME for the service */
+  env: Record<string, string>
+  /** SENTINEL <args> on the given sentinel (the first by default) */
+  sentinel (args: string[], index?: number): Promise<unknown>
+  /** the master port every sentinel names (throws when they disagree) */
+  masterPort (): Promise<number>
+  /** the server that is master now, by the sentinels' word */
+  master (): Promise<ThrowawayRedis>
+}
+
+/**
+ * A primary, `replicas` replicas (--replicaof) and `sentinels` sentinels (quorum 2, down after 1 s, failover
+ * timeout 5 s), all on free loopback ports; resolves once every replica is synced and every sentinel
+ * knows the replicas and the other sentinels. Each redis is a throwawayRedis (AOF, appendfsync always).
+ */
+export async function throwawaySentinelSet (t: Teardown, { name = 'couponrush', replicas = 2, sentinels = 3 } = {}): Promise<ThrowawaySentinelSet> {
+  const primary = await throwawayRedis(t)
+  const servers = [primary]
+  for (let i = 0; i < replicas; i++) servers.push(await throwawayRedis(t, { args: ['--replicaof', '127.0.0.1', String(primary.port)] }))
+  await until(async () => {
+    const info = await primary.client.info('replication')
+    return (info.match(/^slave\d+:.*state=online/gm) ?? []).length === replicas
+  }, 15_000, `${replicas} replicas to sync with the primary`)
+
+  const sentinelPorts: number[] = []
+  const dir = mkdtempSync(join(tmpdir(), 'couponrush-sentinel-'))
+  const children: ChildProcess[] = []
+  t.teardown(async () => {
+    for (const child of children) await killHard(child)
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const ask = async (port: number, args: string[]): Promise<unknown> => {
+    const client = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false })
+    client.on('error', () => {})
+    try { await client.connect(); return await client.call('SENTINEL', ...args) } finally { client.disconnect() }
+  }
+  for (let i = 0; i < sentinels; i++) {
+    const port = await freePort()
+    // A sentinel rewrites its config file (what it learned), so each gets its own.
+    const conf = join(dir, `sentinel-${port}.conf`)
+    writeFileSync(conf, [
+      `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`,
+      `sentinel monitor ${name} 127.0.0.1 ${primary.port} 2`,
+      `sentinel down-after-milliseconds ${name} 1000`,
+      `sentinel failover-timeout ${name} 5000`,
+      `sentinel parallel-syncs ${name} ${replicas}`
+    ].join('\n') + '\n')
+    children.push(track(spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' })))
+    sentinelPorts.push(port)
+  }
+  // Sentinels find the replicas through the primary's INFO and each other through its hello channel.
+  await until(async () => {
+    try {
+      const views = await Promise.all(sentinelPorts.map(async (port) => {
+        const fields = await ask(port, ['MASTER', name]) as string[]
+        const get = (key: string) => Number(fields[fields.indexOf(key) + 1])
+        return get('num-slaves') === replicas && get('num-other-sentinels') === sentinels - 1
+      }))
+      return views.every(Boolean)
+    } catch { return false }
+  }, 20_000, `${sentinels} sentinels to see ${replicas} replicas and each other`)
+
+  const self: ThrowawaySentinelSet = {
+    name,
+    servers,
+    sentinelPorts,
+    env: { REDIS_SENTINELS: sentinelPorts.map((port) => `127.0.0.1:${port}`).join(','), REDIS_SENTINEL_NAME: name },
+    sentinel: (args, index = 0) => ask(sentinelPorts[index]!, args),
+    async masterPort () {
+      const ports = await Promise.all(sentinelPorts.map(async (port) => Number((await ask(port, ['GET-MASTER-ADDR-BY-NAME', name]) as string[])[1])))
+      if (new Set(ports).size !== 1) throw new Error(`the sentinels disagree on the master: ${ports.join(', ')}`)
+      return ports[0]!
+    },
+    async master () {
+      const port = await self.masterPort()
+      return servers.find((s) => s.port === port)!
+    }
+  }
   return self
 }
 

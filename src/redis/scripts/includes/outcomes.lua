@@ -1,6 +1,6 @@
 --[[
   Shared by issue.lua and revoke.lua (inlined at load time by src/redis/scripts.ts): the clock, the
-  idempotency records, appending an event and waking a dormant stream.
+  idempotency records, appending an event (format: src/stream/events.ts) and waking a dormant stream.
 
   Idempotency records live in the coupon's idempotency hash: field "<action>:<key>" ->
   "userId|code|at|count|entryId|recordedAtMs". The hash carries no TTL, so a volatile-* eviction policy
@@ -42,13 +42,12 @@ local function rememberOutcome (idem, field, userId, now, code, at, count, entry
   return { code, at, count, entry, 0, reactivated }
 end
 
--- Appends an event; with a key, the key travels with it (a counter rebuild replays it from there).
-local function appendEvent (events, idemKey, fields)
-  if idemKey ~= '' then
-    fields[#fields + 1] = 'idem'
-    fields[#fields + 1] = idemKey
-  end
-  return redis.call('XADD', events, '*', unpack(fields))
+-- Appends an event as one v1 entry: field 'e1', the event's values joined by '|' (the format, and the
+-- older one readers still accept, is documented in src/stream/events.ts). `values` ends with the
+-- idempotency key ('' = none): the key travels with the event, a counter rebuild replays it from there.
+-- Numbers are concatenated as Lua prints them: plain digits for every integer below 1e14 (ms until 5138).
+local function appendEvent (events, values)
+  return redis.call('XADD', events, '*', 'e1', table.concat(values, '|'))
 end
 
 -- After an append to a stream marked dormant (markDormant.lua): clears the mark and answers 1, so the
