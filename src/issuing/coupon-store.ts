@@ -10,6 +10,7 @@ import { DiscardCode, IssueCode, NEEDS_RESTORE, RevokeCode, UpdateCode } from '.
 import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
+import type { ServerChangeGuard } from './server-change.js'
 import { issueRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
 import { SoldOutMarkers } from './sold-out-markers.js'
 
@@ -49,6 +50,8 @@ export interface CouponStoreOptions {
   idempotencyTtlSeconds: number
   /** the sold-out short-circuit; absent = off */
   soldOutMarkers?: SoldOutMarkers
+  /** checks, after every reconnect, that Redis is still the server the counters belong to; absent = never */
+  serverGuard?: ServerChangeGuard
 }
 
 const RESTORE_ATTEMPTS = 3
@@ -72,8 +75,10 @@ export class CouponStore {
   /** Coupons whose stream was reactivated but could not be put back on the read list (Redis failed). */
   readonly #stranded = new Set<number>()
   readonly soldOutMarkers: SoldOutMarkers
+  readonly #serverGuard: ServerChangeGuard | undefined
 
-  constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds, soldOutMarkers = new SoldOutMarkers({ ttlMs: 0 }) }: CouponStoreOptions) {
+  constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds, soldOutMarkers = new SoldOutMarkers({ ttlMs: 0 }), serverGuard }: CouponStoreOptions) {
+    this.#serverGuard = serverGuard
     this.#redis = redis
     this.#db = db
     this.#keys = keys
@@ -236,6 +241,7 @@ export class CouponStore {
 
   async #ensureCounters (couponId: number): Promise<void> {
     const k = this.#keysOf(couponId)
+    if (this.#serverGuard?.stale) await this.#serverGuard.check().catch((err) => { throw redisFailure(err) })
     const present = await this.#redis.exists(k.stock).catch((err) => { throw redisFailure(err) })
     if (present === 0) await this.#restore(couponId)
   }
@@ -257,6 +263,8 @@ export class CouponStore {
 
   async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>, scriptFailed: errors.ScriptFailure = errors.IssueScriptFailed): Promise<R> {
     try {
+      // Counters of another server (a promoted replica, a restart from disk) are dropped before any use.
+      if (this.#serverGuard?.stale) await this.#serverGuard.check()
       for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
         const reply = await run()
         if ((typeof reply === 'number' ? reply : reply.code) !== NEEDS_RESTORE) return reply

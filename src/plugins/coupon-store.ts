@@ -3,6 +3,7 @@ import { CouponStore } from '../issuing/coupon-store.js'
 import { CampaignStats } from '../issuing/campaign-stats.js'
 import { followStockReturns, SoldOutMarkers } from '../issuing/sold-out-markers.js'
 import { databaseId } from '../db/queries/coupons.js'
+import { ServerChangeGuard } from '../issuing/server-change.js'
 import type { Config } from '../config.js'
 
 /** How often this instance adds what it counted to the shared statistics. */
@@ -24,6 +25,9 @@ export default fp(async function couponStorePlugin (fastify, { config }: { confi
     throw new Error(`Redis keys under REDIS_PREFIX "${config.redisPrefix}" belong to another database (${bound}, this one is ${id}). ` +
       'Use a different REDIS_PREFIX for this database, or delete those keys if that database is gone.')
   }
+  // Before the first request: records this server, or drops counters inherited from another one.
+  const serverGuard = new ServerChangeGuard(fastify.redis, fastify.keys, fastify.log)
+  await serverGuard.check()
   const soldOutMarkers = new SoldOutMarkers({ ttlMs: config.soldOutMarkerTtlMs })
   const unfollow = await followStockReturns(fastify.redis, fastify.keys.stockReturned, soldOutMarkers, fastify.log)
   fastify.addHook('onClose', unfollow)
@@ -33,7 +37,8 @@ export default fp(async function couponStorePlugin (fastify, { config }: { confi
     keys: fastify.keys,
     backlogCap: config.backlogCap,
     idempotencyTtlSeconds: config.idempotencyTtlSeconds,
-    soldOutMarkers
+    soldOutMarkers,
+    serverGuard
   }))
 
   const campaignStats = new CampaignStats(fastify.redis, fastify.keys)

@@ -26,8 +26,9 @@ export default fp(async function redisPlugin (fastify, { config }: { config: Con
   }
   for (const risk of risks) fastify.log.warn(`REDIS DURABILITY: ${risk}`)
   if (config.redis.kind === 'sentinel') {
-    // Said at every start, because nothing in the service closes this window yet (no WAIT).
-    fastify.log.warn('REDIS DURABILITY: with Sentinel, a failover can drop issues the old master had not replicated; ' +
-      'run `npm run reconcile` after every failover and settle the coupons it flags before they sell out (README, Scaling out)')
+    // Said at every start, because nothing in the service closes this window yet (no WAIT). Persisted
+    // issues the new master forgot are not at risk: the counters are rebuilt (src/issuing/server-change.ts).
+    fastify.log.warn('REDIS DURABILITY: with Sentinel, a failover can lose answered issues the old master had neither ' +
+      'replicated nor persisted to Postgres (README, Scaling out)')
   }
 }, { name: 'redis' })

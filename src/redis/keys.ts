@@ -67,6 +67,10 @@ export function createKeys (prefix: string) {
     eventStreamPattern: `${prefix.replace(/[*?[\]\\]/g, '\\$&')}coupon:*:events`,
     /** string: id of the Postgres database these keys belong to */
     databaseId: `${prefix}database-id`,
+    /** string: run_id of the Redis server the counters were last checked against (src/issuing/server-change.ts) */
+    serverRunId: `${prefix}server-run-id`,
+    /** SCAN pattern matching every coupon's meta hash under this prefix */
+    couponMetaPattern: `${prefix.replace(/[*?[\]\\]/g, '\\$&')}coupon:*:meta`,
     /** set of coupon ids whose event streams the consumer reads */
     activeCoupons: `${prefix}active-coupons`,
     /**

@@ -18,7 +18,8 @@ const SCRIPTS = {
   ackAndTrim: 1,
   markDormant: 2,
   discardIssue: 6,
-  recordStats: null
+  recordStats: null,
+  adoptServer: null
 } as const
 
 type Arg = string | number
@@ -34,6 +35,7 @@ declare module 'ioredis' {
     markDormant (...keysThenArgs: Arg[]): Result<number, Context>
     discardIssue (...keysThenArgs: Arg[]): Result<number, Context>
     recordStats (numberOfKeys: number, ...keysThenArgs: Arg[]): Result<number, Context>
+    adoptServer (numberOfKeys: number, ...keysThenArgs: Arg[]): Result<number, Context>
   }
 }
 
@@ -47,6 +49,7 @@ export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, IDEMPOTEN
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
 export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
+export const AdoptCode = { SAME: 0, FIRST: 1, ADOPTED: 2, RELIST: 3 } as const
 /** Every script that can find the counters missing answers this code. */
 export const NEEDS_RESTORE = 1
 
@@ -55,6 +58,7 @@ export type RevokeCode = typeof RevokeCode[keyof typeof RevokeCode]
 export type RestoreCode = typeof RestoreCode[keyof typeof RestoreCode]
 export type UpdateCode = typeof UpdateCode[keyof typeof UpdateCode]
 export type DiscardCode = typeof DiscardCode[keyof typeof DiscardCode]
+export type AdoptCode = typeof AdoptCode[keyof typeof AdoptCode]
 
 export interface Outcome<C extends number> {
   code: C
@@ -178,4 +182,18 @@ export async function recordStats (redis: Redis, k: CouponKeys, { rejected, issu
   for (const s of seconds) args.push(issuedPerSecond.get(s)!)
   args.push(lagMs)
   await redis.recordStats(1 + seconds.length, ...args)
+}
+
+export interface AdoptArgs {
+  /** keys.serverRunId */
+  recordKey: string
+  runId: string
+  stockReturned: string
+  /** null when the caller saw no record (and so listed nothing) */
+  listed: { couponIds: string[], counterKeys: string[] } | null
+}
+
+export async function adoptServer (redis: Redis, { recordKey, runId, stockReturned, listed }: AdoptArgs): Promise<AdoptCode> {
+  const keys = [recordKey, ...(listed?.counterKeys ?? [])]
+  return await redis.adoptServer(keys.length, ...keys, runId, stockReturned, listed ? 'listed' : '', ...(listed?.couponIds ?? [])) as AdoptCode
 }
