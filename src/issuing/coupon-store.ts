@@ -130,6 +130,7 @@ export class CouponStore {
       couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds
     }), errors.CancelScriptFailed)
     if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
+    this.#stockMayHaveReturned(couponId)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
   }
@@ -191,7 +192,10 @@ export class CouponStore {
         }))!
         return { coupon, remaining: total - issued }
       }).catch((err) => { throw databaseFailure(err) })
-      if (result) return result
+      if (result) {
+        this.#stockMayHaveReturned(couponId)
+        return result
+      }
     }
     throw new errors.Restoring(couponId)
   }
@@ -236,7 +240,18 @@ export class CouponStore {
   /** Gives a parked issue's unit back to stock (unless a cancel did already); idempotent. */
   async discardParkedIssue (couponId: number, entry: scripts.DiscardArgs): Promise<'returned' | 'not-held'> {
     const code = await this.#runWithRestore(couponId, () => scripts.discardIssue(this.#redis, this.#keysOf(couponId), entry))
-    return code === DiscardCode.RETURNED ? 'returned' : 'not-held'
+    if (code !== DiscardCode.RETURNED) return 'not-held'
+    this.#stockMayHaveReturned(couponId)
+    return 'returned'
+  }
+
+  /**
+   * This instance just gave stock back: its own marker ends now, not when the pub/sub message (published
+   * by the same script, for every instance) arrives on the subscriber's socket a moment later, so the
+   * caller's next request already sees the stock.
+   */
+  #stockMayHaveReturned (couponId: number): void {
+    this.soldOutMarkers.invalidate(couponId)
   }
 
   async #ensureCounters (couponId: number): Promise<void> {
