@@ -55,6 +55,10 @@ const schema = {
     // again (src/issuing/sold-out-markers.ts); anything that returns stock ends it at once. 0 = off.
     SOLD_OUT_MARKER_TTL_MS: { type: 'integer', minimum: 0, maximum: 60000, default: 1000 },
     REDIS_COMMAND_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 2000 },
+    // Answer an issue, a cancel or a change, and persist an entry, only once this many replicas have it
+    // (src/redis/replication-fence.ts); 0 = off. REDIS_WAIT_TIMEOUT_MS bounds each wait.
+    REDIS_WAIT_REPLICAS: { type: 'integer', minimum: 0, maximum: 16, default: 0 },
+    REDIS_WAIT_TIMEOUT_MS: { type: 'integer', minimum: 1, maximum: 60000, default: 500 },
     SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 },
     // A whole request (headers and body) must arrive within this; 0 turns the check off. A valid request is
     // under 4 KiB, so only a stalled or deliberately slow client needs more.
@@ -119,6 +123,8 @@ export interface Config {
   /** SOLD_OUT_MARKER_TTL_MS: 0 = the sold-out short-circuit is off */
   soldOutMarkerTtlMs: number
   redisCommandTimeoutMs: number
+  /** REDIS_WAIT_REPLICAS (0 = off) and REDIS_WAIT_TIMEOUT_MS */
+  redisWait: { replicas: number, timeoutMs: number }
   shutdownTimeoutMs: number
   requestTimeoutMs: number
   connectionTimeoutMs: number
@@ -223,6 +229,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
     soldOutMarkerTtlMs: raw.SOLD_OUT_MARKER_TTL_MS,
     redisCommandTimeoutMs: raw.REDIS_COMMAND_TIMEOUT_MS,
+    redisWait: { replicas: raw.REDIS_WAIT_REPLICAS, timeoutMs: raw.REDIS_WAIT_TIMEOUT_MS },
     shutdownTimeoutMs: raw.SHUTDOWN_TIMEOUT_MS,
     requestTimeoutMs: raw.REQUEST_TIMEOUT_MS,
     connectionTimeoutMs: raw.CONNECTION_TIMEOUT_MS,

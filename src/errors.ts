@@ -23,6 +23,7 @@ export const Forbidden = createError('FORBIDDEN', 'This key may not use this rou
 export const RedisUnavailable = createError('REDIS_UNAVAILABLE', 'The coupon store (Redis) is unavailable. Retry shortly with the same Idempotency-Key.', 503)
 export const DatabaseUnavailable = createError('DATABASE_UNAVAILABLE', 'The database is unavailable. Retry shortly.', 503)
 export const BacklogFull = createError('BACKLOG_FULL', 'Too many issues are waiting to be persisted for coupon %s. Retry in a few seconds.', 503)
+export const ReplicationTimeout = createError('REPLICATION_TIMEOUT', 'Redis replicas did not confirm the write in time (REDIS_WAIT_REPLICAS): the outcome is unknown, it may have happened. Retry with the same Idempotency-Key.', 503)
 export const Restoring = createError('RESTORING', 'Stock of coupon %s is being rebuilt. Retry in a moment.', 503)
 // One code per script a client can set off, so an alert or a client knows which act did not happen.
 export const IssueScriptFailed = createError('ISSUE_SCRIPT_FAILED', 'The coupon store rejected the operation; nothing was changed. Retry later or contact the operator.', 503)

@@ -11,6 +11,7 @@ import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
 import type { ServerChangeGuard } from './server-change.js'
+import type { ReplicationFence } from '../redis/replication-fence.js'
 import { issueRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
 import { SoldOutMarkers } from './sold-out-markers.js'
 
@@ -52,6 +53,8 @@ export interface CouponStoreOptions {
   soldOutMarkers?: SoldOutMarkers
   /** checks, after every reconnect, that Redis is still the server the counters belong to; absent = never */
   serverGuard?: ServerChangeGuard
+  /** REDIS_WAIT_REPLICAS: answer only once replicas have the write (needs serverGuard); absent = off */
+  replicationFence?: ReplicationFence | null
 }
 
 const RESTORE_ATTEMPTS = 3
@@ -76,9 +79,12 @@ export class CouponStore {
   readonly #stranded = new Set<number>()
   readonly soldOutMarkers: SoldOutMarkers
   readonly #serverGuard: ServerChangeGuard | undefined
+  readonly #fence: ReplicationFence | null
 
-  constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds, soldOutMarkers = new SoldOutMarkers({ ttlMs: 0 }), serverGuard }: CouponStoreOptions) {
+  constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds, soldOutMarkers = new SoldOutMarkers({ ttlMs: 0 }), serverGuard, replicationFence = null }: CouponStoreOptions) {
+    if (replicationFence && !serverGuard) throw new Error('a replication fence needs the server guard (it compares the servers)')
     this.#serverGuard = serverGuard
+    this.#fence = replicationFence
     this.#redis = redis
     this.#db = db
     this.#keys = keys
@@ -109,9 +115,13 @@ export class CouponStore {
     if (unkeyed && markers.soldOut(couponId)) return { refusal: soldOutFromMemory(couponId) }
     const ticket = markers.ticket()
     const k = this.#keysOf(couponId)
-    const reply = await this.#runWithRestore(couponId, () => scripts.issue(this.#redis, k, {
-      couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
-    }))
+    let connection = 0
+    const reply = await this.#runWithRestore(couponId, () => {
+      connection = this.#connection()
+      return scripts.issue(this.#redis, k, {
+        couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
+      })
+    })
     if (reply.code !== IssueCode.ISSUED) {
       // For SOLD_OUT the script returns endsAt in `at` and its clock in `count` (see issue.lua).
       if (reply.code === IssueCode.SOLD_OUT && unkeyed && !reply.replayed) markers.markSoldOut(couponId, ticket, reply.at, reply.count)
@@ -119,6 +129,8 @@ export class CouponStore {
       if (refusal instanceof Error) throw refusal
       return { refusal }
     }
+    // A replay too: the first answer may have been REPLICATION_TIMEOUT.
+    if (this.#fence) await this.#confirmReplicated(connection)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed } }
   }
@@ -126,11 +138,14 @@ export class CouponStore {
   /** Takes back every unit the user holds and returns them to stock. */
   async revoke (couponId: number, userId: string, idempotencyKey = ''): Promise<Revoked> {
     const k = this.#keysOf(couponId)
-    const reply = await this.#runWithRestore(couponId, () => scripts.revoke(this.#redis, k, {
-      couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds
-    }), errors.CancelScriptFailed)
+    let connection = 0
+    const reply = await this.#runWithRestore(couponId, () => {
+      connection = this.#connection()
+      return scripts.revoke(this.#redis, k, { couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds })
+    }, errors.CancelScriptFailed)
     if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
     this.#stockMayHaveReturned(couponId)
+    if (this.#fence) await this.#confirmReplicated(connection)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
   }
@@ -171,6 +186,7 @@ export class CouponStore {
    */
   async change (couponId: number, changes: CouponChanges): Promise<{ coupon: Coupon, remaining: number }> {
     const k = this.#keysOf(couponId)
+    let connection = 0
     for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
       // Outside the transaction: a rebuild takes the row in share mode and would wait for us.
       await this.#ensureCounters(couponId).catch((err) => { throw asCallersFailure(err, errors.UpdateScriptFailed) })
@@ -182,6 +198,7 @@ export class CouponStore {
         const endsAt = changes.endsAt === undefined ? current.endsAt : changes.endsAt
         const paused = changes.paused ?? current.paused
         if (endsAt && endsAt.getTime() <= startsAt.getTime()) throw new errors.InvalidWindow()
+        connection = this.#connection()
         const { code, issued } = await scripts.updateCoupon(this.#redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null, paused })
           .catch((err) => { throw redisFailure(err, errors.UpdateScriptFailed) })
         if (code === UpdateCode.NEEDS_RESTORE) return null
@@ -194,6 +211,9 @@ export class CouponStore {
       }).catch((err) => { throw databaseFailure(err) })
       if (result) {
         this.#stockMayHaveReturned(couponId)
+        // After the commit: Postgres holds the change either way, and a rebuild on a promoted replica
+        // would take it from there; the wait only tells the caller the live counters have it too.
+        if (this.#fence) await this.#confirmReplicated(connection)
         return result
       }
     }
@@ -239,10 +259,38 @@ export class CouponStore {
 
   /** Gives a parked issue's unit back to stock (unless a cancel did already); idempotent. */
   async discardParkedIssue (couponId: number, entry: scripts.DiscardArgs): Promise<'returned' | 'not-held'> {
-    const code = await this.#runWithRestore(couponId, () => scripts.discardIssue(this.#redis, this.#keysOf(couponId), entry))
+    let connection = 0
+    const code = await this.#runWithRestore(couponId, () => {
+      connection = this.#connection()
+      return scripts.discardIssue(this.#redis, this.#keysOf(couponId), entry)
+    })
     if (code !== DiscardCode.RETURNED) return 'not-held'
     this.#stockMayHaveReturned(couponId)
+    if (this.#fence) await this.#confirmReplicated(connection)
     return 'returned'
+  }
+
+  /** Which connection (generation) a script is about to be sent on; see #confirmReplicated. */
+  #connection (): number {
+    return this.#serverGuard?.connection ?? 0
+  }
+
+  /**
+   * REDIS_WAIT_REPLICAS: returns once the replicas have what the script wrote on `connection`. Refuses
+   * (REPLICATION_TIMEOUT, outcome unknown) when they did not confirm in time, or when the fence confirmed
+   * on another server than the one the script ran on (a failover between the two).
+   */
+  async #confirmReplicated (connection: number): Promise<void> {
+    const guard = this.#serverGuard!
+    let fencedOn: string
+    try {
+      fencedOn = await this.#fence!.sync()
+    } catch (err) {
+      throw new errors.ReplicationTimeout({ cause: err })
+    }
+    if (guard.connection !== connection || guard.runId !== fencedOn) {
+      throw new errors.ReplicationTimeout({ cause: new Error('the write and the fence reached different servers') })
+    }
   }
 
   /**

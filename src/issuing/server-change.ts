@@ -14,19 +14,14 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { Keys } from '../redis/keys.js'
 import { AdoptCode, adoptServer } from '../redis/scripts.js'
+import { serverRunId } from '../redis/client.js'
+
+export { serverRunId }
 
 const SCAN_COUNT = 1000
 const MAX_RELISTS = 5
 
 export type ServerCheckOutcome = { outcome: 'same' | 'first', runId: string } | { outcome: 'adopted', runId: string, previousRunId: string, coupons: number }
-
-/** The run_id of the server this connection reaches (new at every start; a promoted replica has its own). */
-export async function serverRunId (redis: Redis): Promise<string> {
-  const info = await redis.info('server')
-  const runId = /^run_id:([0-9a-f]+)\r?$/m.exec(info)?.[1]
-  if (runId === undefined) throw new Error('INFO server has no run_id')
-  return runId
-}
 
 /** Every coupon id with counters (a meta hash) under this prefix: SCAN, so never one long blocking call. */
 async function couponsWithCounters (redis: Redis, keys: Keys): Promise<string[]> {
@@ -77,6 +72,8 @@ export class ServerChangeGuard {
   readonly #log: FastifyBaseLogger | undefined
   /** true until a check succeeded on the current connection */
   #stale = true
+  /** the server the current connection reaches, once checked */
+  #runId: string | null = null
   /** bumped by every close: a check that straddles a reconnect does not count */
   #connection = 0
   #checking: Promise<void> | null = null
@@ -88,7 +85,18 @@ export class ServerChangeGuard {
     redis.on('close', () => {
       this.#connection++
       this.#stale = true
+      this.#runId = null
     })
+  }
+
+  /** The run_id of the server the connection reaches; null until checked after the last (re)connect. */
+  get runId (): string | null {
+    return this.#runId
+  }
+
+  /** Bumped by every close of the connection: unchanged across a call = the call stayed on one server. */
+  get connection (): number {
+    return this.#connection
   }
 
   /** Cheap: the hot path calls `if (guard.stale) await guard.check()`. */
@@ -113,6 +121,9 @@ export class ServerChangeGuard {
         'Redis is another server than the counters were checked against (failover or restart from disk): ' +
         'every coupon\'s counters dropped; each rebuilds from Postgres plus the stream on its next request')
     }
-    if (connection === this.#connection) this.#stale = false
+    if (connection === this.#connection) {
+      this.#runId = result.runId
+      this.#stale = false
+    }
   }
 }

@@ -11,6 +11,7 @@ import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { ackAndTrim } from '../redis/scripts.js'
+import type { ReplicationFence } from '../redis/replication-fence.js'
 import { countPerCoupon, largestStreamShare, mergeBatches, ReadSize, toBatch, type Batch, type StreamReply } from './batch.js'
 import { StreamMaintenance } from './maintenance.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
@@ -31,6 +32,8 @@ export interface ConsumerOptions {
   reclaimMinIdleMs: number
   maxDeliveries: number
   name?: string
+  /** REDIS_WAIT_REPLICAS: a batch is committed only once the replicas have its entries; null/absent = off */
+  replicationFence?: ReplicationFence | null
 }
 
 export interface ConsumerStats {
@@ -302,6 +305,11 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
 
   /** Commits a batch to Postgres; acknowledges nothing. */
   async #persist (batch: Batch): Promise<BatchOutcome> {
+    // Committed entries a failover then loses from Redis would be rows the new master's counters do not
+    // count; with a fence nothing is committed before the replicas have it (a refusal: retried later).
+    if (this.#o.replicationFence) {
+      await this.#o.replicationFence.confirmEntries(new Map([...batch.ids].map(([stream, ids]) => [stream, ids[ids.length - 1]!])))
+    }
     const outcome = await this.#persister.persist(batch.events, batch.poison)
     this.stats.batches++
     this.stats.inserted += outcome.inserted

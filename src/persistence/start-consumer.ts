@@ -5,6 +5,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import type { Db } from '../db/client.js'
 import { connectRedis, createRedis } from '../redis/client.js'
+import { createReplicationFence } from '../redis/replication-fence.js'
 import type { Keys } from '../redis/keys.js'
 import { CampaignStats } from '../issuing/campaign-stats.js'
 import { IssueEventConsumer } from './consumer.js'
@@ -33,7 +34,16 @@ export async function startConsumer ({ config, redis, db, keys, log, strandedCou
   const blockingRedis = createRedis({ target: config.redis, blocking: true, name: 'couponrush-consumer' })
   blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   await connectRedis(blockingRedis)
-  const consumer = new IssueEventConsumer({ redis, blockingRedis, db, keys, log, ...config.consumer })
+  // REDIS_WAIT_REPLICAS: nothing is committed to Postgres before the replicas have it (its own connection).
+  const replicationFence = await createReplicationFence({
+    target: config.redis,
+    ...config.redisWait,
+    commandTimeoutMs: config.redisCommandTimeoutMs,
+    key: keys.replicationFence,
+    name: 'couponrush-consumer-fence',
+    onError: (err) => log.warn({ err: err.message }, 'consumer replication fence connection error')
+  })
+  const consumer = new IssueEventConsumer({ redis, blockingRedis, db, keys, log, replicationFence, ...config.consumer })
   // The worst persistence lag per campaign, for GET /admin/coupons/:id/stats (flushed once a second).
   const lagStats = new CampaignStats(redis, keys)
   consumer.on('batch', ({ lagMsByCoupon }) => { for (const [couponId, ms] of lagMsByCoupon) lagStats.noteLag(couponId, ms) })
@@ -51,6 +61,7 @@ export async function startConsumer ({ config, redis, db, keys, log, strandedCou
       clearInterval(flushTimer)
       await lagStats.flush()
       blockingRedis.disconnect()
+      await replicationFence?.close()
     }
   }
 }

@@ -4,6 +4,7 @@ import { CampaignStats } from '../issuing/campaign-stats.js'
 import { followStockReturns, SoldOutMarkers } from '../issuing/sold-out-markers.js'
 import { databaseId } from '../db/queries/coupons.js'
 import { ServerChangeGuard } from '../issuing/server-change.js'
+import { createReplicationFence } from '../redis/replication-fence.js'
 import type { Config } from '../config.js'
 
 /** How often this instance adds what it counted to the shared statistics. */
@@ -28,6 +29,15 @@ export default fp(async function couponStorePlugin (fastify, { config }: { confi
   // Before the first request: records this server, or drops counters inherited from another one.
   const serverGuard = new ServerChangeGuard(fastify.redis, fastify.keys, fastify.log)
   await serverGuard.check()
+  const replicationFence = await createReplicationFence({
+    target: config.redis,
+    ...config.redisWait,
+    commandTimeoutMs: config.redisCommandTimeoutMs,
+    key: fastify.keys.replicationFence,
+    name: 'couponrush-fence',
+    onError: (err) => fastify.log.warn({ err: err.message }, 'replication fence connection error')
+  })
+  if (replicationFence) fastify.addHook('onClose', async () => { await replicationFence.close() })
   const soldOutMarkers = new SoldOutMarkers({ ttlMs: config.soldOutMarkerTtlMs })
   const unfollow = await followStockReturns(fastify.redis, fastify.keys.stockReturned, soldOutMarkers, fastify.log)
   fastify.addHook('onClose', unfollow)
@@ -38,7 +48,8 @@ export default fp(async function couponStorePlugin (fastify, { config }: { confi
     backlogCap: config.backlogCap,
     idempotencyTtlSeconds: config.idempotencyTtlSeconds,
     soldOutMarkers,
-    serverGuard
+    serverGuard,
+    replicationFence
   }))
 
   const campaignStats = new CampaignStats(fastify.redis, fastify.keys)

@@ -20,15 +20,15 @@ export default fp(async function redisPlugin (fastify, { config }: { config: Con
   fastify.decorate('keys', createKeys(config.redisPrefix))
   fastify.addHook('onClose', async () => { await redis.quit().catch(() => redis.disconnect()) })
 
-  const risks = await redisDurabilityRisks(redis).catch((err) => [`could not read Redis configuration (${(err as Error).message})`])
+  const risks = await redisDurabilityRisks(redis, { waitReplicas: config.redisWait.replicas }).catch((err) => [`could not read Redis configuration (${(err as Error).message})`])
   if (risks.length > 0 && config.strictRedis) {
     throw new Error(`STRICT_REDIS=1 and Redis is not safe to run on:\n- ${risks.join('\n- ')}`)
   }
   for (const risk of risks) fastify.log.warn(`REDIS DURABILITY: ${risk}`)
-  if (config.redis.kind === 'sentinel') {
-    // Said at every start, because nothing in the service closes this window yet (no WAIT). Persisted
+  if (config.redis.kind === 'sentinel' && config.redisWait.replicas === 0) {
+    // Said at every start unless REDIS_WAIT_REPLICAS closes this window. Persisted
     // issues the new master forgot are not at risk: the counters are rebuilt (src/issuing/server-change.ts).
     fastify.log.warn('REDIS DURABILITY: with Sentinel, a failover can lose answered issues the old master had neither ' +
-      'replicated nor persisted to Postgres (README, Scaling out)')
+      'replicated nor persisted to Postgres; REDIS_WAIT_REPLICAS=1 closes that window (README, Scaling out)')
   }
 }, { name: 'redis' })

@@ -70,8 +70,14 @@ export async function connectRedis (redis: Redis): Promise<Redis> {
 }
 
 /** Settings under which Redis may silently lose counters; each entry is a sentence for the log. */
-export async function redisDurabilityRisks (redis: Redis): Promise<string[]> {
+export async function redisDurabilityRisks (redis: Redis, { waitReplicas = 0 } = {}): Promise<string[]> {
   const risks: string[] = []
+  if (waitReplicas > 0) {
+    const connected = Number(/^connected_slaves:(\d+)\r?$/m.exec(await redis.info('replication'))?.[1] ?? 0)
+    if (connected < waitReplicas) {
+      risks.push(`REDIS_WAIT_REPLICAS=${waitReplicas} but the master has ${connected} connected replica(s): every issue will answer 503 REPLICATION_TIMEOUT until enough replicas connect`)
+    }
+  }
   const [, policy] = await redis.config('GET', 'maxmemory-policy') as [string, string]
   if (policy.startsWith('allkeys-')) risks.push(`maxmemory-policy is ${policy}: Redis may evict stock counters and idempotency records; use noeviction`)
   if (policy.startsWith('volatile-')) risks.push(`maxmemory-policy is ${policy}: keys with a TTL (idempotency records) may be evicted early; noeviction is safest`)
@@ -83,4 +89,12 @@ export async function redisDurabilityRisks (redis: Redis): Promise<string[]> {
       : 'Redis persists only by RDB snapshots: a crash loses issues since the last snapshot that were not yet persisted; run it with --appendonly yes')
   }
   return risks
+}
+
+/** The run_id of the server this connection reaches (new at every start; a promoted replica has its own). */
+export async function serverRunId (redis: Redis): Promise<string> {
+  const info = await redis.info('server')
+  const runId = /^run_id:([0-9a-f]+)\r?$/m.exec(info)?.[1]
+  if (runId === undefined) throw new Error('INFO server has no run_id')
+  return runId
 }

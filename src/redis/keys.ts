@@ -69,6 +69,8 @@ export function createKeys (prefix: string) {
     databaseId: `${prefix}database-id`,
     /** string: run_id of the Redis server the counters were last checked against (src/issuing/server-change.ts) */
     serverRunId: `${prefix}server-run-id`,
+    /** string: a counter the replication fence writes so WAIT has an offset to wait for (src/redis/replication-fence.ts) */
+    replicationFence: `${prefix}replication-fence`,
     /** SCAN pattern matching every coupon's meta hash under this prefix */
     couponMetaPattern: `${prefix.replace(/[*?[\]\\]/g, '\\$&')}coupon:*:meta`,
     /** set of coupon ids whose event streams the consumer reads */
