@@ -3,12 +3,12 @@
 // unknown, settled by a retry with the same Idempotency-Key), not a stalled service. A primary and one
 // replica of our own (REPLICAOF), the app in this process.
 import t, { type Test } from 'tap'
-import { admin, createCoupon, inParallel, uniquePrefix, waitFor } from '../helpers/env.js'
-import { redisDurabilityRisks } from '../../src/redis/client.js'
-import { ReplicationFence, ReplicationNotConfirmed } from '../../src/redis/replication-fence.js'
-import { issue, rowsOf, type Call } from './helpers/invariants.js'
-import { inProcessScenario } from './helpers/inprocess.js'
-import { throwawayRedis, type ThrowawayRedis } from './helpers/procs.js'
+import { admin, createCoupon, inParallel, uniquePrefix, waitFor } from './helpers/env.js'
+import { redisDurabilityRisks } from '../src/redis/client.js'
+import { ReplicationFence, ReplicationNotConfirmed } from '../src/redis/replication-fence.js'
+import { issue, rowsOf, type Call } from './faults/helpers/invariants.js'
+import { inProcessScenario } from './faults/helpers/inprocess.js'
+import { throwawayRedis, type ThrowawayRedis } from './faults/helpers/procs.js'
 
 const WAIT_TIMEOUT_MS = 300
 

@@ -6,12 +6,12 @@ import { once } from 'node:events'
 import { copyFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { inParallel, uniquePrefix, waitFor } from '../helpers/env.js'
-import { checkServer, serverRunId } from '../../src/issuing/server-change.js'
-import { AdoptCode, adoptServer } from '../../src/redis/scripts.js'
-import { issue, type Call } from './helpers/invariants.js'
-import { inProcessScenario } from './helpers/inprocess.js'
-import { throwawayRedis } from './helpers/procs.js'
+import { inParallel, uniquePrefix, waitFor } from './helpers/env.js'
+import { checkServer, serverRunId } from '../src/issuing/server-change.js'
+import { AdoptCode, adoptServer } from '../src/redis/scripts.js'
+import { issue, type Call } from './faults/helpers/invariants.js'
+import { inProcessScenario } from './faults/helpers/inprocess.js'
+import { throwawayRedis } from './faults/helpers/procs.js'
 
 t.test('Redis restarted from an older snapshot (another run_id): counters dropped and rebuilt, nothing sold twice', async (t) => {
   const redis = await throwawayRedis(t, { appendonly: false })
