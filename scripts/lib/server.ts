@@ -83,6 +83,8 @@ export function configEnv (config: Config): Record<string, string> {
     CONSISTENCY_CRON: config.consistencyCron,
     CONSISTENCY_WATCH_MAX_HOLDERS: String(config.consistencyWatchMaxHolders),
     REDIS_COMMAND_TIMEOUT_MS: String(config.redisCommandTimeoutMs),
+    REDIS_WAIT_REPLICAS: String(config.redisWait.replicas),
+    REDIS_WAIT_TIMEOUT_MS: String(config.redisWait.timeoutMs),
     SHUTDOWN_TIMEOUT_MS: String(config.shutdownTimeoutMs),
     REQUEST_TIMEOUT_MS: String(config.requestTimeoutMs),
     CONNECTION_TIMEOUT_MS: String(config.connectionTimeoutMs),
