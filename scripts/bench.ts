@@ -9,6 +9,14 @@
 //   split    the winning run on a service with its consumer off plus `npm run consume` as its own
 //            process (own key prefix); CPU µs/req counts the web process only, the consumer's is shown apart
 //   consumer the stream -> Postgres loop against a raw unnest INSERT loop on the same table
+//   replicated, wait  (only when named in --only) the winning run against a Redis primary with one replica,
+//            both started for the run: REDIS_WAIT_REPLICAS=0 and =1 (src/redis/replication-fence.ts), to
+//            show what waiting for the replica costs
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import pg from 'pg'
@@ -18,6 +26,7 @@ import { runCannon, type CannonResult } from './lib/cannon.js'
 import { consumerBench, variantLabel, type ConsumerBenchResult } from './lib/consumer-bench.js'
 import { int, machine, ms, table } from './lib/format.js'
 import { ADMIN_TOKEN, REDIS_URL, createScratch, scratchConfig } from './lib/infra.js'
+import { freePort } from './lib/ports.js'
 import { startChildServer, startConsumerProcess, type RunningServer } from './lib/server.js'
 
 const { values: f } = parseArgs({
@@ -46,9 +55,53 @@ const warmup = Number(f.warmup)
 const only = new Set(f.only.split(','))
 const say = f.json ? () => {} : (s: string) => console.error(s)
 
-type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist' | 'split'
-const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist', 'split'] as const).filter((t) => only.has(t))
-const LABELS: Record<Target, string> = { a: 'A bare route', b: 'B + 1 Redis call', issue: 'issue (winning)', soldout: 'issue (sold out)', nopersist: 'issue, consumer off', split: 'issue, consumer process' }
+type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist' | 'split' | 'replicated' | 'wait'
+const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist', 'split', 'replicated', 'wait'] as const).filter((t) => only.has(t))
+const LABELS: Record<Target, string> = {
+  a: 'A bare route',
+  b: 'B + 1 Redis call',
+  issue: 'issue (winning)',
+  soldout: 'issue (sold out)',
+  nopersist: 'issue, consumer off',
+  split: 'issue, consumer process',
+  replicated: 'issue, replica, no WAIT',
+  wait: 'issue, REDIS_WAIT_REPLICAS=1'
+}
+const WINNING: Target[] = ['issue', 'split', 'replicated', 'wait']
+
+/** A Redis primary and one replica of it on free ports, for the WAIT targets; gone at close(). */
+async function replicaPair () {
+  const started: { child: ChildProcess, dir: string }[] = []
+  const start = async (args: string[]) => {
+    const port = await freePort()
+    const dir = mkdtempSync(join(tmpdir(), 'couponrush-bench-redis-'))
+    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', ...args], { stdio: 'ignore' })
+    started.push({ child, dir })
+    // Not listening yet for a moment: a client that keeps retrying, and a PING that waits for it.
+    const client = new Redis(port, '127.0.0.1', { retryStrategy: () => 50, maxRetriesPerRequest: null })
+    client.on('error', () => {})
+    await client.ping()
+    return { port, client }
+  }
+  const primary = await start([])
+  const replica = await start(['--replicaof', '127.0.0.1', String(primary.port)])
+  for (let i = 0; !/master_link_status:up/.test(await replica.client.info('replication')); i++) {
+    if (i > 200) throw new Error('the bench replica did not sync')
+    await sleep(50)
+  }
+  replica.client.disconnect()
+  return {
+    url: `redis://127.0.0.1:${primary.port}`,
+    client: primary.client,
+    close () {
+      primary.client.disconnect()
+      for (const { child, dir } of started) {
+        child.kill('SIGKILL')
+        rmSync(dir, { recursive: true, force: true })
+      }
+    }
+  }
+}
 
 interface Slice {
   rps: number
@@ -112,6 +165,16 @@ try {
         ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}sp:`, consumer: { ...config.consumer, enabled: false } }, child)
         : null
     }
+    const pair = only.has('replicated') || only.has('wait') ? await replicaPair() : null
+    const replicated = {
+      replicated: pair && only.has('replicated')
+        ? await startChildServer('app', { ...config, redis: { kind: 'url', url: pair.url, defaulted: false }, redisPrefix: `${config.redisPrefix}rp:` }, child)
+        : null,
+      wait: pair && only.has('wait')
+        ? await startChildServer('app', { ...config, redis: { kind: 'url', url: pair.url, defaulted: false }, redisPrefix: `${config.redisPrefix}wt:`, redisWait: { replicas: 1, timeoutMs: 500 } }, child)
+        : null
+    }
+    Object.assign(servers, replicated)
     const consumerProcess = only.has('split') ? await startConsumerProcess({ ...config, redisPrefix: `${config.redisPrefix}sp:` }) : null
     const redis = new Redis(REDIS_URL)
     const pool = new pg.Pool({ connectionString: scratch.databaseUrl, max: 2 })
@@ -131,10 +194,19 @@ try {
       const soldOut = await create(100)
       const unpersisted = await create(10_000_000, servers.noConsumer)
       const splitCoupon = await create(10_000_000, servers.split)
+      const replicatedCoupon = await create(10_000_000, replicated.replicated)
+      const waitCoupon = await create(10_000_000, replicated.wait)
       // The consumer process discovers a new coupon's stream within a second.
       if (consumerProcess) await new Promise((resolve) => setTimeout(resolve, 1200))
       const serverOf: Record<Target, () => RunningServer> = {
-        a: () => servers.a!, b: () => servers.b!, issue: () => servers.app!, soldout: () => servers.app!, nopersist: () => servers.noConsumer!, split: () => servers.split!
+        a: () => servers.a!,
+        b: () => servers.b!,
+        issue: () => servers.app!,
+        soldout: () => servers.app!,
+        nopersist: () => servers.noConsumer!,
+        split: () => servers.split!,
+        replicated: () => replicated.replicated!,
+        wait: () => replicated.wait!
       }
       const where: Record<Target, () => [string, string]> = {
         a: () => [servers.a!.url, '/coupons/1/issues'],
@@ -142,28 +214,34 @@ try {
         issue: () => [servers.app!.url, `/coupons/${winning}/issues`],
         soldout: () => [servers.app!.url, `/coupons/${soldOut}/issues`],
         nopersist: () => [servers.noConsumer!.url, `/coupons/${unpersisted}/issues`],
-        split: () => [servers.split!.url, `/coupons/${splitCoupon}/issues`]
+        split: () => [servers.split!.url, `/coupons/${splitCoupon}/issues`],
+        replicated: () => [replicated.replicated!.url, `/coupons/${replicatedCoupon}/issues`],
+        wait: () => [replicated.wait!.url, `/coupons/${waitCoupon}/issues`]
       }
-      const splitKeys = createKeys(`${scratch.prefix}sp:`)
-      const persisted = async (since: number, target: Target = 'issue') => {
-        const [k, id] = target === 'split' ? [splitKeys, splitCoupon] : [keys, winning]
-        const issued = Number(await redis.hlen(k.coupon(id).holders)) - 1 // minus the completeness marker field
+      // Where each winning target's issues live: its Redis, its key prefix, its coupon.
+      const winningStore: Partial<Record<Target, [Redis, ReturnType<typeof createKeys>, number]>> = {
+        issue: [redis, keys, winning],
+        split: [redis, createKeys(`${scratch.prefix}sp:`), splitCoupon],
+        ...(pair ? { replicated: [pair.client, createKeys(`${scratch.prefix}rp:`), replicatedCoupon], wait: [pair.client, createKeys(`${scratch.prefix}wt:`), waitCoupon] } : {})
+      }
+      const persisted = async (since: number, target: Target) => {
+        const [client, k, id] = winningStore[target]!
+        const issued = Number(await client.hlen(k.coupon(id).holders)) - 1 // minus the completeness marker field
         return (await waitForRows(pool, id, issued, since)).lagMs
       }
       for (const target of TARGETS) {
         say(`warm-up ${LABELS[target]}: ${warmup} s`)
         const [url, path] = where[target]()
         const result = await runCannon({ url, path, connections, duration: warmup, userOf: (i) => `w${target}-${i}` })
-        if (target === 'issue' || target === 'split') await persisted(result.endedAt, target)
+        if (WINNING.includes(target)) await persisted(result.endedAt, target)
       }
       const slices: Record<string, Slice[]> = {}
       for (let round = 0; round < rounds; round++) {
         for (let k = 0; k < TARGETS.length; k++) {
           const target = TARGETS[(k + round) % TARGETS.length]!
           const [url, path] = where[target]()
-          const sampler = target === 'issue'
-            ? sampleBacklog(redis, keys.coupon(winning).events)
-            : target === 'split' ? sampleBacklog(redis, splitKeys.coupon(splitCoupon).events) : null
+          const store = winningStore[target]
+          const sampler = store ? sampleBacklog(store[0], store[1].coupon(store[2]).events) : null
           const cpu0 = await serverOf[target]().cpuMicros()
           const consumerCpu0 = target === 'split' ? await consumerProcess!.cpuMicros() : 0
           const r = await runCannon({ url, path, connections, duration, userOf: (i) => `r${round}${target}-${i}`, progress: !f.json })
@@ -204,6 +282,7 @@ try {
       await pool.end()
       for (const server of Object.values(servers)) await server?.close()
       await consumerProcess?.close()
+      pair?.close()
     }
   }
 
@@ -237,10 +316,17 @@ const ratios = {
   cpuBOverNoPersist: ratio(http.b?.cpuUsPerRequest, http.nopersist?.cpuUsPerRequest),
   cpuAOverB: ratio(http.a?.cpuUsPerRequest, http.b?.cpuUsPerRequest),
   splitOverB: ratio(http.split?.rps, http.b?.rps),
+  /** REDIS_WAIT_REPLICAS=1 against the same primary and replica without it, answered and persisted per second */
+  waitOverReplicated: ratio(http.wait?.rpsWithCatchUp, http.replicated?.rpsWithCatchUp),
   cpuBOverSplit: ratio(http.b?.cpuUsPerRequest, http.split?.cpuUsPerRequest)
 }
 /** issue / B in each round, to show the spread behind the aggregate */
 const perRound = (x?: HttpRun, y?: HttpRun) => x && y ? x.slices.map((s, i) => s.rps / (y.slices[i]?.rps ?? NaN)) : []
+/** x / y per round, both counted as answered and persisted per second */
+const withCatchUp = (x?: HttpRun, y?: HttpRun) => {
+  const rate = (sl: Slice) => sl.requests / (sl.seconds + (sl.persistenceLagMs ?? 0) / 1000)
+  return x && y ? x.slices.map((sl, i) => rate(sl) / (y.slices[i] ? rate(y.slices[i]!) : NaN)) : []
+}
 const spread = {
   issueOverB: perRound(http.issue, http.b),
   issueWithCatchUpOverB: http.issue && http.b
@@ -317,6 +403,7 @@ if (f.json) {
     ['CPU/req: A / B', r2(ratios.cpuAOverB), '', '', ''],
     ['consumer process / B', r2(ratios.splitOverB), '', '', ''],
     ['CPU/req: B / web process (split)', r2(ratios.cpuBOverSplit), '', '', ''],
+    ['WAIT=1 / no WAIT, incl. catch-up', r2(ratios.waitOverReplicated), '', 'target >= 0.70', withCatchUp(http.wait, http.replicated).map(r2).join(' / ')],
     ['consumer / raw insert (same batch)', r2(ratios.consumerOverRaw), '', 'target >= 0.80',
       consumer ? consumer.perRound.consumer!.map((c, i) => r2(c / (consumer!.perRound[String(consumer!.consumerBatchSize)] ?? consumer!.perRound[Object.keys(consumer!.raw)[0]!]!)[i]!)).join(' / ') : '']
   ]))
