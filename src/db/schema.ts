@@ -19,12 +19,25 @@ export const coupons = pgTable('coupons', {
   discount: jsonb('discount').$type<Discount>(),
   /** the shop's own small key/value data about the campaign, echoed as given */
   metadata: jsonb('metadata').$type<Record<string, string | number | boolean | null>>(),
+  /**
+   * Key of the codes' MAC (src/issuing/codes.ts): a unit's code is derived from it, the user and the
+   * claim, in issue.lua and in Node alike. Never leaves the service. Rows older than the column got a
+   * random one from gen_random_uuid() (a strong random source since Postgres 13); new rows get 32
+   * bytes from node:crypto.
+   */
+  codeSecret: text('code_secret').notNull().default(sql`replace(gen_random_uuid()::text, '-', '')`),
+  /** printed before every code of the campaign ('' = none) */
+  codePrefix: text('code_prefix').notNull().default(''),
+  /** characters of the unguessable part of each code */
+  codeLength: integer('code_length').notNull().default(12),
   createdAt: moment('created_at').notNull().defaultNow(),
   updatedAt: moment('updated_at').notNull().defaultNow()
 }, (t) => [
   check('coupons_total_quantity_positive', sql`${t.totalQuantity} > 0`),
   check('coupons_per_user_limit_positive', sql`${t.perUserLimit} > 0`),
-  check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`)
+  check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`),
+  check('coupons_code_length', sql`${t.codeLength} BETWEEN 12 AND 32`),
+  check('coupons_code_prefix', sql`${t.codePrefix} ~ '^[A-Z0-9-]{0,12}$'`)
 ])
 
 /**
@@ -43,8 +56,11 @@ export const couponIssues = pgTable('coupon_issues', {
   streamId: text('stream_id').notNull(),
   revokedAt: moment('revoked_at'),
   /** The Idempotency-Key the claim was made with, so a counter rebuild can still replay it. */
-  idempotencyKey: text('idempotency_key')
+  idempotencyKey: text('idempotency_key'),
+  /** The unit's redeemable code (src/issuing/codes.ts); null only on rows persisted before codes existed. */
+  code: text('code')
 }, (t) => [
+  uniqueIndex('coupon_issues_code').on(t.code),
   uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
   index('coupon_issues_user').on(t.userId),
   // The winners list in issue order, page by page (keyset on created_at, id).

@@ -18,6 +18,8 @@ export interface Issued {
   userId: string
   issuedAt: Date
   claim: number
+  /** the unit's redeemable code (src/issuing/codes.ts) */
+  code: string
   entryId: string
   /** true when the outcome was replayed for a repeated Idempotency-Key */
   replayed: boolean
@@ -115,7 +117,7 @@ export class CouponStore {
       return { refusal }
     }
     if (reply.reactivated) await this.#reactivate(couponId)
-    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed } }
+    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, code: reply.unitCode, entryId: reply.entryId, replayed: reply.replayed } }
   }
 
   /** Takes back every unit the user holds and returns them to stock. */

@@ -10,8 +10,9 @@ import { compareEntryIds } from '../redis/groups.js'
 import { RestoreCode, restoreCounters as installCounters, type CounterValues } from '../redis/scripts.js'
 import { decodeEntry, isEvent } from '../stream/events.js'
 import { databaseFailure, redisFailure, Restoring } from '../errors.js'
+import { codeMac, codeTail } from './codes.js'
 
-export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels'>
+export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels' | 'codes'>
 
 type RawEntry = [id: string, fields: string[]]
 
@@ -26,8 +27,9 @@ const record = (userId: string, at: number, count: number, entryId: string) => `
  * revokes the user's claims numbered up to its `upTo`, whatever their moments; only a cancel written
  * before `upTo` existed (legacy) falls back to comparing moments. Order does not matter.
  * Idempotency records are rebuilt for issues and cancels made with a key within `idempotencyTtlMs` of `nowMs`.
+ * With the coupon's codeSecret, every unit's code mac too (revoked ones included: their codes still answer).
  */
-export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, persisted: PersistedIssue[], entries: RawEntry[],
+export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & Partial<Pick<Coupon, 'codeSecret' | 'codeLength'>>, persisted: PersistedIssue[], entries: RawEntry[],
   { streamKey = '', revocations = [], idempotencyTtlMs = Infinity, nowMs = Date.now() }: { streamKey?: string, revocations?: PersistedRevocation[], idempotencyTtlMs?: number, nowMs?: number } = {}): CounterState {
   const claimsByUser = new Map<string, Map<number, Claim>>()
   const cancelsByUser = new Map<string, Map<string, Cancel>>()
@@ -55,6 +57,8 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
   const users = new Map<string, [number, number]>()
   const idempotency = new Map<string, string>()
   const lastCancels = new Map<string, [number, number]>()
+  const codes = new Map<string, string>()
+  const { codeSecret, codeLength } = coupon
   const fresh = (at: number) => at + idempotencyTtlMs > nowMs
   let held = 0
   for (const userId of new Set([...claimsByUser.keys(), ...cancelsByUser.keys()])) {
@@ -74,12 +78,13 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
     for (const [number, claim] of claims) {
       if (!claim.revoked) active++
       if (number > last) last = number
+      if (codeSecret !== undefined && codeLength !== undefined) codes.set(codeMac(codeSecret, userId, number, codeLength), `${userId}|${number}`)
       if (claim.idempotencyKey && fresh(claim.at)) idempotency.set(`issue:${claim.idempotencyKey}`, record(userId, claim.at, number, claim.entryId))
     }
     held += active
     users.set(userId, [active, last])
   }
-  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels }
+  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels, codes }
 }
 
 const fromRedis = <T>(call: Promise<T>): Promise<T> => call.catch((err) => { throw redisFailure(err) })
@@ -141,7 +146,11 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps,
       return await fromRedis(installCounters(redis, k, {
         group: CONSUMER_GROUP,
         lastEntryId,
-        values: { total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, paused: coupon.paused, ...state }
+        values: {
+          total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, paused: coupon.paused,
+          codeSettings: { secret: coupon.codeSecret, prefix: coupon.codePrefix, length: coupon.codeLength, tail: codeTail(coupon.id) },
+          ...state
+        }
       }))
     }).catch((err) => { throw databaseFailure(err) })
     if (code === null) return false

@@ -11,9 +11,9 @@ const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include
 
 /** Script name -> number of keys; null = the caller passes the count first (a variable number of keys). */
 const SCRIPTS = {
-  issue: 7,
+  issue: 8,
   revoke: 8,
-  restoreCounters: 8,
+  restoreCounters: 9,
   updateCoupon: 2,
   ackAndTrim: 1,
   markDormant: 2,
@@ -22,7 +22,7 @@ const SCRIPTS = {
 } as const
 
 type Arg = string | number
-type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number]
+type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number, unitCode?: string]
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
@@ -42,7 +42,7 @@ export function defineScripts (redis: Redis): void {
   for (const [name, numberOfKeys] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: scriptSource(name), ...(numberOfKeys === null ? {} : { numberOfKeys }) })
 }
 
-export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8 } as const
+export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8, CODE_EXHAUSTED: 9 } as const
 export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, IDEMPOTENCY_KEY_REUSED: 7 } as const
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
@@ -67,10 +67,12 @@ export interface Outcome<C extends number> {
   replayed: boolean
   /** the stream had been marked dormant: put the coupon back on the consumer's read list */
   reactivated: boolean
+  /** ISSUED: the unit's redeemable code ('' otherwise) */
+  unitCode: string
 }
 
-const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated]: RawOutcome): Outcome<C> =>
-  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1 })
+const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated, unitCode]: RawOutcome): Outcome<C> =>
+  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1, unitCode: unitCode ?? '' })
 
 export interface IssueArgs {
   couponId: number
@@ -83,7 +85,7 @@ export interface IssueArgs {
 }
 
 export async function issue (redis: Redis, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
-  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats,
+  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes,
     a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
 }
 
@@ -112,6 +114,10 @@ export interface CounterValues {
   idempotency: Map<string, string>
   /** userId -> [upTo claim, revokedAt ms] of the last cancel */
   lastCancels: Map<string, [number, number]>
+  /** the coupon's code settings (src/issuing/codes.ts), fixed at creation */
+  codeSettings: { secret: string, prefix: string, length: number, tail: string }
+  /** mac -> "userId|claim" of every unit handed out, revoked ones too */
+  codes: Map<string, string>
 }
 
 export interface RestoreArgs {
@@ -122,12 +128,14 @@ export interface RestoreArgs {
 }
 
 export async function restoreCounters (redis: Redis, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
-  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded,
+  const c = v.codeSettings
+  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes,
     group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
-    k.stockReturned, k.couponId, v.paused ? '1' : '']
+    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size]
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
+  for (const [mac, unit] of v.codes) args.push(mac, unit)
   return await redis.restoreCounters(args) as RestoreCode
 }
 

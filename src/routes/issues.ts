@@ -14,8 +14,14 @@ interface IssueRoute {
 
 const issuedBody = {
   type: 'object',
-  required: ['couponId', 'userId', 'issuedAt'],
-  properties: { couponId: { type: 'integer' }, userId: { type: 'string' }, issuedAt: dateTime, claim: { type: 'integer' } }
+  required: ['couponId', 'userId', 'issuedAt', 'code'],
+  properties: {
+    couponId: { type: 'integer' },
+    userId: { type: 'string' },
+    issuedAt: dateTime,
+    claim: { type: 'integer' },
+    code: { type: 'string', description: 'the code the customer redeems at checkout (GET /codes/{code}); unguessable, case-insensitive' }
+  }
 } as const
 
 const holdingBody = {

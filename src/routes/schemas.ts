@@ -102,6 +102,11 @@ export const couponBody = {
     paused: { type: 'boolean', description: 'while true, issue requests answer 409 PAUSED' },
     discount: discountOut,
     metadata: metadataOut,
+    codes: {
+      type: 'object',
+      required: ['prefix', 'length'],
+      properties: { prefix: { type: 'string', description: "'' = none" }, length: { type: 'integer' } }
+    },
     createdAt: dateTime
   }
 } as const

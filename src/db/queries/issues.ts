@@ -17,7 +17,7 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
  * a fresh snapshot per statement). A crash between commit and fix-up leaves the entries unacknowledged:
  * the redelivery runs the fix-up again. Costs one more statement per batch.
  */
-export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[]): Promise<number> {
+export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[], codeOf: (issue: IssueEvent) => string | null = () => null): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
   // One statement: facts and rows commit together. The fix-up always runs: whether a cancel exists
   // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile); for
@@ -32,10 +32,11 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
       ON CONFLICT (coupon_id, stream_id) DO NOTHING
       RETURNING 1
     ), inserted AS (
-      INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key)
+      INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key, code)
       SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
                            ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
-                           ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[])
+                           ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[],
+                           ${arrayParam(issues.map(codeOf))}::text[])
       ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
       RETURNING 1
     )
@@ -111,6 +112,8 @@ export interface WinnerRow {
   claim: number
   issuedAt: Date
   revokedAt: Date | null
+  /** null only for rows persisted before codes existed (the route derives it) */
+  code: string | null
 }
 
 /**
@@ -127,7 +130,8 @@ export async function issuesPage (db: Db, couponId: number, { status, after, lim
     userId: couponIssues.userId,
     claim: couponIssues.claim,
     issuedAt: couponIssues.createdAt,
-    revokedAt: couponIssues.revokedAt
+    revokedAt: couponIssues.revokedAt,
+    code: couponIssues.code
   }).from(couponIssues).where(and(...conditions)).orderBy(asc(couponIssues.createdAt), asc(couponIssues.id)).limit(limit)
 }
 
