@@ -147,7 +147,11 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps,
         group: CONSUMER_GROUP,
         lastEntryId,
         values: {
-          total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, paused: coupon.paused,
+          total: coupon.totalQuantity,
+          perUserLimit: coupon.perUserLimit,
+          startsAtMs: coupon.startsAt.getTime(),
+          endsAtMs: coupon.endsAt?.getTime() ?? null,
+          paused: coupon.paused,
           codeSettings: { secret: coupon.codeSecret, prefix: coupon.codePrefix, length: coupon.codeLength, tail: codeTail(coupon.id) },
           ...state
         }
