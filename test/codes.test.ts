@@ -82,7 +82,7 @@ t.test('a mac already taken skips to the next claim number: codes stay unique an
   const issued = (await issue(app, coupon.id, 'carol')).json()
   t.equal(issued.claim, 2, 'claim 1 skipped')
   t.equal(issued.code, codeOf({ couponId: coupon.id, ...row }, 'carol', 2))
-  t.equal(await app.redis.hget(k.codes, codeMac(row.codeSecret, 'carol', 2, 12)), 'carol|2')
+  t.equal(await app.redis.hget(k.codes, codeMac(row.codeSecret, 'carol', 2, 12)), `carol|2|${Date.parse(issued.issuedAt)}`)
 })
 
 t.test('a counter rebuild brings every code back, revoked ones too; counters from before codes get the settings', async (t) => {
@@ -101,7 +101,7 @@ t.test('a counter rebuild brings every code back, revoked ones too; counters fro
   const e = (await issue(app, coupon.id, 'e')).json() // rebuilds first
   t.equal(e.code, codeOf({ couponId: coupon.id, ...row }, 'e', 1))
   const after = await app.redis.hgetall(k.codes)
-  t.same(after, { ...before, [codeMac(row.codeSecret, 'e', 1, 12)]: 'e|1' }, 'the same codes hash, plus e')
+  t.same(after, { ...before, [codeMac(row.codeSecret, 'e', 1, 12)]: `e|1|${Date.parse(e.issuedAt)}` }, 'the same codes hash, plus e')
 
   // Counters installed before codes existed: no codeSecret in meta, no codes hash. The next issue
   // asks for a rebuild, which completes them and keeps the live counters.
@@ -111,4 +111,164 @@ t.test('a counter rebuild brings every code back, revoked ones too; counters fro
   t.equal(f.code, codeOf({ couponId: coupon.id, ...row }, 'f', 1))
   t.equal(await app.redis.get(k.stock), '5', 'stock kept: 10 - a, c, d, e, f')
   t.equal(await app.redis.hlen(k.codes), 7, "six units' codes and the marker")
+})
+
+const redeem = (app: TestApp, code: string, orderId: unknown, headers: Record<string, string> = {}) =>
+  app.inject({ method: 'POST', url: `/codes/${encodeURIComponent(code)}/redemptions`, headers, payload: { orderId } })
+const rollback = (app: TestApp, code: string, orderId: string, headers: Record<string, string> = {}) =>
+  app.inject({ method: 'DELETE', url: `/codes/${encodeURIComponent(code)}/redemptions/${encodeURIComponent(orderId)}`, headers })
+const lookup = (app: TestApp, code: string, headers: Record<string, string> = {}) =>
+  app.inject({ method: 'GET', url: `/codes/${encodeURIComponent(code)}`, headers })
+
+t.test('checkout: look up, redeem exactly once, replay, roll back, redeem again; paused still redeemable', async (t) => {
+  const app = await testApp(t, { API_KEYS: 'shop-key-0123456789' })
+  const shop = { authorization: 'Bearer shop-key-0123456789' }
+  const coupon = await createCoupon(app, { totalQuantity: 5, discount: { type: 'percent', value: 15 }, metadata: { campaign: 'summer' } })
+  const issued = (await issue(app, coupon.id, 'alice', shop)).json()
+
+  t.equal((await lookup(app, issued.code)).statusCode, 401, 'shop auth like the other shop routes')
+  const fresh = await lookup(app, issued.code.toLowerCase(), shop)
+  t.equal(fresh.statusCode, 200)
+  t.same(fresh.json(), {
+    code: issued.code,
+    couponId: coupon.id,
+    userId: 'alice',
+    claim: 1,
+    status: 'active',
+    issuedAt: issued.issuedAt,
+    expiresAt: null,
+    redeemedAt: null,
+    orderId: null,
+    discount: { type: 'percent', value: 15 },
+    metadata: { campaign: 'summer' }
+  })
+
+  await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/pause`, headers: admin })
+  const first = await redeem(app, issued.code, 'order-1', shop)
+  t.equal(first.statusCode, 201, 'a paused campaign is still redeemable')
+  t.same(Object.keys(first.json()).sort(), ['code', 'discount', 'metadata', 'orderId', 'redeemedAt'])
+  t.equal(first.json().discount.value, 15)
+  const replay = await redeem(app, issued.code, 'order-1', shop)
+  t.equal(replay.statusCode, 201)
+  t.equal(replay.headers['idempotent-replayed'], 'true')
+  t.equal(replay.json().redeemedAt, first.json().redeemedAt, 'the replay is the first answer')
+  const other = await redeem(app, issued.code, 'order-2', shop)
+  t.equal(other.statusCode, 409)
+  t.equal(other.json().code, 'ALREADY_REDEEMED')
+  const seen = (await lookup(app, issued.code, shop)).json()
+  t.match(seen, { status: 'redeemed', orderId: 'order-1', redeemedAt: first.json().redeemedAt })
+
+  const wrongOrder = await rollback(app, issued.code, 'order-2', shop)
+  t.equal(wrongOrder.statusCode, 409)
+  t.equal(wrongOrder.json().code, 'NOT_REDEEMED_BY_ORDER')
+  const undone = await rollback(app, issued.code, 'order-1', shop)
+  t.equal(undone.statusCode, 200)
+  t.equal(undone.json().orderId, 'order-1')
+  const undoneAgain = await rollback(app, issued.code, 'order-1', shop)
+  t.equal(undoneAgain.statusCode, 200, 'a repeated rollback replays')
+  t.equal(undoneAgain.json().rolledBackAt, undone.json().rolledBackAt)
+  t.match((await lookup(app, issued.code, shop)).json(), { status: 'active', orderId: null, redeemedAt: null })
+  t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}`, headers: shop })).json().remaining, 4, 'a rollback gives nothing back to stock')
+  t.equal((await redeem(app, issued.code, 'order-2', shop)).statusCode, 201, 'another order may redeem it now')
+  t.equal((await rollback(app, issued.code, 'order-1', shop)).json().code, 'NOT_REDEEMED_BY_ORDER', 'the old order holds nothing any more')
+})
+
+t.test('every unknown or malformed code gets the same 404; hostile order ids get 400', async (t) => {
+  const app = await testApp(t)
+  const coupon = await createCoupon(app, { totalQuantity: 5, codes: { prefix: 'XMAS-' } })
+  const issued = (await issue(app, coupon.id, 'bob')).json()
+  const code: string = issued.code
+  const mac = code.slice(5, 17)
+  const flip = (s: string, i: number) => s.slice(0, i) + (s[i] === 'A' ? 'B' : 'A') + s.slice(i + 1)
+  const unknown = [
+    flip(code, 8), // one character of the mac
+    'XMAS-' + mac + codeTail(coupon.id + 1000), // a coupon that does not exist
+    'XMAS-' + mac + codeTail(coupon.id + 1), // well-formed, for a coupon id with nothing issued
+    'YMAS-' + mac + codeTail(coupon.id), // the wrong prefix
+    mac + codeTail(coupon.id), // no prefix
+    'XMAS-' + mac.slice(1) + codeTail(coupon.id), // too short
+    'XMAS-' + mac + 'A' + codeTail(coupon.id), // too long
+    'x', '', ' ', 'A'.repeat(60), 'XMAS-' + mac + '%00', '../../coupons', "' OR 1=1 --", 'ÄÖÜ', 'XMAS-' + mac + codeTail(coupon.id) + '|d'
+  ]
+  const bodies = new Set<string>()
+  for (const c of unknown) {
+    for (const r of [await lookup(app, c), await redeem(app, c, 'o-1'), await rollback(app, c, 'o-1')]) {
+      if (c === '' && r.statusCode !== 404) continue // '/codes/' is another route (404 of the router or 400)
+      t.equal(r.statusCode, 404, `${JSON.stringify(c)}: ${r.statusCode} ${r.body}`)
+      bodies.add(r.json().code + r.json().message)
+    }
+  }
+  t.same([...bodies], ['CODE_NOT_FOUNDNo such code. Check the spelling (letters and digits; I, L, O and U are never used).'], 'one answer for all')
+  for (const orderId of ['', 'a|b', 'x'.repeat(129), 42, null, 'ä', 'a b']) {
+    const r = await redeem(app, code, orderId)
+    t.equal(r.statusCode, 400, `orderId ${JSON.stringify(orderId)}`)
+    t.equal(r.json().code, 'INVALID_REQUEST')
+  }
+  t.equal((await rollback(app, code, 'a|b')).json().code, 'INVALID_REQUEST')
+  t.equal((await lookup(app, code)).json().status, 'active', 'nothing happened to the real code')
+})
+
+t.test('50 concurrent redemptions of one code with different orders: exactly one wins', async (t) => {
+  const app = await testApp(t)
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const { code } = (await issue(app, coupon.id, 'carol')).json()
+  const answers = await Promise.all(Array.from({ length: 50 }, (_, i) => redeem(app, code, `order-${i}`)))
+  const won = answers.filter((r) => r.statusCode === 201)
+  t.equal(won.length, 1, 'one 201')
+  t.equal(answers.filter((r) => r.statusCode === 409 && r.json().code === 'ALREADY_REDEEMED').length, 49, 'the rest ALREADY_REDEEMED')
+  t.equal((await lookup(app, code)).json().orderId, won[0]!.json().orderId)
+})
+
+t.test('a redeemed unit blocks an unforced cancel; force is admin-only; a revoked code cannot be redeemed', async (t) => {
+  const app = await testApp(t, { API_KEYS: 'shop-key-0123456789' })
+  const shop = { authorization: 'Bearer shop-key-0123456789' }
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const { code } = (await issue(app, coupon.id, 'dave', shop)).json()
+  t.equal((await redeem(app, code, 'o-1', shop)).statusCode, 201)
+  const cancel = (query = '', headers = shop) => app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/dave${query}`, headers })
+  const refused = await cancel()
+  t.equal(refused.statusCode, 409)
+  t.equal(refused.json().code, 'ALREADY_REDEEMED')
+  t.equal((await cancel('?force=true')).json().code, 'FORBIDDEN', 'a shop key cannot force')
+  t.equal((await cancel('?force=yes')).json().code, 'INVALID_REQUEST')
+  t.equal((await lookup(app, code, shop)).json().status, 'redeemed', 'nothing changed')
+
+  // After the order's rollback an unforced cancel goes through.
+  const { code: second } = (await issue(app, coupon.id, 'erin', shop)).json()
+  await redeem(app, second, 'o-2', shop)
+  await rollback(app, second, 'o-2', shop)
+  t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/erin`, headers: shop })).statusCode, 200)
+
+  const forced = await cancel('?force=true', admin)
+  t.equal(forced.statusCode, 200)
+  t.equal(forced.json().units, 1)
+  t.match((await lookup(app, code, shop)).json(), { status: 'revoked', orderId: 'o-1' })
+  t.equal((await redeem(app, code, 'o-1', shop)).json().code, 'REVOKED')
+  t.equal((await redeem(app, code, 'o-9', shop)).json().code, 'REVOKED')
+  t.equal((await rollback(app, code, 'o-1', shop)).json().code, 'REVOKED')
+  t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}`, headers: shop })).json().remaining, 5, 'both units back in stock')
+
+  // The user claims again: a new unit, a new code, redeemable; the count of redeemed units started over.
+  const { code: third } = (await issue(app, coupon.id, 'dave', shop)).json()
+  t.not(third, code)
+  t.equal((await redeem(app, third, 'o-3', shop)).statusCode, 201)
+  t.equal((await cancel()).json().code, 'ALREADY_REDEEMED')
+})
+
+t.test('redeem racing an unforced cancel: exactly one of them happens', async (t) => {
+  const app = await testApp(t)
+  const coupon = await createCoupon(app, { totalQuantity: 100 })
+  for (let i = 0; i < 40; i++) {
+    const userId = `racer-${i}`
+    const { code } = (await issue(app, coupon.id, userId)).json()
+    const [r, c] = await Promise.all([redeem(app, code, `o-${i}`), app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/${userId}` })])
+    const outcome = `${r.statusCode}/${c.statusCode}`
+    if (r.statusCode === 201) {
+      t.same([c.statusCode, c.json().code], [409, 'ALREADY_REDEEMED'], `redeemed first, cancel refused (${outcome})`)
+      t.equal((await lookup(app, code)).json().status, 'redeemed')
+    } else {
+      t.same([r.statusCode, r.json().code, c.statusCode], [409, 'REVOKED', 200], `cancelled first, redemption refused (${outcome})`)
+      t.equal((await lookup(app, code)).json().status, 'revoked')
+    }
+  }
 })

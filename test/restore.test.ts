@@ -90,7 +90,8 @@ t.test('the restore script refuses when the stream moved since it was read', asy
       idempotency: new Map(),
       lastCancels: new Map(),
       codeSettings: { secret: 'x', prefix: '', length: 12, tail: '11' },
-      codes: new Map()
+      codes: new Map(),
+      redemptions: new Map()
     }
   })
   t.equal(code, 2, 'STREAM_MOVED')

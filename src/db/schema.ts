@@ -58,7 +58,13 @@ export const couponIssues = pgTable('coupon_issues', {
   /** The Idempotency-Key the claim was made with, so a counter rebuild can still replay it. */
   idempotencyKey: text('idempotency_key'),
   /** The unit's redeemable code (src/issuing/codes.ts); null only on rows persisted before codes existed. */
-  code: text('code')
+  code: text('code'),
+  /**
+   * The unit's current redemption, from its last event in coupon_redemptions (null when never redeemed or
+   * rolled back); set by the consumer's fix-up (queries/issues.ts), whatever order the events arrive in.
+   */
+  redeemedAt: moment('redeemed_at'),
+  orderId: text('order_id')
 }, (t) => [
   uniqueIndex('coupon_issues_code').on(t.code),
   uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
@@ -84,6 +90,27 @@ export const couponRevocations = pgTable('coupon_revocations', {
 }, (t) => [
   uniqueIndex('coupon_revocations_coupon_stream').on(t.couponId, t.streamId),
   index('coupon_revocations_coupon_user').on(t.couponId, t.userId)
+])
+
+/**
+ * Every redemption and rollback of a unit, as facts (the history a shop's support reads). A unit's current
+ * state is its last fact by stream id; the stream id makes a redelivered event insert nothing.
+ */
+export const couponRedemptions = pgTable('coupon_redemptions', {
+  couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
+  userId: text('user_id').notNull(),
+  claim: integer('claim').notNull(),
+  /** 'redeem' or 'rollback' */
+  kind: text('kind').notNull(),
+  orderId: text('order_id').notNull(),
+  /** Redis TIME inside redeem.lua / rollback.lua */
+  at: moment('at').notNull(),
+  streamId: text('stream_id').notNull(),
+  persistedAt: moment('persisted_at').notNull().defaultNow()
+}, (t) => [
+  uniqueIndex('coupon_redemptions_coupon_stream').on(t.couponId, t.streamId),
+  index('coupon_redemptions_unit').on(t.couponId, t.userId, t.claim),
+  check('coupon_redemptions_kind', sql`${t.kind} IN ('redeem', 'rollback')`)
 ])
 
 /** Stream entries that could not be persisted; kept with their payload so an admin can retry them. */

@@ -6,11 +6,12 @@ import type { Db } from '../db/client.js'
 import { findCoupon, updateCoupon as updateCouponRow, type Coupon, type CouponChanges } from '../db/queries/coupons.js'
 import type { CouponKeys, Keys } from '../redis/keys.js'
 import * as scripts from '../redis/scripts.js'
-import { DiscardCode, IssueCode, NEEDS_RESTORE, RevokeCode, UpdateCode } from '../redis/scripts.js'
+import { DiscardCode, IssueCode, NEEDS_RESTORE, RedemptionCode, RevokeCode, UpdateCode } from '../redis/scripts.js'
 import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
-import { issueRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
+import { issueRefusal, redemptionRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
+import { parseCode } from './codes.js'
 import { SoldOutMarkers } from './sold-out-markers.js'
 
 export interface Issued {
@@ -33,6 +34,24 @@ export interface Revoked {
   userId: string
   revokedAt: Date
   units: number
+  replayed: boolean
+}
+
+export interface FoundCode {
+  couponId: number
+  /** as the client should print it: upper-case */
+  code: string
+  unit: scripts.UnitState
+}
+
+export interface Redeemed {
+  couponId: number
+  code: string
+  orderId: string
+  userId: string
+  claim: number
+  /** the redemption's (or rollback's) moment */
+  at: Date
   replayed: boolean
 }
 
@@ -120,15 +139,43 @@ export class CouponStore {
     return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, code: reply.unitCode, entryId: reply.entryId, replayed: reply.replayed } }
   }
 
-  /** Takes back every unit the user holds and returns them to stock. */
-  async revoke (couponId: number, userId: string, idempotencyKey = ''): Promise<Revoked> {
+  /**
+   * Takes back every unit the user holds and returns them to stock; refused (ALREADY_REDEEMED) while a
+   * unit is redeemed, unless `force` (the route lets only an admin force).
+   */
+  async revoke (couponId: number, userId: string, idempotencyKey = '', force = false): Promise<Revoked> {
     const k = this.#keysOf(couponId)
     const reply = await this.#runWithRestore(couponId, () => scripts.revoke(this.#redis, k, {
-      couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds
+      couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, force
     }), errors.CancelScriptFailed)
     if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
+  }
+
+  /**
+   * The unit a code names and its state, from Redis (where every state is first). Any code that names
+   * nothing, including one for a coupon that does not exist, is CODE_NOT_FOUND.
+   */
+  async lookupCode (code: string): Promise<FoundCode> {
+    const parsed = parseCode(code)
+    if (!parsed) throw new errors.CodeNotFound()
+    const reply = await this.#runWithRestore(parsed.couponId, () => scripts.lookupCode(this.#redis, this.#keysOf(parsed.couponId), parsed.head), errors.RedeemScriptFailed)
+      .catch(notFoundForUnknownCoupon)
+    if (!reply.unit) throw new errors.CodeNotFound()
+    return { couponId: parsed.couponId, code: code.toUpperCase(), unit: reply.unit }
+  }
+
+  /** Redeems the code for the order (exactly once), or rolls that order's redemption back. */
+  async redeemOrRollback (action: 'redeem' | 'rollback', code: string, orderId: string): Promise<Redeemed> {
+    const parsed = parseCode(code)
+    if (!parsed) throw new errors.CodeNotFound()
+    const reply = await this.#runWithRestore(parsed.couponId,
+      () => scripts.redeemOrRollback(this.#redis, this.#keysOf(parsed.couponId), action, parsed.head, orderId), errors.RedeemScriptFailed)
+      .catch(notFoundForUnknownCoupon)
+    if (reply.code !== RedemptionCode.DONE) throw redemptionRefusal(reply, orderId)
+    if (reply.reactivated) await this.#reactivate(parsed.couponId)
+    return { couponId: parsed.couponId, code: code.toUpperCase(), orderId, userId: reply.userId, claim: reply.claim, at: new Date(reply.at), replayed: reply.replayed }
   }
 
   /**
@@ -269,6 +316,12 @@ export class CouponStore {
     }
     throw new errors.Restoring(couponId)
   }
+}
+
+/** A code whose coupon does not exist names nothing: the same answer as any unknown code. */
+function notFoundForUnknownCoupon (err: unknown): never {
+  if (err instanceof errors.CouponNotFound) throw new errors.CodeNotFound()
+  throw err
 }
 
 /**

@@ -4,8 +4,8 @@
 import { driverError, type Db } from '../db/client.js'
 import { codeSettingsOf } from '../db/queries/coupons.js'
 import { codeOf, type CodeSettings } from '../issuing/codes.js'
-import { persistEvents, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
-import { eventPayload, type CouponEvent, type IssueEvent, type RevokeEvent } from '../stream/events.js'
+import { persistEvents, persistRedemptions, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
+import { eventPayload, type CouponEvent, type IssueEvent, type RedemptionEvent, type RevokeEvent } from '../stream/events.js'
 
 export interface BatchOutcome {
   /** new rows in coupon_issues */
@@ -76,10 +76,17 @@ export class PersistBatch {
   async #write (events: CouponEvent[]): Promise<number> {
     const issues: IssueEvent[] = []
     const revokes: RevokeEvent[] = []
-    for (const event of events) (event.type === 'issue' ? issues : revokes as CouponEvent[]).push(event)
-    if (issues.length === 0 && revokes.length === 0) return 0
+    const redemptions: RedemptionEvent[] = []
+    for (const event of events) {
+      if (event.type === 'issue') issues.push(event)
+      else if (event.type === 'revoke') revokes.push(event)
+      else redemptions.push(event)
+    }
+    if (issues.length === 0 && revokes.length === 0 && redemptions.length === 0) return 0
     // The code follows from the unit (src/issuing/codes.ts): the entry need not carry it.
-    return persistEvents(this.#db, issues, revokes, (e) => codeOf(this.#knownCoupons.get(e.couponId)!, e.userId, e.claim))
+    const inserted = await persistEvents(this.#db, issues, revokes, (e) => codeOf(this.#knownCoupons.get(e.couponId)!, e.userId, e.claim))
+    await persistRedemptions(this.#db, redemptions, issues)
+    return inserted
   }
 
   async #unknownCoupons (events: CouponEvent[]): Promise<Set<number>> {

@@ -33,6 +33,11 @@ export interface CouponKeys {
   discarded: string
   /** hash: code mac -> "userId|claim" of every unit handed out (src/issuing/codes.ts); field '#' = complete */
   codes: string
+  /**
+   * hash: redemption state (src/redis/scripts/includes/units.lua): mac -> "d|orderId|atMs" (redeemed) or
+   * "u|orderId|atMs" (rolled back); '@userId' -> units of the user redeemed now; field '#' = complete
+   */
+  redemptions: string
   /** string: short lock while one request rebuilds the counters */
   restoreLock: string
   /**
@@ -61,6 +66,7 @@ export function createKeys (prefix: string) {
         revoked: couponKey(couponId, 'revoked'),
         discarded: couponKey(couponId, 'discarded'),
         codes: couponKey(couponId, 'codes'),
+        redemptions: couponKey(couponId, 'redemptions'),
         restoreLock: couponKey(couponId, 'restore-lock'),
         stats: couponKey(couponId, 'stats'),
         perSecond: couponKey(couponId, 'second:')

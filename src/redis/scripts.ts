@@ -12,8 +12,11 @@ const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include
 /** Script name -> number of keys; null = the caller passes the count first (a variable number of keys). */
 const SCRIPTS = {
   issue: 8,
-  revoke: 8,
-  restoreCounters: 9,
+  revoke: 9,
+  restoreCounters: 10,
+  lookupCode: 4,
+  redeem: 5,
+  rollback: 5,
   updateCoupon: 2,
   ackAndTrim: 1,
   markDormant: 2,
@@ -22,12 +25,17 @@ const SCRIPTS = {
 } as const
 
 type Arg = string | number
+type RawLookup = [code: number, userId?: string, claim?: number, issuedAt?: number, revokedAt?: number, state?: string, orderId?: string, stateAt?: number, now?: number]
+type RawRedemption = [code: number, at: number, userId: string, claim: number, entryId: string, replayed: number, reactivated: number]
 type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number, unitCode?: string]
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     issue (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
     revoke (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
+    lookupCode (...keysThenArgs: Arg[]): Result<RawLookup, Context>
+    redeem (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
+    rollback (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
     restoreCounters (keysThenArgs: Arg[]): Result<number, Context>
     updateCoupon (...keysThenArgs: Arg[]): Result<[code: number, issued: number], Context>
     ackAndTrim (...keysThenArgs: Arg[]): Result<[acked: number, trimmed: number], Context>
@@ -43,7 +51,9 @@ export function defineScripts (redis: Redis): void {
 }
 
 export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8, CODE_EXHAUSTED: 9 } as const
-export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, REDEEMED: 3, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const LookupCode = { FOUND: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2 } as const
+export const RedemptionCode = { DONE: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2, REVOKED: 3, ALREADY_REDEEMED: 4, NOT_REDEEMED_BY_ORDER: 5 } as const
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
 export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
@@ -52,6 +62,8 @@ export const NEEDS_RESTORE = 1
 
 export type IssueCode = typeof IssueCode[keyof typeof IssueCode]
 export type RevokeCode = typeof RevokeCode[keyof typeof RevokeCode]
+export type LookupCode = typeof LookupCode[keyof typeof LookupCode]
+export type RedemptionCode = typeof RedemptionCode[keyof typeof RedemptionCode]
 export type RestoreCode = typeof RestoreCode[keyof typeof RestoreCode]
 export type UpdateCode = typeof UpdateCode[keyof typeof UpdateCode]
 export type DiscardCode = typeof DiscardCode[keyof typeof DiscardCode]
@@ -94,11 +106,50 @@ export interface RevokeArgs {
   userId: string
   idempotencyKey: string
   idempotencyTtlSeconds: number
+  /** cancel even when a unit of the user is redeemed (admin) */
+  force: boolean
 }
 
 export async function revoke (redis: Redis, k: CouponKeys, a: RevokeArgs): Promise<Outcome<RevokeCode>> {
-  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.stats,
-    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, k.stockReturned))
+  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.stats, k.redemptions,
+    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, k.stockReturned, a.force ? '1' : ''))
+}
+
+/** A unit found by its code (lookupCode.lua), moments in ms. */
+export interface UnitState {
+  userId: string
+  claim: number
+  issuedAt: number
+  /** 0 = not revoked */
+  revokedAt: number
+  /** the unit's last redemption event: 'd' redeemed, 'u' rolled back, '' never redeemed */
+  state: '' | 'd' | 'u'
+  orderId: string
+  stateAt: number
+  /** Redis TIME */
+  now: number
+}
+
+export async function lookupCode (redis: Redis, k: CouponKeys, head: string): Promise<{ code: LookupCode, unit?: UnitState }> {
+  const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
+  if (code !== LookupCode.FOUND) return { code: code as LookupCode }
+  return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now! } }
+}
+
+export interface RedemptionOutcome {
+  code: RedemptionCode
+  /** ms: the redemption's or rollback's moment */
+  at: number
+  userId: string
+  claim: number
+  entryId: string
+  replayed: boolean
+  reactivated: boolean
+}
+
+export async function redeemOrRollback (redis: Redis, k: CouponKeys, action: 'redeem' | 'rollback', head: string, orderId: string): Promise<RedemptionOutcome> {
+  const [code, at, userId, claim, entryId, replayed, reactivated] = await redis[action](k.meta, k.codes, k.redemptions, k.revoked, k.events, head, orderId)
+  return { code: code as RedemptionCode, at, userId, claim, entryId, replayed: replayed === 1, reactivated: reactivated === 1 }
 }
 
 export interface CounterValues {
@@ -116,8 +167,10 @@ export interface CounterValues {
   lastCancels: Map<string, [number, number]>
   /** the coupon's code settings (src/issuing/codes.ts), fixed at creation */
   codeSettings: { secret: string, prefix: string, length: number, tail: string }
-  /** mac -> "userId|claim" of every unit handed out, revoked ones too */
+  /** mac -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too */
   codes: Map<string, string>
+  /** redemption state (includes/units.lua): mac -> "d|orderId|atMs" / "u|orderId|atMs", '@userId' -> units redeemed now */
+  redemptions: Map<string, string>
 }
 
 export interface RestoreArgs {
@@ -129,13 +182,14 @@ export interface RestoreArgs {
 
 export async function restoreCounters (redis: Redis, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
   const c = v.codeSettings
-  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes,
+  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes, k.redemptions,
     group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
-    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size]
+    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size, v.redemptions.size]
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
   for (const [mac, unit] of v.codes) args.push(mac, unit)
+  for (const [field, value] of v.redemptions) args.push(field, value)
   return await redis.restoreCounters(args) as RestoreCode
 }
 

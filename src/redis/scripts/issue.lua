@@ -18,7 +18,7 @@
   KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
   KEYS[7] stats       hash   issued +1, firstIssuedAt and soldOutAt (first time stock reaches 0) on ISSUED;
                              best effort (a wrong type there fails nothing)
-  KEYS[8] codes       hash   mac -> "userId|claim" of every unit ever handed out (revoked ones too); field '#'
+  KEYS[8] codes       hash   mac -> "userId|claim|issuedAtMs" of every unit ever handed out (revoked ones too); field '#'
                              marks it complete. A mac already taken (another user and claim gave the same
                              characters) makes the script skip to the next claim number, so each code names
                              one unit and still follows from (secret, user, claim).
@@ -102,7 +102,7 @@ if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
 redis.call('HSET', claims, userId, claim)
-redis.call('HSET', codes, mac, userId .. '|' .. claim)
+redis.call('HSET', codes, mac, userId .. '|' .. claim .. '|' .. now)
 local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
 redis.pcall('HINCRBY', stats, 'issued', 1)
