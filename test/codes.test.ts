@@ -5,6 +5,8 @@ import t from 'tap'
 import { sql } from 'drizzle-orm'
 import { findCoupon } from '../src/db/queries/coupons.js'
 import { ALPHABET, codeMac, codeOf, codeTail, parseCode } from '../src/issuing/codes.js'
+import { PersistBatch } from '../src/persistence/persist-batch.js'
+import { decodeEntry, isEvent } from '../src/stream/events.js'
 import { admin, createCoupon, testApp, testConsumer, type TestApp } from './helpers/env.js'
 
 const issue = (app: TestApp, couponId: number, userId: string, headers: Record<string, string> = {}) =>
@@ -271,4 +273,83 @@ t.test('redeem racing an unforced cancel: exactly one of them happens', async (t
       t.equal((await lookup(app, code)).json().status, 'revoked')
     }
   }
+})
+
+const rowsOf = async (app: TestApp, couponId: number) => ((await app.db.execute(sql`
+  SELECT user_id, claim, code, order_id, round(extract(epoch FROM redeemed_at) * 1000)::float8 AS redeemed_ms FROM coupon_issues WHERE coupon_id = ${couponId} ORDER BY user_id, claim`)) as any).rows
+const factsOf = async (app: TestApp, couponId: number) => ((await app.db.execute(sql`
+  SELECT user_id, claim, kind, order_id FROM coupon_redemptions WHERE coupon_id = ${couponId} ORDER BY split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint`)) as any).rows
+
+t.test('redemptions reach Postgres through the stream: facts kept, the last one wins, in any batch order and under redelivery', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const k = app.keys.coupon(coupon.id)
+  const a = (await issue(app, coupon.id, 'a')).json()
+  const b = (await issue(app, coupon.id, 'b')).json()
+  await redeem(app, a.code, 'o-1')
+  await rollback(app, a.code, 'o-1')
+  const last = (await redeem(app, a.code, 'o-2')).json()
+  await redeem(app, b.code, 'o-3')
+  await rollback(app, b.code, 'o-3')
+
+  const entries = await app.redis.xrange(k.events, '-', '+')
+  const events = entries.map(([id, fields]) => decodeEntry(k.events, coupon.id, id, fields)).filter(isEvent)
+  t.same(events.map((e) => e.type), ['issue', 'issue', 'redeem', 'rollback', 'redeem', 'redeem', 'rollback'], 'd and u entries on the same stream')
+
+  // Backwards, one event per batch: every redemption fact arrives before its issue row exists.
+  const persister = new PersistBatch(app.db)
+  for (const event of [...events].reverse()) await persister.persist([event], [])
+  const expected = [
+    { user_id: 'a', claim: 1, code: a.code, order_id: 'o-2', redeemed_ms: Date.parse(last.redeemedAt) },
+    { user_id: 'b', claim: 1, code: b.code, order_id: null, redeemed_ms: null }
+  ]
+  t.same(await rowsOf(app, coupon.id), expected, 'the last fact of each unit, whatever the order')
+  t.same((await factsOf(app, coupon.id)).map((f: any) => `${f.user_id}:${f.kind}:${f.order_id}`), ['a:redeem:o-1', 'a:rollback:o-1', 'a:redeem:o-2', 'b:redeem:o-3', 'b:rollback:o-3'], 'the history')
+
+  // Redelivered: the whole stream again through the real consumer, then shuffled batches.
+  await testConsumer(t, app, 'codes-drain').drain()
+  await persister.persist([events[4]!, events[2]!], [])
+  await persister.persist([events[3]!, events[6]!, events[5]!], [])
+  t.same(await rowsOf(app, coupon.id), expected, 'redelivery changes nothing')
+  t.equal((await factsOf(app, coupon.id)).length, 5, 'no fact twice')
+})
+
+t.test('redemptions survive a counter rebuild: from unpersisted entries, and from Postgres after a full wipe', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const k = app.keys.coupon(coupon.id)
+  const a = (await issue(app, coupon.id, 'a')).json()
+  const b = (await issue(app, coupon.id, 'b')).json()
+  const c = (await issue(app, coupon.id, 'c')).json()
+  const first = (await redeem(app, a.code, 'o-1')).json()
+  await redeem(app, b.code, 'o-2')
+  await rollback(app, b.code, 'o-2')
+  await redeem(app, c.code, 'o-3')
+  t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/c?force=true`, headers: admin })).statusCode, 200)
+
+  const check = async (when: string) => {
+    t.match((await lookup(app, a.code)).json(), { status: 'redeemed', orderId: 'o-1', redeemedAt: first.redeemedAt }, `${when}: a redeemed`)
+    t.match((await lookup(app, b.code)).json(), { status: 'active', orderId: null }, `${when}: b rolled back`)
+    t.match((await lookup(app, c.code)).json(), { status: 'revoked' }, `${when}: c revoked`)
+    const replay = await redeem(app, a.code, 'o-1')
+    t.same([replay.statusCode, replay.json().redeemedAt, replay.headers['idempotent-replayed']], [201, first.redeemedAt, 'true'], `${when}: the replay`)
+    t.equal((await redeem(app, a.code, 'o-9')).json().code, 'ALREADY_REDEEMED', `${when}: another order`)
+    t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/a` })).json().code, 'ALREADY_REDEEMED', `${when}: a cancel of a still refused`)
+    t.equal((await rollback(app, b.code, 'o-2')).statusCode, 200, `${when}: b's rollback replays`)
+    t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}` })).json().remaining, 3, `${when}: stock`)
+  }
+  await check('live')
+
+  // Counters lost, the stream kept (nothing persisted yet): rebuilt from the entries.
+  await app.redis.del(k.meta, k.stock, k.holders, k.claims, k.codes, k.redemptions, k.revoked, k.idempotency)
+  await check('rebuilt from the stream')
+
+  // Everything persisted, then every key of the coupon gone, the stream too: rebuilt from Postgres.
+  await testConsumer(t, app, 'codes-drain').drain()
+  await app.redis.del(k.meta, k.stock, k.holders, k.claims, k.codes, k.redemptions, k.revoked, k.idempotency, k.events)
+  await check('rebuilt from Postgres')
+
+  // Only the redemptions hash lost (evicted): the partial rebuild completes it, counters untouched.
+  await app.redis.del(k.redemptions)
+  await check('redemptions hash rebuilt alone')
 })
