@@ -19,6 +19,8 @@ export const CodeNotFound = createError('CODE_NOT_FOUND', 'No such code. Check t
 export const AlreadyRedeemed = createError('ALREADY_REDEEMED', 'This code is already redeemed by another order. Roll that order back first (DELETE /codes/{code}/redemptions/{orderId}).', 409)
 export const HolderRedeemed = createError('ALREADY_REDEEMED', 'User %s has %s redeemed unit(s) of coupon %s. Roll the order back first, or cancel with ?force=true (admin).', 409)
 export const CodeRevoked = createError('REVOKED', 'This code was cancelled (its unit went back to stock); it cannot be redeemed or rolled back.', 409)
+export const CodeExpired = createError('EXPIRED', 'This code expired at %s; it can no longer be redeemed.', 409)
+export const InvalidValidity = createError('INVALID_REQUEST', 'validFor must be an ISO 8601 duration of weeks (P2W) or days and time (P7D, PT30M, P1DT12H), from one minute to ten years; validFor and validUntil exclude each other (found %s).', 400)
 export const NotRedeemedByOrder = createError('NOT_REDEEMED_BY_ORDER', 'This code is not redeemed by order %s; nothing to roll back.', 409)
 export const RedeemScriptFailed = createError('REDEEM_SCRIPT_FAILED', 'The coupon store rejected the redemption or rollback; nothing was changed. Retry later or contact the operator.', 503)
 export const IdempotencyKeyReused = createError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body. Use a new key for a new request.', 422)

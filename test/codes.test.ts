@@ -5,9 +5,10 @@ import t from 'tap'
 import { sql } from 'drizzle-orm'
 import { findCoupon } from '../src/db/queries/coupons.js'
 import { ALPHABET, codeMac, codeOf, codeTail, parseCode } from '../src/issuing/codes.js'
+import { parseValidFor } from '../src/issuing/validity.js'
 import { PersistBatch } from '../src/persistence/persist-batch.js'
 import { decodeEntry, isEvent } from '../src/stream/events.js'
-import { admin, createCoupon, testApp, testConsumer, type TestApp } from './helpers/env.js'
+import { admin, createCoupon, testApp, testConsumer, waitFor, type TestApp } from './helpers/env.js'
 
 const issue = (app: TestApp, couponId: number, userId: string, headers: Record<string, string> = {}) =>
   app.inject({ method: 'POST', url: `/coupons/${couponId}/issues`, headers, payload: { userId } })
@@ -352,4 +353,52 @@ t.test('redemptions survive a counter rebuild: from unpersisted entries, and fro
   // Only the redemptions hash lost (evicted): the partial rebuild completes it, counters untouched.
   await app.redis.del(k.redemptions)
   await check('redemptions hash rebuilt alone')
+})
+
+t.test('validFor is parsed strictly', async (t) => {
+  t.equal(parseValidFor('P7D'), 7 * 86_400_000)
+  t.equal(parseValidFor('PT30M'), 30 * 60_000)
+  t.equal(parseValidFor('P1DT12H'), 36 * 3_600_000)
+  t.equal(parseValidFor('P2W'), 14 * 86_400_000)
+  t.equal(parseValidFor('PT90S'), 90_000)
+  for (const bad of ['', 'P', 'PT', 'P1DT', '7D', 'p7d', 'P1Y', 'P1M', 'P1W2D', 'P7.5D', '-P1D', 'PT59S', 'P0D', 'P3651D', 'P99999W', 'P1D ', 'PT1H1H']) {
+    t.equal(parseValidFor(bad), null, JSON.stringify(bad))
+  }
+})
+
+t.test('expiry: expiresAt in the 201 and GET /codes; after it status expired and EXPIRED on redeem; a redemption in time stands', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  for (const body of [{ validFor: 'P1M' }, { validFor: '7 days' }, { validFor: 'PT10S' }, { validFor: 'P7D', validUntil: new Date(Date.now() + 60_000).toISOString() }, { validUntil: 'tomorrow' }]) {
+    const r = await app.inject({ method: 'POST', url: '/coupons', headers: admin, payload: { name: 'c', totalQuantity: 1, ...body } })
+    t.same([r.statusCode, r.json().code], [400, 'INVALID_REQUEST'], JSON.stringify(body))
+  }
+
+  const week = await createCoupon(app, { totalQuantity: 5, validFor: 'P7D' })
+  t.equal((week as any).validFor, 'P7D')
+  const w = (await issue(app, week.id, 'w')).json()
+  t.equal(Date.parse(w.expiresAt), Date.parse(w.issuedAt) + 7 * 86_400_000, 'issuedAt + validFor')
+  t.equal((await lookup(app, w.code)).json().expiresAt, w.expiresAt)
+  const forever = await createCoupon(app, { totalQuantity: 5 })
+  const f = (await issue(app, forever.id, 'f')).json()
+  t.equal(f.expiresAt, null)
+
+  const until = new Date(Date.now() + 1500)
+  const soon = await createCoupon(app, { totalQuantity: 5, validUntil: until.toISOString() })
+  const kept = (await issue(app, soon.id, 'kept')).json()
+  const late = (await issue(app, soon.id, 'late')).json()
+  t.equal(kept.expiresAt, until.toISOString(), 'validUntil: one moment for every unit')
+  const inTime = await redeem(app, kept.code, 'o-1')
+  t.equal(inTime.statusCode, 201)
+  await waitFor(async () => (await lookup(app, late.code)).json().status === 'expired', { what: 'the late code to expire' })
+  const refused = await redeem(app, late.code, 'o-2')
+  t.same([refused.statusCode, refused.json().code], [409, 'EXPIRED'])
+  const replay = await redeem(app, kept.code, 'o-1')
+  t.same([replay.statusCode, replay.json().redeemedAt], [201, inTime.json().redeemedAt], 'the redemption made in time replays')
+  t.equal((await lookup(app, kept.code)).json().status, 'redeemed')
+
+  // The validity survives a counter rebuild.
+  const k = app.keys.coupon(soon.id)
+  await app.redis.del(k.meta, k.stock)
+  t.match((await lookup(app, late.code)).json(), { status: 'expired', expiresAt: until.toISOString() })
+  t.equal((await redeem(app, late.code, 'o-3')).json().code, 'EXPIRED')
 })

@@ -89,7 +89,7 @@ t.test('the restore script refuses when the stream moved since it was read', asy
       users: new Map(),
       idempotency: new Map(),
       lastCancels: new Map(),
-      codeSettings: { secret: 'x', prefix: '', length: 12, tail: '11' },
+      codeSettings: { secret: 'x', prefix: '', length: 12, tail: '11', validForMs: null, validUntilMs: null },
       codes: new Map(),
       redemptions: new Map()
     }

@@ -30,6 +30,10 @@ export const coupons = pgTable('coupons', {
   codePrefix: text('code_prefix').notNull().default(''),
   /** characters of the unguessable part of each code */
   codeLength: integer('code_length').notNull().default(12),
+  /** ISO 8601 duration each unit's code stays redeemable after its issue (src/issuing/validity.ts) */
+  validFor: text('valid_for'),
+  /** or one moment after which no code of the campaign is redeemable */
+  validUntil: moment('valid_until'),
   createdAt: moment('created_at').notNull().defaultNow(),
   updatedAt: moment('updated_at').notNull().defaultNow()
 }, (t) => [
@@ -37,7 +41,8 @@ export const coupons = pgTable('coupons', {
   check('coupons_per_user_limit_positive', sql`${t.perUserLimit} > 0`),
   check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`),
   check('coupons_code_length', sql`${t.codeLength} BETWEEN 12 AND 32`),
-  check('coupons_code_prefix', sql`${t.codePrefix} ~ '^[A-Z0-9-]{0,12}$'`)
+  check('coupons_code_prefix', sql`${t.codePrefix} ~ '^[A-Z0-9-]{0,12}$'`),
+  check('coupons_one_validity', sql`${t.validFor} IS NULL OR ${t.validUntil} IS NULL`)
 ])
 
 /**

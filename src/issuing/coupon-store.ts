@@ -21,6 +21,8 @@ export interface Issued {
   claim: number
   /** the unit's redeemable code (src/issuing/codes.ts) */
   code: string
+  /** when the code stops being redeemable; null = never */
+  expiresAt: Date | null
   entryId: string
   /** true when the outcome was replayed for a repeated Idempotency-Key */
   replayed: boolean
@@ -136,7 +138,7 @@ export class CouponStore {
       return { refusal }
     }
     if (reply.reactivated) await this.#reactivate(couponId)
-    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, code: reply.unitCode, entryId: reply.entryId, replayed: reply.replayed } }
+    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, code: reply.unitCode, expiresAt: reply.expiresAt > 0 ? new Date(reply.expiresAt) : null, entryId: reply.entryId, replayed: reply.replayed } }
   }
 
   /**

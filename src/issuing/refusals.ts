@@ -66,12 +66,14 @@ export function revokeRefusal ({ code, count }: Outcome<RevokeCode>, couponId: n
 }
 
 /** The error for a redemption or rollback the script did not make (any code but DONE). */
-export function redemptionRefusal ({ code }: RedemptionOutcome, orderId: string): Error {
+export function redemptionRefusal ({ code, at }: RedemptionOutcome, orderId: string): Error {
   switch (code) {
     case RedemptionCode.NOT_FOUND: return new errors.CodeNotFound()
     case RedemptionCode.REVOKED: return new errors.CodeRevoked()
     case RedemptionCode.ALREADY_REDEEMED: return new errors.AlreadyRedeemed()
     case RedemptionCode.NOT_REDEEMED_BY_ORDER: return new errors.NotRedeemedByOrder(orderId)
+    // For EXPIRED the script returns the unit's expiresAt in `at`.
+    case RedemptionCode.EXPIRED: return new errors.CodeExpired(new Date(at).toISOString())
     default: return new errors.RedeemScriptFailed()
   }
 }

@@ -11,6 +11,7 @@ import { RestoreCode, restoreCounters as installCounters, type CounterValues } f
 import { decodeEntry, isEvent, isRedemption } from '../stream/events.js'
 import { databaseFailure, redisFailure, Restoring } from '../errors.js'
 import { codeMac, codeTail } from './codes.js'
+import { parseValidFor } from './validity.js'
 
 export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels' | 'codes' | 'redemptions'>
 
@@ -174,7 +175,14 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps,
           startsAtMs: coupon.startsAt.getTime(),
           endsAtMs: coupon.endsAt?.getTime() ?? null,
           paused: coupon.paused,
-          codeSettings: { secret: coupon.codeSecret, prefix: coupon.codePrefix, length: coupon.codeLength, tail: codeTail(coupon.id) },
+          codeSettings: {
+            secret: coupon.codeSecret,
+            prefix: coupon.codePrefix,
+            length: coupon.codeLength,
+            tail: codeTail(coupon.id),
+            validForMs: coupon.validFor === null ? null : parseValidFor(coupon.validFor),
+            validUntilMs: coupon.validUntil?.getTime() ?? null
+          },
           ...state
         }
       }))

@@ -25,9 +25,9 @@ const SCRIPTS = {
 } as const
 
 type Arg = string | number
-type RawLookup = [code: number, userId?: string, claim?: number, issuedAt?: number, revokedAt?: number, state?: string, orderId?: string, stateAt?: number, now?: number]
+type RawLookup = [code: number, userId?: string, claim?: number, issuedAt?: number, revokedAt?: number, state?: string, orderId?: string, stateAt?: number, now?: number, expiresAt?: number]
 type RawRedemption = [code: number, at: number, userId: string, claim: number, entryId: string, replayed: number, reactivated: number]
-type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number, unitCode?: string]
+type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number, unitCode?: string, expiresAt?: number]
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
@@ -53,7 +53,7 @@ export function defineScripts (redis: Redis): void {
 export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8, CODE_EXHAUSTED: 9 } as const
 export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, REDEEMED: 3, IDEMPOTENCY_KEY_REUSED: 7 } as const
 export const LookupCode = { FOUND: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2 } as const
-export const RedemptionCode = { DONE: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2, REVOKED: 3, ALREADY_REDEEMED: 4, NOT_REDEEMED_BY_ORDER: 5 } as const
+export const RedemptionCode = { DONE: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2, REVOKED: 3, ALREADY_REDEEMED: 4, NOT_REDEEMED_BY_ORDER: 5, EXPIRED: 6 } as const
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
 export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
@@ -81,10 +81,12 @@ export interface Outcome<C extends number> {
   reactivated: boolean
   /** ISSUED: the unit's redeemable code ('' otherwise) */
   unitCode: string
+  /** ISSUED: when the code stops being redeemable, ms (0 = never) */
+  expiresAt: number
 }
 
-const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated, unitCode]: RawOutcome): Outcome<C> =>
-  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1, unitCode: unitCode ?? '' })
+const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated, unitCode, expiresAt]: RawOutcome): Outcome<C> =>
+  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1, unitCode: unitCode ?? '', expiresAt: expiresAt ?? 0 })
 
 export interface IssueArgs {
   couponId: number
@@ -128,12 +130,14 @@ export interface UnitState {
   stateAt: number
   /** Redis TIME */
   now: number
+  /** 0 = never */
+  expiresAt: number
 }
 
 export async function lookupCode (redis: Redis, k: CouponKeys, head: string): Promise<{ code: LookupCode, unit?: UnitState }> {
-  const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
+  const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now, expiresAt] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
   if (code !== LookupCode.FOUND) return { code: code as LookupCode }
-  return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now! } }
+  return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now!, expiresAt: expiresAt! } }
 }
 
 export interface RedemptionOutcome {
@@ -166,7 +170,8 @@ export interface CounterValues {
   /** userId -> [upTo claim, revokedAt ms] of the last cancel */
   lastCancels: Map<string, [number, number]>
   /** the coupon's code settings (src/issuing/codes.ts), fixed at creation */
-  codeSettings: { secret: string, prefix: string, length: number, tail: string }
+  /** with the codes' validity (src/issuing/validity.ts; null = none) */
+  codeSettings: { secret: string, prefix: string, length: number, tail: string, validForMs: number | null, validUntilMs: number | null }
   /** mac -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too */
   codes: Map<string, string>
   /** redemption state (includes/units.lua): mac -> "d|orderId|atMs" / "u|orderId|atMs", '@userId' -> units redeemed now */
@@ -184,7 +189,7 @@ export async function restoreCounters (redis: Redis, k: CouponKeys, { group, las
   const c = v.codeSettings
   const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes, k.redemptions,
     group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
-    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size, v.redemptions.size]
+    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size, v.redemptions.size, c.validForMs ?? '', c.validUntilMs ?? '']
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)

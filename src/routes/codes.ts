@@ -30,7 +30,7 @@ const codeBody = {
     couponId: { type: 'integer' },
     userId: { type: 'string' },
     claim: { type: 'integer' },
-    status: { type: 'string', enum: ['active', 'redeemed', 'revoked', 'expired'], description: 'revoked (cancelled) wins over redeemed' },
+    status: { type: 'string', enum: ['active', 'redeemed', 'revoked', 'expired'], description: 'revoked (cancelled) wins over redeemed, redeemed over expired' },
     issuedAt: dateTime,
     expiresAt: { ...nullableDate, description: 'null: the code does not expire' },
     redeemedAt: { ...nullableDate, description: 'the current redemption (null when not redeemed or rolled back)' },
@@ -46,9 +46,11 @@ const redemptionBody = {
   properties: { code: { type: 'string' }, orderId: { type: 'string' }, redeemedAt: dateTime, discount: discountOut, metadata: metadataOut }
 } as const
 
+/** revoked wins over redeemed, redeemed over expired (a redemption made in time stands); on Redis's clock. */
 function statusOf ({ unit }: FoundCode): CodeStatus {
   if (unit.revokedAt > 0) return 'revoked'
-  return unit.state === 'd' ? 'redeemed' : 'active'
+  if (unit.state === 'd') return 'redeemed'
+  return unit.expiresAt > 0 && unit.now >= unit.expiresAt ? 'expired' : 'active'
 }
 
 const codeRoutes: FastifyPluginAsync = async (fastify) => {
@@ -80,7 +82,7 @@ const codeRoutes: FastifyPluginAsync = async (fastify) => {
       claim: unit.claim,
       status: statusOf(found),
       issuedAt: new Date(unit.issuedAt),
-      expiresAt: null,
+      expiresAt: unit.expiresAt > 0 ? new Date(unit.expiresAt) : null,
       redeemedAt: redeemed ? new Date(unit.stateAt) : null,
       orderId: redeemed ? unit.orderId : null,
       ...await campaign(found.couponId)
@@ -101,7 +103,7 @@ const codeRoutes: FastifyPluginAsync = async (fastify) => {
           400: ['INVALID_REQUEST'],
           401: ['UNAUTHORIZED'],
           404: ['CODE_NOT_FOUND'],
-          409: ['ALREADY_REDEEMED', 'REVOKED'],
+          409: ['ALREADY_REDEEMED', 'REVOKED', 'EXPIRED'],
           503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'REDEEM_SCRIPT_FAILED']
         })
       }

@@ -1,7 +1,8 @@
 // Coupon administration and reads. Creating writes Postgres first, then loads the counters into Redis.
 import type { FastifyPluginAsync } from 'fastify'
 import { findCoupon, insertCoupon, listCoupons, type Coupon } from '../db/queries/coupons.js'
-import { CouponNotFound, InvalidMetadataKey, InvalidWindow } from '../errors.js'
+import { CouponNotFound, InvalidMetadataKey, InvalidValidity, InvalidWindow } from '../errors.js'
+import { parseValidFor } from '../issuing/validity.js'
 import type { Discount } from '../db/schema.js'
 import { CODE_PREFIX_PATTERN, DEFAULT_CODE_LENGTH, MAX_CODE_LENGTH, MIN_CODE_LENGTH } from '../issuing/codes.js'
 import { couponBody, couponParams, dateTime, discount, errors, METADATA_KEY, metadata, pageOf } from './schemas.js'
@@ -34,7 +35,9 @@ const newCoupon = {
         prefix: { type: 'string', minLength: 1, maxLength: 12, pattern: CODE_PREFIX_PATTERN.source, description: 'printed before every code, e.g. SUMMER-' },
         length: { type: 'integer', minimum: MIN_CODE_LENGTH, maximum: MAX_CODE_LENGTH, default: DEFAULT_CODE_LENGTH, description: 'unguessable characters (5 bits each)' }
       }
-    }
+    },
+    validFor: { type: 'string', maxLength: 40, description: 'ISO 8601 duration each code stays redeemable after its issue: P2W, P7D, PT30M, P1DT12H (no years or months)' },
+    validUntil: { ...dateTime, description: 'or: no code of the campaign is redeemable after this moment' }
   }
 } as const
 
@@ -63,7 +66,7 @@ const adminErrors = errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 40
 const couponRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, couponStore } = fastify
 
-  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata, codes?: { prefix?: string, length?: number } } }>('/coupons', {
+  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata, codes?: { prefix?: string, length?: number }, validFor?: string, validUntil?: string } }>('/coupons', {
     onRequest: fastify.requireAdmin,
     schema: {
       summary: 'Create a coupon campaign (admin)',
@@ -73,12 +76,23 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       response: { 201: couponBody, ...adminErrors, ...errors({ 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE'] }) }
     }
   }, async (request, reply) => {
-    const { startsAt, endsAt, codes, ...rest } = request.body
+    const { startsAt, endsAt, codes, validFor, validUntil, ...rest } = request.body
     checkMetadataKeys(rest.metadata)
+    if ((validFor !== undefined && parseValidFor(validFor) === null) || (validFor !== undefined && validUntil !== undefined)) {
+      throw new InvalidValidity(JSON.stringify({ validFor, validUntil }))
+    }
     const starts = startsAt === undefined ? undefined : new Date(startsAt)
     const ends = endsAt == null ? null : new Date(endsAt)
     if (ends && ends.getTime() <= (starts ?? new Date()).getTime()) throw new InvalidWindow()
-    const coupon = await insertCoupon(db, { ...rest, startsAt: starts, endsAt: ends, codePrefix: codes?.prefix, codeLength: codes?.length })
+    const coupon = await insertCoupon(db, {
+      ...rest,
+      startsAt: starts,
+      endsAt: ends,
+      codePrefix: codes?.prefix,
+      codeLength: codes?.length,
+      validFor: validFor ?? null,
+      validUntil: validUntil === undefined ? null : new Date(validUntil)
+    })
     await couponStore.load(coupon)
     await fastify.consumer?.wake()
     return reply.status(201).send(view(coupon, coupon.totalQuantity))

@@ -14,13 +14,14 @@ interface IssueRoute {
 
 const issuedBody = {
   type: 'object',
-  required: ['couponId', 'userId', 'issuedAt', 'code'],
+  required: ['couponId', 'userId', 'issuedAt', 'code', 'expiresAt'],
   properties: {
     couponId: { type: 'integer' },
     userId: { type: 'string' },
     issuedAt: dateTime,
     claim: { type: 'integer' },
-    code: { type: 'string', description: 'the code the customer redeems at checkout (GET /codes/{code}); unguessable, case-insensitive' }
+    code: { type: 'string', description: 'the code the customer redeems at checkout (GET /codes/{code}); unguessable, case-insensitive' },
+    expiresAt: { type: ['string', 'null'], format: 'date-time', description: 'after this moment the code is no longer redeemable; null = never' }
   }
 } as const
 

@@ -107,6 +107,8 @@ export const couponBody = {
       required: ['prefix', 'length'],
       properties: { prefix: { type: 'string', description: "'' = none" }, length: { type: 'integer' } }
     },
+    validFor: { type: ['string', 'null'], description: 'ISO 8601 duration a code stays redeemable after its issue' },
+    validUntil: { type: ['string', 'null'], format: 'date-time' },
     createdAt: dateTime
   }
 } as const

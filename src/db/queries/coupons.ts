@@ -15,6 +15,8 @@ export interface NewCoupon {
   metadata?: Record<string, string | number | boolean | null> | null
   codePrefix?: string
   codeLength?: number
+  validFor?: string | null
+  validUntil?: Date | null
 }
 
 export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
@@ -28,7 +30,9 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
     metadata: input.metadata ?? null,
     codeSecret: newCodeSecret(),
     codePrefix: input.codePrefix ?? '',
-    codeLength: input.codeLength ?? DEFAULT_CODE_LENGTH
+    codeLength: input.codeLength ?? DEFAULT_CODE_LENGTH,
+    validFor: input.validFor ?? null,
+    validUntil: input.validUntil ?? null
   }).returning()
   return row!
 }

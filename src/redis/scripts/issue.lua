@@ -8,7 +8,8 @@
 
   KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or ''), dormant (set by markDormant),
                              paused ('1' while paused; set by updateCoupon), codeSecret, codePrefix, codeLength,
-                             codeTail (src/issuing/codes.ts; a meta without codeSecret must be rebuilt)
+                             codeTail (src/issuing/codes.ts; a meta without codeSecret must be rebuilt),
+                             validForMs, validUntil (ms; '' = none; src/issuing/validity.ts)
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks the hash as complete
   KEYS[4] claims      hash   userId -> last claim number (never decreases); field '#' likewise
@@ -29,9 +30,9 @@
   ARGV[4] idempotency ttl, seconds
   ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
 
-  Returns { code, at, claim, entryId, replayed, reactivated [, unitCode] }
+  Returns { code, at, claim, entryId, replayed, reactivated [, unitCode, expiresAt] }
     code 0 ISSUED                  at = issuedAt ms; claim, entryId set; unitCode = the unit's redeemable code
-                                   (prefix .. mac .. tail), recomputed for a replay
+                                   (prefix .. mac .. tail), recomputed for a replay; expiresAt ms (0 = never)
     code 1 NEEDS_RESTORE           counters (or the idempotency hash, for a keyed call) missing: rebuild, call again
     code 2 ALREADY_ISSUED          user already holds perUserLimit units; at carries perUserLimit
     code 3 SOLD_OUT                at carries endsAt (0 = none), claim carries Redis now (ms): together they
@@ -57,15 +58,23 @@ local userId, idemKey = ARGV[2], ARGV[3]
 local field = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
-local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail')
+local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
 if not m[1] or not m[6] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
 local secret, prefix, length, tail = m[6], m[7] or '', tonumber(m[8]), m[9] or ''
+local validFor, validUntil = tonumber(m[10] or ''), tonumber(m[11] or '')
+local function expiry (issuedAt)
+  if validFor then return issuedAt + validFor end
+  return validUntil or 0
+end
 local replay = replayForKey(idem, field, userId, now, ARGV[4])
 if replay then
   -- The code is not remembered: it follows from the claim the record kept.
-  if replay[1] == 0 then replay[7] = prefix .. codeMac(secret, userId, replay[3], length) .. tail end
+  if replay[1] == 0 then
+    replay[7] = prefix .. codeMac(secret, userId, replay[3], length) .. tail
+    replay[8] = expiry(replay[2])
+  end
   return replay
 end
 local function finish (code, at, claim, entry, reactivated)
@@ -111,4 +120,5 @@ if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
 local reply = finish(0, now, claim, entry, reactivated)
 reply[7] = prefix .. mac .. tail
+reply[8] = expiry(now)
 return reply

@@ -16,6 +16,7 @@
     code 2 NOT_FOUND
     code 3 REVOKED           the unit was cancelled (its stock given back)
     code 4 ALREADY_REDEEMED  another order holds it; nothing changed
+    code 6 EXPIRED           past the unit's expiresAt (Redis TIME); a redemption made in time still replays
   reactivated: as in issue.lua (the stream had been marked dormant).
 ]]
 
@@ -31,8 +32,9 @@ if unit.state == 'd' then
   if unit.orderId == orderId then return { 0, unit.stateAt, unit.userId, unit.claim, '', 1, 0 } end
   return { 4, 0, unit.userId, unit.claim, '', 0, 0 }
 end
-redis.call('XLEN', events) -- type check before the first write
 local now = nowMs()
+if unit.expiresAt and now >= unit.expiresAt then return { 6, unit.expiresAt, unit.userId, unit.claim, '', 0, 0 } end
+redis.call('XLEN', events) -- type check before the first write
 
 redis.call('HSET', redemptions, unit.mac, 'd|' .. orderId .. '|' .. now)
 redis.call('HINCRBY', redemptions, '@' .. unit.userId, 1)

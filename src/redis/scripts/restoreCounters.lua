@@ -27,6 +27,7 @@
   ARGV[14] codeSecret   ARGV[15] codePrefix   ARGV[16] codeLength   ARGV[17] codeTail (src/issuing/codes.ts)
   ARGV[18] C: how many code pairs follow the last cancels
   ARGV[19] D: how many redemption pairs follow the code pairs
+  ARGV[20] validForMs   ARGV[21] validUntil ms   ('' = none; src/issuing/validity.ts)
   then U triples  userId, units held now, last claim number
   then I pairs    idempotency field, record
   then R pairs    userId, "upTo|revokedAtMs"
@@ -45,14 +46,15 @@ local meta, stock, holders, claims, events, idem, revoked, discarded, codes, red
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local users, records, cancels, codeCount, redemptionCount = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[18]), tonumber(ARGV[19])
-local FIRST_GROUP = 20
+local FIRST_GROUP = 22
 local records_from = FIRST_GROUP + 3 * users
 local codes_from = records_from + 2 * records + 2 * cancels
 
 -- The code settings (fixed at creation) and every unit's mac. HSETNX: a mac already there names the
 -- same unit (it follows from the unit), so adding is always safe.
 local function installCodes ()
-  redis.call('HSET', meta, 'codeSecret', ARGV[14], 'codePrefix', ARGV[15], 'codeLength', ARGV[16], 'codeTail', ARGV[17])
+  redis.call('HSET', meta, 'codeSecret', ARGV[14], 'codePrefix', ARGV[15], 'codeLength', ARGV[16], 'codeTail', ARGV[17],
+    'validForMs', ARGV[20], 'validUntil', ARGV[21])
   local i = codes_from
   for _ = 1, codeCount do
     redis.call('HSETNX', codes, ARGV[i], ARGV[i + 1])

@@ -3,7 +3,7 @@
   from a code's head (prefix .. mac; the coupon id at its end already chose these keys) to the unit it
   names and that unit's state.
 
-  KEYS used: meta (codeSecret, codePrefix, codeLength, dormant), codes (mac -> "userId|claim|issuedAtMs",
+  KEYS used: meta (codeSecret, codePrefix, codeLength, dormant, validForMs, validUntil), codes (mac -> "userId|claim|issuedAtMs",
   '#' = complete), redemptions (mac -> "d|orderId|atMs" redeemed or "u|orderId|atMs" rolled back;
   '@userId' -> units of the user redeemed now; '#' = complete), revoked (userId -> "upTo|revokedAtMs").
 
@@ -13,7 +13,7 @@
 ]]
 
 local function findUnit (meta, codes, redemptions, revoked, head)
-  local m = redis.call('HMGET', meta, 'codeSecret', 'codePrefix', 'codeLength', 'dormant')
+  local m = redis.call('HMGET', meta, 'codeSecret', 'codePrefix', 'codeLength', 'dormant', 'validForMs', 'validUntil')
   if not m[1] then return 1 end
   local prefix, length = m[2] or '', tonumber(m[3]) or 0
   local mac = ''
@@ -26,6 +26,9 @@ local function findUnit (meta, codes, redemptions, revoked, head)
   local cancel = redis.call('HMGET', revoked, userId, '#')
   if not cancel[2] then return 1 end
   local found = { mac = mac, userId = userId, claim = tonumber(claim), issuedAt = tonumber(issuedAt), dormant = m[4] }
+  -- expiresAt: nil = never (validForMs counts from the unit's issue; validUntil is one moment for all)
+  local validFor, validUntil = tonumber(m[5] or ''), tonumber(m[6] or '')
+  if validFor then found.expiresAt = found.issuedAt + validFor else found.expiresAt = validUntil end
   if cancel[1] then
     local upTo, revokedAt = string.match(cancel[1], '^(%d+)|(%d+)$')
     if tonumber(upTo) >= found.claim then found.revokedAt = tonumber(revokedAt) end
