@@ -55,6 +55,10 @@ t.test('the 201 carries the code; Lua and Node agree; the consumer persists it; 
   t.equal(first.code.length, 12 + codeTail(plain.id).length, '12 unguessable characters and the coupon id')
   t.match(other.code, /^SUMMER-[0-9A-HJKMNP-TV-Z]{20}/)
   t.equal(other.code, codeOf({ couponId: branded.id, ...rows.branded }, 'alice', 1))
+  const longest = await createCoupon(app, { totalQuantity: 1, codes: { length: 32 } })
+  const long = (await issue(app, longest.id, 'alice')).json()
+  t.equal(long.code, codeOf({ couponId: longest.id, ...(await findCoupon(app.db, longest.id))! }, 'alice', 1), 'all 160 bits of the sha1: Lua and Node agree')
+  t.equal(long.code.length, 32 + codeTail(longest.id).length)
 
   const replayed = await issue(app, branded.id, 'bob', { 'idempotency-key': 'k1' })
   const again = await issue(app, branded.id, 'bob', { 'idempotency-key': 'k1' })
