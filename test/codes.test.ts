@@ -422,3 +422,15 @@ t.test('the consistency report calls redeemed and rolled-back units consistent, 
   const after = await report()
   t.equal(after.status, 'consistent', `persisted: ${JSON.stringify(after.problems)}`)
 })
+
+t.test('a discarded parked issue: its unit back in stock, its code names nothing any more', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 2 })
+  const parked = (await issue(app, coupon.id, 'p')).json()
+  const kept = (await issue(app, coupon.id, 'k')).json()
+  t.equal(await app.couponStore.discardParkedIssue(coupon.id, { userId: 'p', claim: parked.claim, entryId: '1-1' }), 'returned')
+  t.equal((await lookup(app, parked.code)).json().code, 'CODE_NOT_FOUND')
+  t.equal((await redeem(app, parked.code, 'o-1')).json().code, 'CODE_NOT_FOUND')
+  t.equal((await lookup(app, kept.code)).json().status, 'active', 'the other unit keeps its code')
+  t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}` })).json().remaining, 1)
+})

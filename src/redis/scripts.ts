@@ -20,7 +20,7 @@ const SCRIPTS = {
   updateCoupon: 2,
   ackAndTrim: 1,
   markDormant: 2,
-  discardIssue: 6,
+  discardIssue: 7,
   recordStats: null
 } as const
 
@@ -226,7 +226,7 @@ export interface DiscardArgs {
 }
 
 export async function discardIssue (redis: Redis, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
-  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
+  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, k.codes, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
 }
 
 export interface StatsDelta {
