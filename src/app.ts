@@ -23,6 +23,7 @@ import shutdownPlugin from './plugins/shutdown.js'
 import campaignStatsRoutes from './routes/campaign-stats.js'
 import consistencyRoutes from './routes/consistency.js'
 import winnersRoutes from './routes/winners.js'
+import codeRoutes from './routes/codes.js'
 import couponRoutes from './routes/coupons.js'
 import dashboardRoutes from './routes/dashboard.js'
 import failedEventRoutes from './routes/failed-events.js'
@@ -125,6 +126,7 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   await fastify.register(campaignStatsRoutes)
   await fastify.register(consistencyRoutes)
   await fastify.register(winnersRoutes)
+  await fastify.register(codeRoutes)
   await fastify.register(dashboardRoutes)
 }
 

@@ -13,6 +13,16 @@ export const SoldOut = createError('SOLD_OUT', 'Coupon %s is sold out. Do not re
 export const NotStarted = createError('NOT_STARTED', 'Coupon %s opens at %s. Retry after that moment.', 409, Error, LOSER)
 export const Ended = createError('ENDED', 'Coupon %s closed at %s.', 409, Error, LOSER)
 export const Paused = createError('PAUSED', 'Coupon %s is paused. Retry after it resumes.', 409, Error, LOSER)
+// Codes (GET /codes/:code, redemptions). One body for every code that names nothing, whatever the reason
+// (malformed, unknown coupon, unknown unit): the answer must not help anyone guessing codes.
+export const CodeNotFound = createError('CODE_NOT_FOUND', 'No such code. Check the spelling (letters and digits; I, L, O and U are never used).', 404)
+export const AlreadyRedeemed = createError('ALREADY_REDEEMED', 'This code is already redeemed by another order. Roll that order back first (DELETE /codes/{code}/redemptions/{orderId}).', 409)
+export const HolderRedeemed = createError('ALREADY_REDEEMED', 'User %s has %s redeemed unit(s) of coupon %s. Roll the order back first, or cancel with ?force=true (admin).', 409)
+export const CodeRevoked = createError('REVOKED', 'This code was cancelled (its unit went back to stock); it cannot be redeemed or rolled back.', 409)
+export const CodeExpired = createError('EXPIRED', 'This code expired at %s; it can no longer be redeemed.', 409)
+export const InvalidValidity = createError('INVALID_REQUEST', 'validFor must be an ISO 8601 duration of weeks (P2W) or days and time (P7D, PT30M, P1DT12H), from one minute to ten years; validFor and validUntil exclude each other (found %s).', 400)
+export const NotRedeemedByOrder = createError('NOT_REDEEMED_BY_ORDER', 'This code is not redeemed by order %s; nothing to roll back.', 409)
+export const RedeemScriptFailed = createError('REDEEM_SCRIPT_FAILED', 'The coupon store rejected the redemption or rollback; nothing was changed. Retry later or contact the operator.', 503)
 export const IdempotencyKeyReused = createError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body. Use a new key for a new request.', 422)
 export const StockBelowIssued = createError('STOCK_BELOW_ISSUED', 'totalQuantity %s is below the %s units out right now (issued and not cancelled). Stock can be lowered down to what is out, never below it.', 409)
 export const InvalidCursor = createError('INVALID_REQUEST', '`after` is not a cursor this list gave out. Pass the `next` of the previous page.', 400)

@@ -43,6 +43,9 @@ t.test('WAIT on: answers and commits only what a replica has; a frozen replica m
   const other = await createCoupon(app, { totalQuantity: 5 })
   t.equal((await issue(base, other.id, 'canceller')).status, 201)
 
+  const held = await app.inject({ method: 'POST', url: `/coupons/${other.id}/issues`, payload: { userId: 'redeemer' } })
+  const redeem = () => app.inject({ method: 'POST', url: `/codes/${held.json().code}/redemptions`, payload: { orderId: 'order-1' } })
+
   const resume = stopped(t, replica)
   const keyed = () => app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, headers: { 'idempotency-key': 'frozen-1-key' }, payload: { userId: 'frozen-1' } })
   const started = Date.now()
@@ -55,6 +58,7 @@ t.test('WAIT on: answers and commits only what a replica has; a frozen replica m
   const cancelCanceller = () => app.inject({ method: 'DELETE', url: `/coupons/${other.id}/issues/canceller`, headers: { ...admin, 'idempotency-key': 'cancel-1' } })
   const cancel = await cancelCanceller()
   t.equal(cancel.json().code, 'REPLICATION_TIMEOUT', 'a cancel waits for the replica too')
+  t.equal((await redeem()).json().code, 'REPLICATION_TIMEOUT', 'a redemption waits for the replica too')
   const rowsWhileFrozen = (await rowsOf(app.env.databaseUrl, coupon.id)).length
   // The consumer may not commit the frozen user's entry: give it a few fence timeouts to try.
   await new Promise((resolve) => setTimeout(resolve, 3 * WAIT_TIMEOUT_MS))
@@ -70,6 +74,8 @@ t.test('WAIT on: answers and commits only what a replica has; a frozen replica m
   const cancelled = await cancelCanceller()
   t.equal(cancelled.statusCode, 200, 'the cancel, retried with its key once the replica is back, is confirmed')
   t.equal(cancelled.headers['idempotent-replayed'], 'true', 'it had happened the first time')
+  const redeemed = await redeem()
+  t.equal(redeemed.statusCode, 201, 'the redemption, retried for the same order, is confirmed')
   await check(t, calls)
 })
 

@@ -79,7 +79,20 @@ t.test('the restore script refuses when the stream moved since it was read', asy
   const code = await restoreCounters(app.redis, k, {
     group: 'persisters',
     lastEntryId: '0-1',
-    values: { total: 3, perUserLimit: 1, startsAtMs: 0, endsAtMs: null, paused: false, stock: 3, users: new Map(), idempotency: new Map(), lastCancels: new Map() }
+    values: {
+      total: 3,
+      perUserLimit: 1,
+      startsAtMs: 0,
+      endsAtMs: null,
+      paused: false,
+      stock: 3,
+      users: new Map(),
+      idempotency: new Map(),
+      lastCancels: new Map(),
+      codeSettings: { secret: 'x', prefix: '', length: 12, tail: '11', validForMs: null, validUntilMs: null },
+      codes: new Map(),
+      redemptions: new Map()
+    }
   })
   t.equal(code, 2, 'STREAM_MOVED')
   t.equal(await app.redis.exists(k.stock), 0, 'nothing written')

@@ -29,20 +29,28 @@ t.test('Redis restarted from an older snapshot (another run_id): counters droppe
   const lost = await inParallel(40, 8, (i) => issue(base, coupon.id, `lost-${i}`))
   t.equal(lost.filter((c) => c.outcome === 'ok').length, 40)
   calls.push(...lost)
+  // One of them is redeemed, too: an inherited redemptions hash must not let its code be redeemed again.
+  const unit = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: 'redeemer' } })
+  t.equal(unit.statusCode, 201)
+  calls.push({ userId: 'redeemer', outcome: 'ok', status: 201, issuedAt: unit.json().issuedAt, ms: 0 })
+  const redeem = (orderId: string) => app.inject({ method: 'POST', url: `/codes/${unit.json().code}/redemptions`, payload: { orderId } })
+  t.equal((await redeem('order-1')).statusCode, 201)
   await check(t, calls)
   await redis.kill()
   copyFileSync(join(redis.dir, 'older.rdb'), join(redis.dir, 'dump.rdb'))
   await redis.start()
   t.not(await serverRunId(redis.client), oldRunId, 'a new server (new run_id)')
-  t.equal(await redis.client.get(k.stock), '70', 'whose counters forgot the 40 persisted issues')
+  t.equal(await redis.client.get(k.stock), '70', 'whose counters forgot the 41 persisted issues')
   await waitFor(async () => app.redis.status === 'ready', { what: 'the app to reconnect' })
 
-  // The forgotten users again (each must still be known) and newcomers racing for the 30 units left.
+  // The forgotten users again (each must still be known) and newcomers racing for the 29 units left.
   const again = await inParallel(140, 16, (i) => issue(base, coupon.id, i < 40 ? `lost-${i}` : `late-${i}`))
   for (const call of again.filter((c) => c.code === 'RESTORING')) Object.assign(call, await issue(base, coupon.id, call.userId))
   calls.push(...again)
   t.same(again.slice(0, 40).map((c) => c.code), Array(40).fill('ALREADY_ISSUED'), 'users persisted after the snapshot are still known')
-  t.equal(again.filter((c) => c.outcome === 'ok').length, 30, 'only the 30 units really left go out')
+  t.equal(again.filter((c) => c.outcome === 'ok').length, 29, 'only the 29 units really left go out')
+  t.equal((await redeem('order-2')).json().code, 'ALREADY_REDEEMED', 'the code redeemed after the snapshot stays redeemed')
+  t.equal((await redeem('order-1')).statusCode, 201, 'and its own order still replays')
   t.equal(await redis.client.get(app.keys.serverRunId), await serverRunId(redis.client), 'the new server is recorded')
 
   const summary = await check(t, calls)

@@ -2,6 +2,8 @@
 // filter, and a CSV streamed page by page (100,000 rows), safe to open in a spreadsheet.
 import t from 'tap'
 import { sql } from 'drizzle-orm'
+import { findCoupon } from '../src/db/queries/coupons.js'
+import { codeOf } from '../src/issuing/codes.js'
 import { admin, createCoupon, testApp, waitFor, type TestApp } from './helpers/env.js'
 
 const list = async (app: TestApp, couponId: number, query = '') =>
@@ -12,7 +14,12 @@ t.test('pages in issue order with a cursor; status filter; bad cursors, unknown 
   const shop = { authorization: 'Bearer shop-key-0123456789' }
   const coupon = await createCoupon(app, { totalQuantity: 10 })
   const users = ['u1', 'u2', '-dash', '@at', 'u5']
-  for (const userId of users) t.equal((await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, headers: shop, payload: { userId } })).statusCode, 201)
+  const codes: string[] = []
+  for (const userId of users) {
+    const issued = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, headers: shop, payload: { userId } })
+    t.equal(issued.statusCode, 201)
+    codes.push(issued.json().code)
+  }
   t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/u2`, headers: shop })).statusCode, 200)
   await waitFor(async () => {
     const items = (await list(app, coupon.id, '?limit=100')).json().items
@@ -28,6 +35,7 @@ t.test('pages in issue order with a cursor; status filter; bad cursors, unknown 
     next = page.next
   } while (next)
   t.same(seen, users, 'every issue once, in issue order')
+  t.same((await list(app, coupon.id, '?limit=100')).json().items.map((i: any) => i.code), codes, 'each with the code its 201 gave out (persisted by the consumer)')
   const revoked = (await list(app, coupon.id, '?status=revoked')).json()
   t.same(revoked.items.map((i: any) => [i.userId, i.status, typeof i.revokedAt]), [['u2', 'revoked', 'string']])
   t.equal((await list(app, coupon.id, '?status=active')).json().items.length, 4)
@@ -45,8 +53,8 @@ t.test('pages in issue order with a cursor; status filter; bad cursors, unknown 
   t.equal(csv.statusCode, 200)
   t.match(csv.headers['content-type'], /^text\/csv/)
   const lines = csv.body.trimEnd().split('\r\n')
-  t.equal(lines[0], 'user_id,claim,issued_at,status,revoked_at')
-  t.same(lines.slice(1).map((l) => l.split(',')[0]), ['u1', 'u2', "'-dash", "'@at", 'u5'], 'a field a spreadsheet would run as a formula is defused')
+  t.equal(lines[0], 'code,user_id,claim,issued_at,status,revoked_at')
+  t.same(lines.slice(1).map((l) => l.split(',')[1]), ['u1', 'u2', "'-dash", "'@at", 'u5'], 'a field a spreadsheet would run as a formula is defused')
 })
 
 t.test('the CSV of 100,000 issues streams page by page, complete and in order', async (t) => {
@@ -70,11 +78,14 @@ t.test('the CSV of 100,000 issues streams page by page, complete and in order', 
   }
   const lines = text.trimEnd().split('\r\n')
   t.equal(lines.length, 100_001, 'a header and 100,000 rows')
-  t.equal(lines[1], 'user-1,1,2026-11-23T10:00:00.001Z,active,')
-  t.equal(lines[10], 'user-10,1,2026-11-23T10:00:00.010Z,revoked,2026-11-23T11:00:00.000Z')
-  t.equal(lines[100_000], 'user-100000,1,2026-11-23T10:01:40.000Z,revoked,2026-11-23T11:00:00.000Z')
+  // Rows persisted before codes existed (no code column set): the code is derived from the unit.
+  const row = await findCoupon(app.db, coupon.id)
+  const code = (userId: string) => codeOf({ couponId: coupon.id, ...row! }, userId, 1)
+  t.equal(lines[1], `${code('user-1')},user-1,1,2026-11-23T10:00:00.001Z,active,`)
+  t.equal(lines[10], `${code('user-10')},user-10,1,2026-11-23T10:00:00.010Z,revoked,2026-11-23T11:00:00.000Z`)
+  t.equal(lines[100_000], `${code('user-100000')},user-100000,1,2026-11-23T10:01:40.000Z,revoked,2026-11-23T11:00:00.000Z`)
   let ordered = true
-  for (let i = 2; i < lines.length; i++) if (lines[i]!.split(',')[2]! < lines[i - 1]!.split(',')[2]!) ordered = false
+  for (let i = 2; i < lines.length; i++) if (lines[i]!.split(',')[3]! < lines[i - 1]!.split(',')[3]!) ordered = false
   t.ok(ordered, 'issue order')
   t.ok(chunks > 1, `arrived in ${chunks} chunks, not as one body`)
   const active = await fetch(`${base}/admin/coupons/${coupon.id}/issues.csv?status=active`, { headers: admin })

@@ -19,12 +19,30 @@ export const coupons = pgTable('coupons', {
   discount: jsonb('discount').$type<Discount>(),
   /** the shop's own small key/value data about the campaign, echoed as given */
   metadata: jsonb('metadata').$type<Record<string, string | number | boolean | null>>(),
+  /**
+   * Key of the codes' MAC (src/issuing/codes.ts): a unit's code is derived from it, the user and the
+   * claim, in issue.lua and in Node alike. Never leaves the service. Rows older than the column got a
+   * random one from gen_random_uuid() (a strong random source since Postgres 13); new rows get 32
+   * bytes from node:crypto.
+   */
+  codeSecret: text('code_secret').notNull().default(sql`replace(gen_random_uuid()::text, '-', '')`),
+  /** printed before every code of the campaign ('' = none) */
+  codePrefix: text('code_prefix').notNull().default(''),
+  /** characters of the unguessable part of each code */
+  codeLength: integer('code_length').notNull().default(12),
+  /** ISO 8601 duration each unit's code stays redeemable after its issue (src/issuing/validity.ts) */
+  validFor: text('valid_for'),
+  /** or one moment after which no code of the campaign is redeemable */
+  validUntil: moment('valid_until'),
   createdAt: moment('created_at').notNull().defaultNow(),
   updatedAt: moment('updated_at').notNull().defaultNow()
 }, (t) => [
   check('coupons_total_quantity_positive', sql`${t.totalQuantity} > 0`),
   check('coupons_per_user_limit_positive', sql`${t.perUserLimit} > 0`),
-  check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`)
+  check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`),
+  check('coupons_code_length', sql`${t.codeLength} BETWEEN 12 AND 32`),
+  check('coupons_code_prefix', sql`${t.codePrefix} ~ '^[A-Z0-9-]{0,12}$'`),
+  check('coupons_one_validity', sql`${t.validFor} IS NULL OR ${t.validUntil} IS NULL`)
 ])
 
 /**
@@ -43,8 +61,17 @@ export const couponIssues = pgTable('coupon_issues', {
   streamId: text('stream_id').notNull(),
   revokedAt: moment('revoked_at'),
   /** The Idempotency-Key the claim was made with, so a counter rebuild can still replay it. */
-  idempotencyKey: text('idempotency_key')
+  idempotencyKey: text('idempotency_key'),
+  /** The unit's redeemable code (src/issuing/codes.ts); null only on rows persisted before codes existed. */
+  code: text('code'),
+  /**
+   * The unit's current redemption, from its last event in coupon_redemptions (null when never redeemed or
+   * rolled back); set by the consumer's fix-up (queries/issues.ts), whatever order the events arrive in.
+   */
+  redeemedAt: moment('redeemed_at'),
+  orderId: text('order_id')
 }, (t) => [
+  uniqueIndex('coupon_issues_code').on(t.code),
   uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
   index('coupon_issues_user').on(t.userId),
   // The winners list in issue order, page by page (keyset on created_at, id).
@@ -68,6 +95,27 @@ export const couponRevocations = pgTable('coupon_revocations', {
 }, (t) => [
   uniqueIndex('coupon_revocations_coupon_stream').on(t.couponId, t.streamId),
   index('coupon_revocations_coupon_user').on(t.couponId, t.userId)
+])
+
+/**
+ * Every redemption and rollback of a unit, as facts (the history a shop's support reads). A unit's current
+ * state is its last fact by stream id; the stream id makes a redelivered event insert nothing.
+ */
+export const couponRedemptions = pgTable('coupon_redemptions', {
+  couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
+  userId: text('user_id').notNull(),
+  claim: integer('claim').notNull(),
+  /** 'redeem' or 'rollback' */
+  kind: text('kind').notNull(),
+  orderId: text('order_id').notNull(),
+  /** Redis TIME inside redeem.lua / rollback.lua */
+  at: moment('at').notNull(),
+  streamId: text('stream_id').notNull(),
+  persistedAt: moment('persisted_at').notNull().defaultNow()
+}, (t) => [
+  uniqueIndex('coupon_redemptions_coupon_stream').on(t.couponId, t.streamId),
+  index('coupon_redemptions_unit').on(t.couponId, t.userId, t.claim),
+  check('coupon_redemptions_kind', sql`${t.kind} IN ('redeem', 'rollback')`)
 ])
 
 /** Stream entries that could not be persisted; kept with their payload so an admin can retry them. */

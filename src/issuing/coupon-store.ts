@@ -6,13 +6,14 @@ import type { Db } from '../db/client.js'
 import { findCoupon, updateCoupon as updateCouponRow, type Coupon, type CouponChanges } from '../db/queries/coupons.js'
 import type { CouponKeys, Keys } from '../redis/keys.js'
 import * as scripts from '../redis/scripts.js'
-import { DiscardCode, IssueCode, NEEDS_RESTORE, RevokeCode, UpdateCode } from '../redis/scripts.js'
+import { DiscardCode, IssueCode, NEEDS_RESTORE, RedemptionCode, RevokeCode, UpdateCode } from '../redis/scripts.js'
 import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
 import type { ServerChangeGuard } from './server-change.js'
 import type { ReplicationFence } from '../redis/replication-fence.js'
-import { issueRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
+import { issueRefusal, redemptionRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
+import { parseCode } from './codes.js'
 import { SoldOutMarkers } from './sold-out-markers.js'
 
 export interface Issued {
@@ -20,6 +21,10 @@ export interface Issued {
   userId: string
   issuedAt: Date
   claim: number
+  /** the unit's redeemable code (src/issuing/codes.ts) */
+  code: string
+  /** when the code stops being redeemable; null = never */
+  expiresAt: Date | null
   entryId: string
   /** true when the outcome was replayed for a repeated Idempotency-Key */
   replayed: boolean
@@ -33,6 +38,24 @@ export interface Revoked {
   userId: string
   revokedAt: Date
   units: number
+  replayed: boolean
+}
+
+export interface FoundCode {
+  couponId: number
+  /** as the client should print it: upper-case */
+  code: string
+  unit: scripts.UnitState
+}
+
+export interface Redeemed {
+  couponId: number
+  code: string
+  orderId: string
+  userId: string
+  claim: number
+  /** the redemption's (or rollback's) moment */
+  at: Date
   replayed: boolean
 }
 
@@ -132,22 +155,55 @@ export class CouponStore {
     // A replay too: the first answer may have been REPLICATION_TIMEOUT.
     if (this.#fence) await this.#confirmReplicated(connection)
     if (reply.reactivated) await this.#reactivate(couponId)
-    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, entryId: reply.entryId, replayed: reply.replayed } }
+    return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, code: reply.unitCode, expiresAt: reply.expiresAt > 0 ? new Date(reply.expiresAt) : null, entryId: reply.entryId, replayed: reply.replayed } }
   }
 
-  /** Takes back every unit the user holds and returns them to stock. */
-  async revoke (couponId: number, userId: string, idempotencyKey = ''): Promise<Revoked> {
+  /**
+   * Takes back every unit the user holds and returns them to stock; refused (ALREADY_REDEEMED) while a
+   * unit is redeemed, unless `force` (the route lets only an admin force).
+   */
+  async revoke (couponId: number, userId: string, idempotencyKey = '', force = false): Promise<Revoked> {
     const k = this.#keysOf(couponId)
     let connection = 0
     const reply = await this.#runWithRestore(couponId, () => {
       connection = this.#connection()
-      return scripts.revoke(this.#redis, k, { couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds })
+      return scripts.revoke(this.#redis, k, { couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, force })
     }, errors.CancelScriptFailed)
     if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
     this.#stockMayHaveReturned(couponId)
     if (this.#fence) await this.#confirmReplicated(connection)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
+  }
+
+  /**
+   * The unit a code names and its state, from Redis (where every state is first). Any code that names
+   * nothing, including one for a coupon that does not exist, is CODE_NOT_FOUND.
+   */
+  async lookupCode (code: string): Promise<FoundCode> {
+    const parsed = parseCode(code)
+    if (!parsed) throw new errors.CodeNotFound()
+    const reply = await this.#runWithRestore(parsed.couponId, () => scripts.lookupCode(this.#redis, this.#keysOf(parsed.couponId), parsed.head), errors.RedeemScriptFailed)
+      .catch(notFoundForUnknownCoupon)
+    if (!reply.unit) throw new errors.CodeNotFound()
+    return { couponId: parsed.couponId, code: code.toUpperCase(), unit: reply.unit }
+  }
+
+  /** Redeems the code for the order (exactly once), or rolls that order's redemption back. */
+  async redeemOrRollback (action: 'redeem' | 'rollback', code: string, orderId: string): Promise<Redeemed> {
+    const parsed = parseCode(code)
+    if (!parsed) throw new errors.CodeNotFound()
+    let connection = 0
+    const reply = await this.#runWithRestore(parsed.couponId, () => {
+      connection = this.#connection()
+      return scripts.redeemOrRollback(this.#redis, this.#keysOf(parsed.couponId), action, parsed.head, orderId)
+    }, errors.RedeemScriptFailed)
+      .catch(notFoundForUnknownCoupon)
+    if (reply.code !== RedemptionCode.DONE) throw redemptionRefusal(reply, orderId)
+    // A replay too: a redemption a failover lost would let the code be redeemed for another order.
+    if (this.#fence) await this.#confirmReplicated(connection)
+    if (reply.reactivated) await this.#reactivate(parsed.couponId)
+    return { couponId: parsed.couponId, code: code.toUpperCase(), orderId, userId: reply.userId, claim: reply.claim, at: new Date(reply.at), replayed: reply.replayed }
   }
 
   /**
@@ -338,6 +394,12 @@ export class CouponStore {
     }
     throw new errors.Restoring(couponId)
   }
+}
+
+/** A code whose coupon does not exist names nothing: the same answer as any unknown code. */
+function notFoundForUnknownCoupon (err: unknown): never {
+  if (err instanceof errors.CouponNotFound) throw new errors.CodeNotFound()
+  throw err
 }
 
 /**

@@ -3,7 +3,7 @@
 // a Refusal whose body is already serialized, and the route sends it as is. Failures stay errors.
 import * as errors from '../errors.js'
 import { errorBody } from '../errors.js'
-import { IssueCode, RevokeCode, type Outcome } from '../redis/scripts.js'
+import { IssueCode, RedemptionCode, RevokeCode, type Outcome, type RedemptionOutcome } from '../redis/scripts.js'
 
 /** A losing answer to an issue request: status, code, and the JSON body ready to send. */
 export interface Refusal {
@@ -55,10 +55,25 @@ export function issueRefusal ({ code, at }: Outcome<IssueCode>, couponId: number
 }
 
 /** The error for a cancel the script did not make (any code but REVOKED). */
-export function revokeRefusal ({ code }: Outcome<RevokeCode>, couponId: number, userId: string): Error {
+export function revokeRefusal ({ code, count }: Outcome<RevokeCode>, couponId: number, userId: string): Error {
   switch (code) {
     case RevokeCode.NOT_HELD: return new errors.IssueNotFound(userId, couponId)
+    // For REDEEMED the script returns how many units are redeemed in `count`.
+    case RevokeCode.REDEEMED: return new errors.HolderRedeemed(userId, count, couponId)
     case RevokeCode.IDEMPOTENCY_KEY_REUSED: return new errors.IdempotencyKeyReused()
     default: return new errors.CancelScriptFailed()
+  }
+}
+
+/** The error for a redemption or rollback the script did not make (any code but DONE). */
+export function redemptionRefusal ({ code, at }: RedemptionOutcome, orderId: string): Error {
+  switch (code) {
+    case RedemptionCode.NOT_FOUND: return new errors.CodeNotFound()
+    case RedemptionCode.REVOKED: return new errors.CodeRevoked()
+    case RedemptionCode.ALREADY_REDEEMED: return new errors.AlreadyRedeemed()
+    case RedemptionCode.NOT_REDEEMED_BY_ORDER: return new errors.NotRedeemedByOrder(orderId)
+    // For EXPIRED the script returns the unit's expiresAt in `at`.
+    case RedemptionCode.EXPIRED: return new errors.CodeExpired(new Date(at).toISOString())
+    default: return new errors.RedeemScriptFailed()
   }
 }

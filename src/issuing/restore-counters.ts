@@ -3,19 +3,23 @@
 // out again every unit whose event is not persisted yet.
 import type { Redis } from 'ioredis'
 import { findCoupon, type Coupon } from '../db/queries/coupons.js'
-import { issuesOfCoupon, parkedEntriesOfStream, revocationsOfCoupon, type PersistedIssue, type PersistedRevocation } from '../db/queries/issues.js'
+import { issuesOfCoupon, parkedEntriesOfStream, redemptionsOfCoupon, revocationsOfCoupon, type PersistedIssue, type PersistedRedemption, type PersistedRevocation } from '../db/queries/issues.js'
 import type { Db } from '../db/client.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { compareEntryIds } from '../redis/groups.js'
 import { RestoreCode, restoreCounters as installCounters, type CounterValues } from '../redis/scripts.js'
-import { decodeEntry, isEvent } from '../stream/events.js'
+import { decodeEntry, isEvent, isRedemption } from '../stream/events.js'
 import { databaseFailure, redisFailure, Restoring } from '../errors.js'
+import { codeMac, codeTail } from './codes.js'
+import { parseValidFor } from './validity.js'
 
-export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels'>
+export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels' | 'codes' | 'redemptions'>
 
 type RawEntry = [id: string, fields: string[]]
 
 interface Claim { at: number, revoked: boolean, entryId: string, idempotencyKey: string | null }
+/** A unit's last redemption fact so far: which one is last is decided by stream id. */
+interface Redemption { kind: 'd' | 'u', orderId: string, at: number, entryId: string }
 interface Cancel { upTo: number | null, at: number, units: number, entryId: string, idempotencyKey: string | null }
 
 /** The idempotency record of an outcome, as includes/outcomes.lua writes it (recorded at the moment of the act). */
@@ -26,9 +30,13 @@ const record = (userId: string, at: number, count: number, entryId: string) => `
  * revokes the user's claims numbered up to its `upTo`, whatever their moments; only a cancel written
  * before `upTo` existed (legacy) falls back to comparing moments. Order does not matter.
  * Idempotency records are rebuilt for issues and cancels made with a key within `idempotencyTtlMs` of `nowMs`.
+ * With the coupon's codeSecret, every unit's code mac too (revoked ones included: their codes still answer),
+ * and the redemption state: each unit's last redemption fact (by stream id) from Postgres and the stream,
+ * and per user the units redeemed now (not revoked), as includes/units.lua keeps them.
  */
-export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, persisted: PersistedIssue[], entries: RawEntry[],
-  { streamKey = '', revocations = [], idempotencyTtlMs = Infinity, nowMs = Date.now() }: { streamKey?: string, revocations?: PersistedRevocation[], idempotencyTtlMs?: number, nowMs?: number } = {}): CounterState {
+export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & Partial<Pick<Coupon, 'codeSecret' | 'codeLength'>>, persisted: PersistedIssue[], entries: RawEntry[],
+  { streamKey = '', revocations = [], redemptions: redemptionFacts = [], idempotencyTtlMs = Infinity, nowMs = Date.now() }:
+  { streamKey?: string, revocations?: PersistedRevocation[], redemptions?: PersistedRedemption[], idempotencyTtlMs?: number, nowMs?: number } = {}): CounterState {
   const claimsByUser = new Map<string, Map<number, Claim>>()
   const cancelsByUser = new Map<string, Map<string, Cancel>>()
   const of = <T>(map: Map<string, Map<any, T>>, userId: string) => {
@@ -36,6 +44,13 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
     if (!inner) map.set(userId, inner = new Map())
     return inner
   }
+  const lastRedemption = new Map<string, Redemption>()
+  const noteRedemption = (userId: string, claim: number, r: Redemption) => {
+    const unit = `${userId}|${claim}`
+    const seen = lastRedemption.get(unit)
+    if (!seen || compareEntryIds(r.entryId, seen.entryId) > 0) lastRedemption.set(unit, r)
+  }
+  for (const fact of redemptionFacts) noteRedemption(fact.userId, fact.claim, { kind: fact.kind === 'redeem' ? 'd' : 'u', orderId: fact.orderId, at: fact.at.getTime(), entryId: fact.streamId })
   for (const row of persisted) {
     of(claimsByUser, row.userId).set(row.claim, { at: row.createdAt.getTime(), revoked: row.revokedAt !== null, entryId: row.streamId, idempotencyKey: row.idempotencyKey })
   }
@@ -45,7 +60,9 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
   for (const [id, fields] of entries) {
     const event = decodeEntry(streamKey, coupon.id, id, fields)
     if (!isEvent(event)) continue
-    if (event.type === 'issue') {
+    if (isRedemption(event)) {
+      noteRedemption(event.userId, event.claim, { kind: event.type === 'redeem' ? 'd' : 'u', orderId: event.orderId, at: event.at, entryId: id })
+    } else if (event.type === 'issue') {
       const claims = of(claimsByUser, event.userId)
       if (!claims.has(event.claim)) claims.set(event.claim, { at: event.at, revoked: false, entryId: id, idempotencyKey: event.idempotencyKey ?? null })
     } else {
@@ -55,6 +72,9 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
   const users = new Map<string, [number, number]>()
   const idempotency = new Map<string, string>()
   const lastCancels = new Map<string, [number, number]>()
+  const codes = new Map<string, string>()
+  const redemptions = new Map<string, string>()
+  const { codeSecret, codeLength } = coupon
   const fresh = (at: number) => at + idempotencyTtlMs > nowMs
   let held = 0
   for (const userId of new Set([...claimsByUser.keys(), ...cancelsByUser.keys()])) {
@@ -75,11 +95,18 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'>, p
       if (!claim.revoked) active++
       if (number > last) last = number
       if (claim.idempotencyKey && fresh(claim.at)) idempotency.set(`issue:${claim.idempotencyKey}`, record(userId, claim.at, number, claim.entryId))
+      if (codeSecret === undefined || codeLength === undefined) continue
+      const mac = codeMac(codeSecret, userId, number, codeLength)
+      codes.set(mac, `${userId}|${number}|${claim.at}`)
+      const redemption = lastRedemption.get(`${userId}|${number}`)
+      if (!redemption) continue
+      redemptions.set(mac, `${redemption.kind}|${redemption.orderId}|${redemption.at}`)
+      if (redemption.kind === 'd' && !claim.revoked) redemptions.set(`@${userId}`, String(Number(redemptions.get(`@${userId}`) ?? 0) + 1))
     }
     held += active
     users.set(userId, [active, last])
   }
-  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels }
+  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels, codes, redemptions }
 }
 
 const fromRedis = <T>(call: Promise<T>): Promise<T> => call.catch((err) => { throw redisFailure(err) })
@@ -134,14 +161,30 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps,
       const lastEntryId = entries.length > 0 ? entries[entries.length - 1]![0] : ''
       const persisted = await issuesOfCoupon(tx as unknown as Db, couponId)
       const revocations = await revocationsOfCoupon(tx as unknown as Db, couponId)
+      const redemptions = await redemptionsOfCoupon(tx as unknown as Db, couponId)
       // A parked entry's unit went out with a 201 and may be retried into a row later: count it.
       const parked = await parkedEntriesOfStream(tx as unknown as Db, k.events)
       const state = computeCounters(coupon, persisted, [...parked, ...entries].sort(byStreamId),
-        { streamKey: k.events, revocations, idempotencyTtlMs: idempotencyTtlSeconds * 1000 })
+        { streamKey: k.events, revocations, redemptions, idempotencyTtlMs: idempotencyTtlSeconds * 1000 })
       return await fromRedis(installCounters(redis, k, {
         group: CONSUMER_GROUP,
         lastEntryId,
-        values: { total: coupon.totalQuantity, perUserLimit: coupon.perUserLimit, startsAtMs: coupon.startsAt.getTime(), endsAtMs: coupon.endsAt?.getTime() ?? null, paused: coupon.paused, ...state }
+        values: {
+          total: coupon.totalQuantity,
+          perUserLimit: coupon.perUserLimit,
+          startsAtMs: coupon.startsAt.getTime(),
+          endsAtMs: coupon.endsAt?.getTime() ?? null,
+          paused: coupon.paused,
+          codeSettings: {
+            secret: coupon.codeSecret,
+            prefix: coupon.codePrefix,
+            length: coupon.codeLength,
+            tail: codeTail(coupon.id),
+            validForMs: coupon.validFor === null ? null : parseValidFor(coupon.validFor),
+            validUntilMs: coupon.validUntil?.getTime() ?? null
+          },
+          ...state
+        }
       }))
     }).catch((err) => { throw databaseFailure(err) })
     if (code === null) return false

@@ -2,9 +2,10 @@
 // Deterministically bad entries (poison) are parked in failed_issue_events; a database fault is
 // thrown so the caller retries the whole batch later. Nothing here acknowledges anything.
 import { driverError, type Db } from '../db/client.js'
-import { existingCouponIds } from '../db/queries/coupons.js'
-import { persistEvents, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
-import { eventPayload, type CouponEvent, type IssueEvent, type RevokeEvent } from '../stream/events.js'
+import { codeSettingsOf } from '../db/queries/coupons.js'
+import { codeOf, type CodeSettings } from '../issuing/codes.js'
+import { persistEvents, persistRedemptions, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
+import { eventPayload, type CouponEvent, type IssueEvent, type RedemptionEvent, type RevokeEvent } from '../stream/events.js'
 
 export interface BatchOutcome {
   /** new rows in coupon_issues */
@@ -26,8 +27,11 @@ export const isRowError = (err: unknown) => {
 
 export class PersistBatch {
   readonly #db: Db
-  /** Coupons never disappear, so a positive lookup is cached for the life of the process. */
-  readonly #knownCoupons = new Set<number>()
+  /**
+   * Coupons never disappear and their code settings never change, so a positive lookup is cached for the
+   * life of the process.
+   */
+  readonly #knownCoupons = new Map<number, CodeSettings>()
 
   constructor (db: Db) {
     this.#db = db
@@ -72,18 +76,25 @@ export class PersistBatch {
   async #write (events: CouponEvent[]): Promise<number> {
     const issues: IssueEvent[] = []
     const revokes: RevokeEvent[] = []
-    for (const event of events) (event.type === 'issue' ? issues : revokes as CouponEvent[]).push(event)
-    if (issues.length === 0 && revokes.length === 0) return 0
-    return persistEvents(this.#db, issues, revokes)
+    const redemptions: RedemptionEvent[] = []
+    for (const event of events) {
+      if (event.type === 'issue') issues.push(event)
+      else if (event.type === 'revoke') revokes.push(event)
+      else redemptions.push(event)
+    }
+    if (issues.length === 0 && revokes.length === 0 && redemptions.length === 0) return 0
+    // The code follows from the unit (src/issuing/codes.ts): the entry need not carry it.
+    const inserted = await persistEvents(this.#db, issues, revokes, (e) => codeOf(this.#knownCoupons.get(e.couponId)!, e.userId, e.claim))
+    await persistRedemptions(this.#db, redemptions, issues)
+    return inserted
   }
 
   async #unknownCoupons (events: CouponEvent[]): Promise<Set<number>> {
     const unseen = new Set<number>()
     for (const event of events) if (!this.#knownCoupons.has(event.couponId)) unseen.add(event.couponId)
     if (unseen.size === 0) return unseen
-    const existing = await existingCouponIds(this.#db, [...unseen])
-    for (const id of existing) {
-      this.#knownCoupons.add(id)
+    for (const [id, settings] of await codeSettingsOf(this.#db, [...unseen])) {
+      this.#knownCoupons.set(id, settings)
       unseen.delete(id)
     }
     return unseen

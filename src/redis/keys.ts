@@ -31,6 +31,13 @@ export interface CouponKeys {
   revoked: string
   /** set: ids of parked entries an admin discarded since the last rebuild */
   discarded: string
+  /** hash: code mac -> "userId|claim" of every unit handed out (src/issuing/codes.ts); field '#' = complete */
+  codes: string
+  /**
+   * hash: redemption state (src/redis/scripts/includes/units.lua): mac -> "d|orderId|atMs" (redeemed) or
+   * "u|orderId|atMs" (rolled back); '@userId' -> units of the user redeemed now; field '#' = complete
+   */
+  redemptions: string
   /** string: short lock while one request rebuilds the counters */
   restoreLock: string
   /**
@@ -58,6 +65,8 @@ export function createKeys (prefix: string) {
         idempotency: couponKey(couponId, 'idempotency'),
         revoked: couponKey(couponId, 'revoked'),
         discarded: couponKey(couponId, 'discarded'),
+        codes: couponKey(couponId, 'codes'),
+        redemptions: couponKey(couponId, 'redemptions'),
         restoreLock: couponKey(couponId, 'restore-lock'),
         stats: couponKey(couponId, 'stats'),
         perSecond: couponKey(couponId, 'second:')

@@ -11,24 +11,32 @@ const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include
 
 /** Script name -> number of keys; null = the caller passes the count first (a variable number of keys). */
 const SCRIPTS = {
-  issue: 7,
-  revoke: 8,
-  restoreCounters: 8,
+  issue: 8,
+  revoke: 9,
+  restoreCounters: 10,
+  lookupCode: 4,
+  redeem: 5,
+  rollback: 5,
   updateCoupon: 2,
   ackAndTrim: 1,
   markDormant: 2,
-  discardIssue: 6,
+  discardIssue: 7,
   recordStats: null,
   adoptServer: null
 } as const
 
 type Arg = string | number
-type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number]
+type RawLookup = [code: number, userId?: string, claim?: number, issuedAt?: number, revokedAt?: number, state?: string, orderId?: string, stateAt?: number, now?: number, expiresAt?: number]
+type RawRedemption = [code: number, at: number, userId: string, claim: number, entryId: string, replayed: number, reactivated: number]
+type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number, unitCode?: string, expiresAt?: number]
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     issue (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
     revoke (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
+    lookupCode (...keysThenArgs: Arg[]): Result<RawLookup, Context>
+    redeem (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
+    rollback (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
     restoreCounters (keysThenArgs: Arg[]): Result<number, Context>
     updateCoupon (...keysThenArgs: Arg[]): Result<[code: number, issued: number], Context>
     ackAndTrim (...keysThenArgs: Arg[]): Result<[acked: number, trimmed: number], Context>
@@ -44,8 +52,10 @@ export function defineScripts (redis: Redis): void {
   for (const [name, numberOfKeys] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: scriptSource(name), ...(numberOfKeys === null ? {} : { numberOfKeys }) })
 }
 
-export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8 } as const
-export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const IssueCode = { ISSUED: 0, NEEDS_RESTORE: 1, ALREADY_ISSUED: 2, SOLD_OUT: 3, NOT_STARTED: 4, ENDED: 5, BACKLOG_FULL: 6, IDEMPOTENCY_KEY_REUSED: 7, PAUSED: 8, CODE_EXHAUSTED: 9 } as const
+export const RevokeCode = { REVOKED: 0, NEEDS_RESTORE: 1, NOT_HELD: 2, REDEEMED: 3, IDEMPOTENCY_KEY_REUSED: 7 } as const
+export const LookupCode = { FOUND: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2 } as const
+export const RedemptionCode = { DONE: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2, REVOKED: 3, ALREADY_REDEEMED: 4, NOT_REDEEMED_BY_ORDER: 5, EXPIRED: 6 } as const
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
 export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
@@ -55,6 +65,8 @@ export const NEEDS_RESTORE = 1
 
 export type IssueCode = typeof IssueCode[keyof typeof IssueCode]
 export type RevokeCode = typeof RevokeCode[keyof typeof RevokeCode]
+export type LookupCode = typeof LookupCode[keyof typeof LookupCode]
+export type RedemptionCode = typeof RedemptionCode[keyof typeof RedemptionCode]
 export type RestoreCode = typeof RestoreCode[keyof typeof RestoreCode]
 export type UpdateCode = typeof UpdateCode[keyof typeof UpdateCode]
 export type DiscardCode = typeof DiscardCode[keyof typeof DiscardCode]
@@ -71,10 +83,14 @@ export interface Outcome<C extends number> {
   replayed: boolean
   /** the stream had been marked dormant: put the coupon back on the consumer's read list */
   reactivated: boolean
+  /** ISSUED: the unit's redeemable code ('' otherwise) */
+  unitCode: string
+  /** ISSUED: when the code stops being redeemable, ms (0 = never) */
+  expiresAt: number
 }
 
-const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated]: RawOutcome): Outcome<C> =>
-  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1 })
+const outcome = <C extends number>([code, at, count, entryId, replayed, reactivated, unitCode, expiresAt]: RawOutcome): Outcome<C> =>
+  ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1, unitCode: unitCode ?? '', expiresAt: expiresAt ?? 0 })
 
 export interface IssueArgs {
   couponId: number
@@ -87,7 +103,7 @@ export interface IssueArgs {
 }
 
 export async function issue (redis: Redis, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
-  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats,
+  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes,
     a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
 }
 
@@ -96,11 +112,52 @@ export interface RevokeArgs {
   userId: string
   idempotencyKey: string
   idempotencyTtlSeconds: number
+  /** cancel even when a unit of the user is redeemed (admin) */
+  force: boolean
 }
 
 export async function revoke (redis: Redis, k: CouponKeys, a: RevokeArgs): Promise<Outcome<RevokeCode>> {
-  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.stats,
-    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, k.stockReturned))
+  return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.stats, k.redemptions,
+    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, k.stockReturned, a.force ? '1' : ''))
+}
+
+/** A unit found by its code (lookupCode.lua), moments in ms. */
+export interface UnitState {
+  userId: string
+  claim: number
+  issuedAt: number
+  /** 0 = not revoked */
+  revokedAt: number
+  /** the unit's last redemption event: 'd' redeemed, 'u' rolled back, '' never redeemed */
+  state: '' | 'd' | 'u'
+  orderId: string
+  stateAt: number
+  /** Redis TIME */
+  now: number
+  /** 0 = never */
+  expiresAt: number
+}
+
+export async function lookupCode (redis: Redis, k: CouponKeys, head: string): Promise<{ code: LookupCode, unit?: UnitState }> {
+  const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now, expiresAt] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
+  if (code !== LookupCode.FOUND) return { code: code as LookupCode }
+  return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now!, expiresAt: expiresAt! } }
+}
+
+export interface RedemptionOutcome {
+  code: RedemptionCode
+  /** ms: the redemption's or rollback's moment */
+  at: number
+  userId: string
+  claim: number
+  entryId: string
+  replayed: boolean
+  reactivated: boolean
+}
+
+export async function redeemOrRollback (redis: Redis, k: CouponKeys, action: 'redeem' | 'rollback', head: string, orderId: string): Promise<RedemptionOutcome> {
+  const [code, at, userId, claim, entryId, replayed, reactivated] = await redis[action](k.meta, k.codes, k.redemptions, k.revoked, k.events, head, orderId)
+  return { code: code as RedemptionCode, at, userId, claim, entryId, replayed: replayed === 1, reactivated: reactivated === 1 }
 }
 
 export interface CounterValues {
@@ -116,6 +173,13 @@ export interface CounterValues {
   idempotency: Map<string, string>
   /** userId -> [upTo claim, revokedAt ms] of the last cancel */
   lastCancels: Map<string, [number, number]>
+  /** the coupon's code settings (src/issuing/codes.ts), fixed at creation */
+  /** with the codes' validity (src/issuing/validity.ts; null = none) */
+  codeSettings: { secret: string, prefix: string, length: number, tail: string, validForMs: number | null, validUntilMs: number | null }
+  /** mac -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too */
+  codes: Map<string, string>
+  /** redemption state (includes/units.lua): mac -> "d|orderId|atMs" / "u|orderId|atMs", '@userId' -> units redeemed now */
+  redemptions: Map<string, string>
 }
 
 export interface RestoreArgs {
@@ -126,12 +190,15 @@ export interface RestoreArgs {
 }
 
 export async function restoreCounters (redis: Redis, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
-  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded,
+  const c = v.codeSettings
+  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes, k.redemptions,
     group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
-    k.stockReturned, k.couponId, v.paused ? '1' : '']
+    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size, v.redemptions.size, c.validForMs ?? '', c.validUntilMs ?? '']
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
+  for (const [mac, unit] of v.codes) args.push(mac, unit)
+  for (const [field, value] of v.redemptions) args.push(field, value)
   return await redis.restoreCounters(args) as RestoreCode
 }
 
@@ -163,7 +230,7 @@ export interface DiscardArgs {
 }
 
 export async function discardIssue (redis: Redis, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
-  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
+  return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, k.codes, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
 }
 
 export interface StatsDelta {

@@ -1,11 +1,17 @@
 // Coupon administration and reads. Creating writes Postgres first, then loads the counters into Redis.
 import type { FastifyPluginAsync } from 'fastify'
 import { findCoupon, insertCoupon, listCoupons, type Coupon } from '../db/queries/coupons.js'
-import { CouponNotFound, InvalidMetadataKey, InvalidWindow } from '../errors.js'
+import { CouponNotFound, InvalidMetadataKey, InvalidValidity, InvalidWindow } from '../errors.js'
+import { parseValidFor } from '../issuing/validity.js'
 import type { Discount } from '../db/schema.js'
+import { CODE_PREFIX_PATTERN, DEFAULT_CODE_LENGTH, MAX_CODE_LENGTH, MIN_CODE_LENGTH } from '../issuing/codes.js'
 import { couponBody, couponParams, dateTime, discount, errors, METADATA_KEY, metadata, pageOf } from './schemas.js'
 
-const view = (coupon: Coupon, remaining?: number) => ({ ...coupon, ...(remaining === undefined ? {} : { remaining }) })
+/** What a route shows of a coupon: never the code secret (it would let anyone compute every code). */
+function view<C extends Coupon> (coupon: C, remaining?: number) {
+  const { codeSecret: _secret, codePrefix, codeLength, ...shown } = coupon
+  return { ...shown, codes: { prefix: codePrefix, length: codeLength }, ...(remaining === undefined ? {} : { remaining }) }
+}
 
 const newCoupon = {
   type: 'object',
@@ -20,7 +26,18 @@ const newCoupon = {
     startsAt: dateTime,
     endsAt: { type: ['string', 'null'], format: 'date-time' },
     discount,
-    metadata
+    metadata,
+    codes: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'how the codes of this campaign look: prefix + `length` unguessable characters + a few characters naming the coupon',
+      properties: {
+        prefix: { type: 'string', minLength: 1, maxLength: 12, pattern: CODE_PREFIX_PATTERN.source, description: 'printed before every code, e.g. SUMMER-' },
+        length: { type: 'integer', minimum: MIN_CODE_LENGTH, maximum: MAX_CODE_LENGTH, default: DEFAULT_CODE_LENGTH, description: 'unguessable characters (5 bits each)' }
+      }
+    },
+    validFor: { type: 'string', maxLength: 40, description: 'ISO 8601 duration each code stays redeemable after its issue: P2W, P7D, PT30M, P1DT12H (no years or months)' },
+    validUntil: { ...dateTime, description: 'or: no code of the campaign is redeemable after this moment' }
   }
 } as const
 
@@ -49,7 +66,7 @@ const adminErrors = errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 40
 const couponRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, couponStore } = fastify
 
-  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata } }>('/coupons', {
+  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata, codes?: { prefix?: string, length?: number }, validFor?: string, validUntil?: string } }>('/coupons', {
     onRequest: fastify.requireAdmin,
     schema: {
       summary: 'Create a coupon campaign (admin)',
@@ -59,12 +76,23 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       response: { 201: couponBody, ...adminErrors, ...errors({ 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE'] }) }
     }
   }, async (request, reply) => {
-    const { startsAt, endsAt, ...rest } = request.body
+    const { startsAt, endsAt, codes, validFor, validUntil, ...rest } = request.body
     checkMetadataKeys(rest.metadata)
+    if ((validFor !== undefined && parseValidFor(validFor) === null) || (validFor !== undefined && validUntil !== undefined)) {
+      throw new InvalidValidity(JSON.stringify({ validFor, validUntil }))
+    }
     const starts = startsAt === undefined ? undefined : new Date(startsAt)
     const ends = endsAt == null ? null : new Date(endsAt)
     if (ends && ends.getTime() <= (starts ?? new Date()).getTime()) throw new InvalidWindow()
-    const coupon = await insertCoupon(db, { ...rest, startsAt: starts, endsAt: ends })
+    const coupon = await insertCoupon(db, {
+      ...rest,
+      startsAt: starts,
+      endsAt: ends,
+      codePrefix: codes?.prefix,
+      codeLength: codes?.length,
+      validFor: validFor ?? null,
+      validUntil: validUntil === undefined ? null : new Date(validUntil)
+    })
     await couponStore.load(coupon)
     await fastify.consumer?.wake()
     return reply.status(201).send(view(coupon, coupon.totalQuantity))
@@ -154,7 +182,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
   }, async (request) => {
     const { after, limit } = request.query
     const rows = await listCoupons(db, { afterId: after, limit })
-    const items = await Promise.all(rows.map(async (row) => ({ ...row, remaining: await couponStore.remaining(row.id) })))
+    const items = await Promise.all(rows.map(async (row) => view(row, await couponStore.remaining(row.id))))
     return { items, next: rows.length === limit ? rows[rows.length - 1]!.id : null }
   })
 }

@@ -14,8 +14,15 @@ interface IssueRoute {
 
 const issuedBody = {
   type: 'object',
-  required: ['couponId', 'userId', 'issuedAt'],
-  properties: { couponId: { type: 'integer' }, userId: { type: 'string' }, issuedAt: dateTime, claim: { type: 'integer' } }
+  required: ['couponId', 'userId', 'issuedAt', 'code', 'expiresAt'],
+  properties: {
+    couponId: { type: 'integer' },
+    userId: { type: 'string' },
+    issuedAt: dateTime,
+    claim: { type: 'integer' },
+    code: { type: 'string', description: 'the code the customer redeems at checkout (GET /codes/{code}); unguessable, case-insensitive' },
+    expiresAt: { type: ['string', 'null'], format: 'date-time', description: 'after this moment the code is no longer redeemable; null = never' }
+  }
 } as const
 
 const holdingBody = {
@@ -107,7 +114,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     return reply.status(201).send(issued)
   })
 
-  fastify.delete<IssueRoute & { Params: { userId: string } }>('/coupons/:couponId/issues/:userId', {
+  fastify.delete<IssueRoute & { Params: { userId: string }, Querystring: { force?: boolean } }>('/coupons/:couponId/issues/:userId', {
     onRequest: fastify.requireShop,
     schema: {
       summary: 'Give back what a user holds of a coupon (order cancelled); the units return to stock',
@@ -115,6 +122,11 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
       security: [{ bearer: [] }],
       params: couponUserParams,
       headers: idempotencyHeaders,
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: { force: { type: 'boolean', default: false, description: 'cancel even a redeemed unit (admin token only); without it a redeemed unit answers 409 ALREADY_REDEEMED' } }
+      },
       response: {
         200: {
           type: 'object',
@@ -124,14 +136,19 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
         ...errors({
           400: ['INVALID_REQUEST'],
           401: ['UNAUTHORIZED'],
+          403: ['FORBIDDEN'],
           404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'],
+          409: ['ALREADY_REDEEMED'],
           422: ['IDEMPOTENCY_KEY_REUSED'],
           503: ['REDIS_UNAVAILABLE', 'RESTORING', 'CANCEL_SCRIPT_FAILED']
         })
       }
     }
   }, async (request, reply) => {
-    const revoked = await couponStore.revoke(request.params.couponId, request.params.userId, request.headers['idempotency-key'])
+    // Taking back a unit a customer already used at checkout is an admin's decision.
+    const force = request.query.force === true
+    if (force) await fastify.requireAdmin(request)
+    const revoked = await couponStore.revoke(request.params.couponId, request.params.userId, request.headers['idempotency-key'], force)
     if (revoked.replayed) reply.header('idempotent-replayed', 'true')
     return revoked
   })

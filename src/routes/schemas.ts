@@ -102,6 +102,13 @@ export const couponBody = {
     paused: { type: 'boolean', description: 'while true, issue requests answer 409 PAUSED' },
     discount: discountOut,
     metadata: metadataOut,
+    codes: {
+      type: 'object',
+      required: ['prefix', 'length'],
+      properties: { prefix: { type: 'string', description: "'' = none" }, length: { type: 'integer' } }
+    },
+    validFor: { type: ['string', 'null'], description: 'ISO 8601 duration a code stays redeemable after its issue' },
+    validUntil: { type: ['string', 'null'], format: 'date-time' },
     createdAt: dateTime
   }
 } as const

@@ -2,7 +2,8 @@
 // (streamed page by page, so 100,000 rows never sit in memory at once).
 import { Readable } from 'node:stream'
 import type { FastifyPluginAsync } from 'fastify'
-import { findCoupon } from '../db/queries/coupons.js'
+import { findCoupon, type Coupon } from '../db/queries/coupons.js'
+import { codeOf } from '../issuing/codes.js'
 import { issuesPage, type IssueCursor, type IssueStatus, type WinnerRow } from '../db/queries/issues.js'
 import type { Db } from '../db/client.js'
 import { CouponNotFound, InvalidCursor } from '../errors.js'
@@ -33,16 +34,19 @@ function csvField (value: string): string {
   return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe
 }
 
-const CSV_HEADER = 'user_id,claim,issued_at,status,revoked_at\r\n'
-const csvLine = (row: WinnerRow) =>
-  [csvField(row.userId), String(row.claim), row.issuedAt.toISOString(), statusOf(row), row.revokedAt?.toISOString() ?? ''].join(',') + '\r\n'
+/** The unit's code: persisted, or derived for a row persisted before codes existed (it follows from the unit). */
+const codeOfRow = (coupon: Coupon, row: WinnerRow) => row.code ?? codeOf({ couponId: coupon.id, ...coupon }, row.userId, row.claim)
 
-async function * csvRows (db: Db, couponId: number, status: IssueStatus | undefined): AsyncGenerator<string> {
+const CSV_HEADER = 'code,user_id,claim,issued_at,status,revoked_at\r\n'
+const csvLine = (coupon: Coupon, row: WinnerRow) =>
+  [codeOfRow(coupon, row), csvField(row.userId), String(row.claim), row.issuedAt.toISOString(), statusOf(row), row.revokedAt?.toISOString() ?? ''].join(',') + '\r\n'
+
+async function * csvRows (db: Db, coupon: Coupon, status: IssueStatus | undefined): AsyncGenerator<string> {
   yield CSV_HEADER
   let after: IssueCursor | undefined
   for (;;) {
-    const rows = await issuesPage(db, couponId, { status, after, limit: CSV_PAGE })
-    if (rows.length > 0) yield rows.map(csvLine).join('')
+    const rows = await issuesPage(db, coupon.id, { status, after, limit: CSV_PAGE })
+    if (rows.length > 0) yield rows.map((row) => csvLine(coupon, row)).join('')
     if (rows.length < CSV_PAGE) return
     const last = rows[rows.length - 1]!
     after = { issuedAtMs: last.issuedAt.getTime(), id: last.id }
@@ -53,7 +57,11 @@ const statusQuery = { type: 'string', enum: ['active', 'revoked'], description: 
 
 const winnersRoutes: FastifyPluginAsync = async (fastify) => {
   const { db } = fastify
-  const mustExist = async (couponId: number) => { if (!await findCoupon(db, couponId)) throw new CouponNotFound(couponId) }
+  const mustExist = async (couponId: number) => {
+    const coupon = await findCoupon(db, couponId)
+    if (!coupon) throw new CouponNotFound(couponId)
+    return coupon
+  }
   const listErrors = errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['COUPON_NOT_FOUND'], 503: ['DATABASE_UNAVAILABLE'] })
 
   fastify.get<{ Params: { couponId: number }, Querystring: { status?: IssueStatus, after?: string, limit: number } }>('/admin/coupons/:couponId/issues', {
@@ -76,8 +84,8 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
         200: pageOf(
           {
             type: 'object',
-            required: ['userId', 'claim', 'issuedAt', 'status', 'revokedAt'],
-            properties: { userId: { type: 'string' }, claim: { type: 'integer' }, issuedAt: dateTime, status: { type: 'string', enum: ['active', 'revoked'] }, revokedAt: { type: ['string', 'null'], format: 'date-time' } }
+            required: ['code', 'userId', 'claim', 'issuedAt', 'status', 'revokedAt'],
+            properties: { code: { type: 'string' }, userId: { type: 'string' }, claim: { type: 'integer' }, issuedAt: dateTime, status: { type: 'string', enum: ['active', 'revoked'] }, revokedAt: { type: ['string', 'null'], format: 'date-time' } }
           },
           { type: ['string', 'null'], description: 'pass as `after` for the next page; null on the last page' }
         ),
@@ -88,10 +96,10 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
     const { couponId } = request.params
     const { status, after, limit } = request.query
     const cursor = after === undefined ? undefined : decodeCursor(after)
-    await mustExist(couponId)
+    const coupon = await mustExist(couponId)
     const rows = await issuesPage(db, couponId, { status, after: cursor, limit })
     return {
-      items: rows.map((row) => ({ userId: row.userId, claim: row.claim, issuedAt: row.issuedAt, status: statusOf(row), revokedAt: row.revokedAt })),
+      items: rows.map((row) => ({ code: codeOfRow(coupon, row), userId: row.userId, claim: row.claim, issuedAt: row.issuedAt, status: statusOf(row), revokedAt: row.revokedAt })),
       next: rows.length === limit ? encodeCursor(rows[rows.length - 1]!) : null
     }
   })
@@ -99,7 +107,7 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
   fastify.get<{ Params: { couponId: number }, Querystring: { status?: IssueStatus } }>('/admin/coupons/:couponId/issues.csv', {
     onRequest: fastify.requireAdmin,
     schema: {
-      summary: 'The winners list as CSV (admin), streamed: user_id, claim, issued_at, status, revoked_at',
+      summary: 'The winners list as CSV (admin), streamed: code, user_id, claim, issued_at, status, revoked_at',
       tags: ['admin'],
       security: [{ bearer: [] }],
       params: couponParams,
@@ -108,9 +116,9 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
     }
   }, async (request, reply) => {
     const { couponId } = request.params
-    await mustExist(couponId)
+    const coupon = await mustExist(couponId)
     reply.type('text/csv; charset=utf-8').header('content-disposition', `attachment; filename="coupon-${couponId}-issues.csv"`)
-    return reply.send(Readable.from(csvRows(db, couponId, request.query.status)))
+    return reply.send(Readable.from(csvRows(db, coupon, request.query.status)))
   })
 }
 

@@ -7,7 +7,11 @@
 //       the format version, its value the event's fields joined by '|':
 //         e1  i|<userId>|<claim>|<atMs>|<idem>           an issue
 //         e1  r|<userId>|<units>|<atMs>|<upTo>|<idem>    a revoke
-//       <idem> is the request's Idempotency-Key, empty without one. There is no couponId: the stream
+//         e1  d|<userId>|<claim>|<atMs>|<orderId>        a redemption of the unit (userId, claim) by an order
+//         e1  u|<userId>|<claim>|<atMs>|<orderId>        its rollback (the order failed; the unit is active again)
+//       (d and u are written by redeem.lua and rollback.lua; a reader from before them parks them as
+//       poison, "unknown event type".)
+//       <idem> is the request's Idempotency-Key, empty without one. <orderId> follows ORDER_ID_PATTERN. There is no couponId: the stream
 //       key names the coupon (keys.couponIdOfStream). '|' cannot occur in a userId (USER_ID_PATTERN)
 //       or an Idempotency-Key (IDEMPOTENCY_KEY_PATTERN), so one split takes the value apart; an entry
 //       whose value does not split into exactly 5 (issue) or 6 (revoke) parts is poison.
@@ -20,6 +24,7 @@
 //       in a stream, and the form parked entries rebuilt from a decoded event are stored in):
 //         type issue,  couponId, userId, claim, at[, idem]
 //         type revoke, couponId, userId, units, at[, upTo][, idem]
+//         type redeem | rollback, couponId, userId, claim, at, orderId   (only ever written parked)
 //       couponId must match the stream's coupon. Payloads parked before v1 may carry `idempotencyKey`
 //       and `upToClaim` instead of `idem` and `upTo` (persist-batch.ts stored decoded events under
 //       those names); both are read.
@@ -54,7 +59,19 @@ export interface RevokeEvent {
   idempotencyKey?: string
 }
 
-export type CouponEvent = IssueEvent | RevokeEvent
+/** A redemption of one unit by an order ('redeem'), or its rollback ('rollback'). */
+export interface RedemptionEvent {
+  type: 'redeem' | 'rollback'
+  streamKey: string
+  id: string
+  couponId: number
+  userId: string
+  claim: number
+  at: number
+  orderId: string
+}
+
+export type CouponEvent = IssueEvent | RevokeEvent | RedemptionEvent
 
 export interface UndecodableEntry {
   streamKey: string
@@ -66,6 +83,8 @@ export interface UndecodableEntry {
 export const USER_ID_PATTERN = /^[A-Za-z0-9._:@-]{1,128}$/
 /** What an Idempotency-Key may look like (the route schema holds the same rule). */
 export const IDEMPOTENCY_KEY_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/
+/** What a shop's order id may look like (the route schema holds the same rule): never '|'. */
+export const ORDER_ID_PATTERN = /^[A-Za-z0-9._:#/-]{1,128}$/
 
 /** The field name of a v1 (compact) entry; issue.lua and revoke.lua write it. */
 export const ENTRY_FIELD = 'e1'
@@ -98,6 +117,7 @@ function decodeCompact (streamKey: string, couponId: number | null, id: string, 
   if (couponId === null) return fail(`the stream key names no coupon, and a ${ENTRY_FIELD} entry carries none`)
   const parts = value.split('|')
   const kind = parts[0]
+  if (kind === 'd' || kind === 'u') return decodeRedemption(streamKey, couponId, id, parts, fail)
   if (kind !== 'i' && kind !== 'r') return fail(`unknown event type ${JSON.stringify(kind)}`)
   const expected = kind === 'i' ? 5 : 6
   if (parts.length !== expected) return fail(`${kind === 'i' ? 'issue' : 'revoke'} entry has ${parts.length} '|'-separated parts, expected ${expected}`)
@@ -120,6 +140,21 @@ function decodeCompact (streamKey: string, couponId: number | null, id: string, 
   return idempotencyKey === ''
     ? { type: 'revoke', streamKey, id, couponId, userId, units: count, at, upToClaim }
     : { type: 'revoke', streamKey, id, couponId, userId, units: count, at, upToClaim, idempotencyKey }
+}
+
+/** d|userId|claim|atMs|orderId and u|... (see the header). */
+function decodeRedemption (streamKey: string, couponId: number, id: string, parts: string[], fail: (error: string) => UndecodableEntry): RedemptionEvent | UndecodableEntry {
+  const type = parts[0] === 'd' ? 'redeem' : 'rollback'
+  if (parts.length !== 5) return fail(`${type} entry has ${parts.length} '|'-separated parts, expected 5`)
+  const userId = parts[1]!
+  if (!USER_ID_PATTERN.test(userId)) return fail('userId missing or malformed')
+  const claim = positiveInt(parts[2])
+  if (claim === null) return fail('claim missing or not a positive integer')
+  const at = positiveInt(parts[3])
+  if (at === null) return fail('at missing or not a timestamp in ms')
+  const orderId = parts[4]!
+  if (!ORDER_ID_PATTERN.test(orderId)) return fail('orderId missing or malformed')
+  return { type, streamKey, id, couponId, userId, claim, at, orderId }
 }
 
 function decodeV0 (streamKey: string, streamCouponId: number | null, id: string, fields: string[]): CouponEvent | UndecodableEntry {
@@ -148,15 +183,25 @@ function decodeV0 (streamKey: string, streamCouponId: number | null, id: string,
     if (upToClaim === null) return fail('upTo not a positive integer')
     return { type: 'revoke', streamKey, id, couponId, userId, units, at, ...(upToClaim === undefined ? {} : { upToClaim }), ...withKey }
   }
+  if (payload.type === 'redeem' || payload.type === 'rollback') {
+    const claim = positiveInt(payload.claim)
+    if (claim === null) return fail('claim missing or not a positive integer')
+    const orderId = payload.orderId
+    if (orderId === undefined || !ORDER_ID_PATTERN.test(orderId)) return fail('orderId missing or malformed')
+    return { type: payload.type, streamKey, id, couponId, userId, claim, at, orderId }
+  }
   return fail(`unknown event type ${JSON.stringify(payload.type)}`)
 }
 
-/** The v1 entry of an event, as issue.lua and revoke.lua write it: [ENTRY_FIELD, value]. For tests and tools. */
-export function encodeEntry (event: Omit<IssueEvent, 'streamKey' | 'id' | 'couponId'> | Omit<RevokeEvent, 'streamKey' | 'id' | 'couponId'>): [string, string] {
-  const idem = event.idempotencyKey ?? ''
-  return [ENTRY_FIELD, event.type === 'issue'
-    ? `i|${event.userId}|${event.claim}|${event.at}|${idem}`
-    : `r|${event.userId}|${event.units}|${event.at}|${event.upToClaim ?? ''}|${idem}`]
+type Unplaced<E> = E extends CouponEvent ? Omit<E, 'streamKey' | 'id' | 'couponId'> : never
+
+/** The v1 entry of an event, as the scripts write it: [ENTRY_FIELD, value]. For tests and tools. */
+export function encodeEntry (event: Unplaced<CouponEvent>): [string, string] {
+  switch (event.type) {
+    case 'issue': return [ENTRY_FIELD, `i|${event.userId}|${event.claim}|${event.at}|${event.idempotencyKey ?? ''}`]
+    case 'revoke': return [ENTRY_FIELD, `r|${event.userId}|${event.units}|${event.at}|${event.upToClaim ?? ''}|${event.idempotencyKey ?? ''}`]
+    default: return [ENTRY_FIELD, `${event.type === 'redeem' ? 'd' : 'u'}|${event.userId}|${event.claim}|${event.at}|${event.orderId}`]
+  }
 }
 
 /**
@@ -165,6 +210,7 @@ export function encodeEntry (event: Omit<IssueEvent, 'streamKey' | 'id' | 'coupo
  */
 export function eventPayload (event: CouponEvent): Record<string, string> {
   const payload: Record<string, string> = { type: event.type, couponId: String(event.couponId), userId: event.userId }
+  if ('orderId' in event) return { ...payload, claim: String(event.claim), at: String(event.at), orderId: event.orderId }
   if (event.type === 'issue') {
     payload.claim = String(event.claim)
     payload.at = String(event.at)
@@ -176,5 +222,7 @@ export function eventPayload (event: CouponEvent): Record<string, string> {
   if (event.idempotencyKey !== undefined) payload.idem = event.idempotencyKey
   return payload
 }
+
+export const isRedemption = (event: CouponEvent): event is RedemptionEvent => 'orderId' in event
 
 export const isEvent = (entry: CouponEvent | UndecodableEntry): entry is CouponEvent => 'type' in entry

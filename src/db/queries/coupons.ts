@@ -1,6 +1,7 @@
 import { asc, eq, gt, inArray, sql } from 'drizzle-orm'
 import type { Db } from '../client.js'
 import { coupons, databaseIdentity, type Discount } from '../schema.js'
+import { DEFAULT_CODE_LENGTH, newCodeSecret, type CodeSettings } from '../../issuing/codes.js'
 
 export type Coupon = typeof coupons.$inferSelect
 
@@ -12,6 +13,10 @@ export interface NewCoupon {
   endsAt?: Date | null
   discount?: Discount | null
   metadata?: Record<string, string | number | boolean | null> | null
+  codePrefix?: string
+  codeLength?: number
+  validFor?: string | null
+  validUntil?: Date | null
 }
 
 export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
@@ -22,7 +27,12 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
     ...(input.startsAt ? { startsAt: input.startsAt } : {}),
     endsAt: input.endsAt ?? null,
     discount: input.discount ?? null,
-    metadata: input.metadata ?? null
+    metadata: input.metadata ?? null,
+    codeSecret: newCodeSecret(),
+    codePrefix: input.codePrefix ?? '',
+    codeLength: input.codeLength ?? DEFAULT_CODE_LENGTH,
+    validFor: input.validFor ?? null,
+    validUntil: input.validUntil ?? null
   }).returning()
   return row!
 }
@@ -52,11 +62,15 @@ export async function updateCoupon (db: Db, id: number, changes: CouponChanges):
   return row
 }
 
-/** Ids among `ids` that exist; the consumer uses it to tell an unknown coupon from a database fault. */
-export async function existingCouponIds (db: Db, ids: number[]): Promise<Set<number>> {
-  if (ids.length === 0) return new Set()
-  const rows = await db.select({ id: coupons.id }).from(coupons).where(inArray(coupons.id, ids))
-  return new Set(rows.map((r) => r.id))
+/**
+ * The code settings of those among `ids` that exist; the consumer uses it to tell an unknown coupon from
+ * a database fault, and to compute each persisted unit's code (src/issuing/codes.ts).
+ */
+export async function codeSettingsOf (db: Db, ids: number[]): Promise<Map<number, CodeSettings>> {
+  if (ids.length === 0) return new Map()
+  const rows = await db.select({ couponId: coupons.id, codeSecret: coupons.codeSecret, codePrefix: coupons.codePrefix, codeLength: coupons.codeLength })
+    .from(coupons).where(inArray(coupons.id, ids))
+  return new Map(rows.map((r) => [r.couponId, r]))
 }
 
 export interface CouponWithCounts extends Coupon {

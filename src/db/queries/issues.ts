@@ -1,7 +1,7 @@
 import { and, asc, desc, eq, isNotNull, isNull, sql, type SQL } from 'drizzle-orm'
 import type { Db } from '../client.js'
-import { couponIssues, couponRevocations, failedIssueEvents } from '../schema.js'
-import type { IssueEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
+import { couponIssues, couponRedemptions, couponRevocations, failedIssueEvents } from '../schema.js'
+import type { IssueEvent, RedemptionEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
 
 const iso = (ms: number) => new Date(ms).toISOString()
 const arrayParam = <T>(values: T[]) => sql.param(values)
@@ -17,7 +17,7 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
  * a fresh snapshot per statement). A crash between commit and fix-up leaves the entries unacknowledged:
  * the redelivery runs the fix-up again. Costs one more statement per batch.
  */
-export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[]): Promise<number> {
+export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[], codeOf: (issue: IssueEvent) => string | null = () => null): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
   // One statement: facts and rows commit together. The fix-up always runs: whether a cancel exists
   // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile); for
@@ -32,10 +32,11 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
       ON CONFLICT (coupon_id, stream_id) DO NOTHING
       RETURNING 1
     ), inserted AS (
-      INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key)
+      INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key, code)
       SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
                            ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
-                           ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[])
+                           ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[],
+                           ${arrayParam(issues.map(codeOf))}::text[])
       ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
       RETURNING 1
     )
@@ -52,6 +53,86 @@ async function applyRevocations (db: Db, events: (IssueEvent | RevokeEvent)[]): 
   const list = [...pairs.values()]
   // apply_coupon_revocations (migrations/0002_hardening.sql) locks rows only when a pair has a cancel.
   await db.execute(sql`SELECT apply_coupon_revocations(${arrayParam(list.map(([c]) => c))}::bigint[], ${arrayParam(list.map(([, u]) => u))}::text[])`)
+}
+
+/**
+ * Writes redemption and rollback events as facts (idempotent: the stream id), then brings the
+ * redeemed_at / order_id of every unit they or `issues` touch to the unit's last fact. The one place
+ * where redemptions reach Postgres (an outbox of redemption.created / redemption.rolled_back events
+ * belongs next to the INSERT). Returns how many facts were new.
+ *
+ * The fix-up runs after the facts committed, in its own transaction that first locks the units' rows
+ * (in id order) and only then reads the facts: a state can go back and forth (redeem, rollback,
+ * redeem), so a writer that read before another committed must never write after it. Whichever
+ * writer locks second reads after the other's facts and fix-up committed (READ COMMITTED takes a fresh
+ * snapshot per statement), so the last write is always computed from every fact. An issue row
+ * persisted after its redemption (a parked issue retried) is fixed up by the issue's own batch.
+ */
+export async function persistRedemptions (db: Db, redemptions: RedemptionEvent[], issues: IssueEvent[] = []): Promise<number> {
+  if (redemptions.length === 0 && issues.length === 0) return 0
+  let facts = 0
+  if (redemptions.length > 0) {
+    const result: any = await db.execute(sql`
+      INSERT INTO ${couponRedemptions} (coupon_id, user_id, claim, kind, order_id, at, stream_id)
+      SELECT * FROM unnest(${arrayParam(redemptions.map((e) => e.couponId))}::bigint[], ${arrayParam(redemptions.map((e) => e.userId))}::text[],
+                           ${arrayParam(redemptions.map((e) => e.claim))}::int[], ${arrayParam(redemptions.map((e) => e.type))}::text[],
+                           ${arrayParam(redemptions.map((e) => e.orderId))}::text[], ${arrayParam(redemptions.map((e) => iso(e.at)))}::timestamptz[],
+                           ${arrayParam(redemptions.map((e) => e.id))}::text[])
+      ON CONFLICT (coupon_id, stream_id) DO NOTHING`)
+    facts = Number(result.rowCount ?? 0)
+  }
+  const units = new Map<string, [number, string, number]>()
+  for (const e of redemptions) units.set(`${e.couponId}|${e.userId}|${e.claim}`, [e.couponId, e.userId, e.claim])
+  if (issues.length > 0) {
+    // Most issued units were never redeemed: one index probe finds the few that were (a redemption
+    // persisted before its issue), so a batch of issues locks nothing.
+    const probe: any = await db.execute(sql`
+      SELECT DISTINCT coupon_id, user_id, claim FROM ${couponRedemptions}
+      WHERE (coupon_id, user_id, claim) IN (SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[],
+        ${arrayParam(issues.map((e) => e.userId))}::text[], ${arrayParam(issues.map((e) => e.claim))}::int[]))`)
+    for (const r of probe.rows ?? probe) units.set(`${r.coupon_id}|${r.user_id}|${r.claim}`, [Number(r.coupon_id), r.user_id, Number(r.claim)])
+  }
+  if (units.size === 0) return facts
+  const list = [...units.values()]
+  const touched = sql`SELECT * FROM unnest(${arrayParam(list.map(([c]) => c))}::bigint[], ${arrayParam(list.map(([, u]) => u))}::text[], ${arrayParam(list.map(([, , n]) => n))}::int[])`
+  await db.transaction(async (tx) => {
+    await tx.execute(sql`SELECT 1 FROM ${couponIssues} WHERE (coupon_id, user_id, claim) IN (${touched}) ORDER BY id FOR UPDATE`)
+    await tx.execute(sql`
+      UPDATE ${couponIssues} AS i
+      SET redeemed_at = CASE WHEN last.kind = 'redeem' THEN last.at END, order_id = CASE WHEN last.kind = 'redeem' THEN last.order_id END
+      FROM (
+        SELECT DISTINCT ON (coupon_id, user_id, claim) coupon_id, user_id, claim, kind, at, order_id
+        FROM ${couponRedemptions}
+        WHERE (coupon_id, user_id, claim) IN (${touched})
+        ORDER BY coupon_id, user_id, claim, split_part(stream_id, '-', 1)::bigint DESC, split_part(stream_id, '-', 2)::bigint DESC
+      ) AS last
+      WHERE i.coupon_id = last.coupon_id AND i.user_id = last.user_id AND i.claim = last.claim
+        AND (i.redeemed_at IS DISTINCT FROM CASE WHEN last.kind = 'redeem' THEN last.at END
+          OR i.order_id IS DISTINCT FROM CASE WHEN last.kind = 'redeem' THEN last.order_id END)`)
+  })
+  return facts
+}
+
+export interface PersistedRedemption {
+  userId: string
+  claim: number
+  kind: 'redeem' | 'rollback'
+  orderId: string
+  at: Date
+  streamId: string
+}
+
+/** Every redemption fact of a coupon, an input of a counter rebuild. */
+export async function redemptionsOfCoupon (db: Db, couponId: number): Promise<PersistedRedemption[]> {
+  const rows = await db.select({
+    userId: couponRedemptions.userId,
+    claim: couponRedemptions.claim,
+    kind: couponRedemptions.kind,
+    orderId: couponRedemptions.orderId,
+    at: couponRedemptions.at,
+    streamId: couponRedemptions.streamId
+  }).from(couponRedemptions).where(eq(couponRedemptions.couponId, couponId))
+  return rows as PersistedRedemption[]
 }
 
 export interface PersistedIssue {
@@ -111,6 +192,8 @@ export interface WinnerRow {
   claim: number
   issuedAt: Date
   revokedAt: Date | null
+  /** null only for rows persisted before codes existed (the route derives it) */
+  code: string | null
 }
 
 /**
@@ -127,7 +210,8 @@ export async function issuesPage (db: Db, couponId: number, { status, after, lim
     userId: couponIssues.userId,
     claim: couponIssues.claim,
     issuedAt: couponIssues.createdAt,
-    revokedAt: couponIssues.revokedAt
+    revokedAt: couponIssues.revokedAt,
+    code: couponIssues.code
   }).from(couponIssues).where(and(...conditions)).orderBy(asc(couponIssues.createdAt), asc(couponIssues.id)).limit(limit)
 }
 

@@ -17,9 +17,10 @@
   step, so an instance that reads the new run_id under KEYS[1] knows the drop is done.
 
   KEYS[1]     string  run_id of the server the counters were last checked against
-  KEYS[2..]   the counter keys to drop (meta, stock, holders, claims, revoked, discarded of each coupon
-              found by the caller's SCAN; idempotency records, streams and statistics stay: they are
-              never wrong, and the rebuild only adds what is missing)
+  KEYS[2..]   the counter keys to drop (meta, stock, holders, claims, revoked, discarded, codes and
+              redemptions of each coupon found by the caller's SCAN: an inherited redemptions hash may
+              have forgotten a redemption Postgres holds; idempotency records, streams and statistics
+              stay: they are never wrong, and the rebuild only adds what is missing)
   ARGV[1]     this server's run_id
   ARGV[2]     stock-returned channel
   ARGV[3]     'listed' when the caller saw a recorded run_id and listed the keys, '' when it saw none

@@ -7,7 +7,9 @@
   also runs before the first write, because Lua does not roll back.
 
   KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or ''), dormant (set by markDormant),
-                             paused ('1' while paused; set by updateCoupon)
+                             paused ('1' while paused; set by updateCoupon), codeSecret, codePrefix, codeLength,
+                             codeTail (src/issuing/codes.ts; a meta without codeSecret must be rebuilt),
+                             validForMs, validUntil (ms; '' = none; src/issuing/validity.ts)
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks the hash as complete
   KEYS[4] claims      hash   userId -> last claim number (never decreases); field '#' likewise
@@ -17,6 +19,10 @@
   KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
   KEYS[7] stats       hash   issued +1, firstIssuedAt and soldOutAt (first time stock reaches 0) on ISSUED;
                              best effort (a wrong type there fails nothing)
+  KEYS[8] codes       hash   mac -> "userId|claim|issuedAtMs" of every unit ever handed out (revoked ones too); field '#'
+                             marks it complete. A mac already taken (another user and claim gave the same
+                             characters) makes the script skip to the next claim number, so each code names
+                             one unit and still follows from (secret, user, claim).
 
   ARGV[1] couponId (unused: the entry names no coupon, the stream key does)
   ARGV[2] userId (USER_ID_PATTERN: never contains '|' or '#')
@@ -24,8 +30,9 @@
   ARGV[4] idempotency ttl, seconds
   ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
 
-  Returns { code, at, claim, entryId, replayed, reactivated }
-    code 0 ISSUED                  at = issuedAt ms; claim, entryId set
+  Returns { code, at, claim, entryId, replayed, reactivated [, unitCode, expiresAt] }
+    code 0 ISSUED                  at = issuedAt ms; claim, entryId set; unitCode = the unit's redeemable code
+                                   (prefix .. mac .. tail), recomputed for a replay; expiresAt ms (0 = never)
     code 1 NEEDS_RESTORE           counters (or the idempotency hash, for a keyed call) missing: rebuild, call again
     code 2 ALREADY_ISSUED          user already holds perUserLimit units; at carries perUserLimit
     code 3 SOLD_OUT                at carries endsAt (0 = none), claim carries Redis now (ms): together they
@@ -36,24 +43,40 @@
     code 7 IDEMPOTENCY_KEY_REUSED  the key was used with another userId
     code 8 PAUSED                  the campaign is paused; nothing changed, nothing remembered (a retry after
                                    the resume may win)
+    code 9 CODE_EXHAUSTED          four claim numbers in a row gave macs already taken (never seen; the chance
+                                   is below 2^-200 for a million units); nothing changed
   replayed is 1 when the outcome was remembered from an earlier call with the same key.
   reactivated is 1 when the stream had been marked dormant (dropped from the consumer's read list):
   the caller must put the coupon back on that list.
 ]]
 
 -- @include outcomes.lua
+-- @include codes.lua
 
-local meta, stock, holders, claims, events, idem, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta, stock, holders, claims, events, idem, stats, codes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local userId, idemKey = ARGV[2], ARGV[3]
 local field = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
-local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused')
+local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
-if not m[1] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
+if not m[1] or not m[6] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
+local secret, prefix, length, tail = m[6], m[7] or '', tonumber(m[8]), m[9] or ''
+local validFor, validUntil = tonumber(m[10] or ''), tonumber(m[11] or '')
+local function expiry (issuedAt)
+  if validFor then return issuedAt + validFor end
+  return validUntil or 0
+end
 local replay = replayForKey(idem, field, userId, now, ARGV[4])
-if replay then return replay end
+if replay then
+  -- The code is not remembered: it follows from the claim the record kept.
+  if replay[1] == 0 then
+    replay[7] = prefix .. codeMac(secret, userId, replay[3], length) .. tail
+    replay[8] = expiry(replay[2])
+  end
+  return replay
+end
 local function finish (code, at, claim, entry, reactivated)
   return rememberOutcome(idem, field, userId, now, code, at, claim, entry, reactivated or 0)
 end
@@ -69,7 +92,17 @@ if left <= 0 then return finish(3, endsAt or 0, now, '') end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
 if not claimed[2] then return { 1, 0, 0, '', 0, 0 } end
-local claim = (tonumber(claimed[1]) or 0) + 1
+local claim = tonumber(claimed[1]) or 0
+local mac
+for _ = 1, 4 do
+  claim = claim + 1
+  mac = codeMac(secret, userId, claim, length)
+  local taken = redis.call('HMGET', codes, mac, '#')
+  if not taken[2] then return { 1, 0, 0, '', 0, 0 } end
+  if not taken[1] then break end
+  mac = nil
+end
+if not mac then return { 9, 0, 0, '', 0, 0 } end
 local backlog = redis.call('XLEN', events)
 local cap = tonumber(ARGV[5])
 if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
@@ -78,10 +111,14 @@ if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
 redis.call('HSET', claims, userId, claim)
+redis.call('HSET', codes, mac, userId .. '|' .. claim .. '|' .. now)
 local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
 redis.pcall('HINCRBY', stats, 'issued', 1)
 redis.pcall('HSETNX', stats, 'firstIssuedAt', now)
 if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
-return finish(0, now, claim, entry, reactivated)
+local reply = finish(0, now, claim, entry, reactivated)
+reply[7] = prefix .. mac .. tail
+reply[8] = expiry(now)
+return reply

@@ -13,6 +13,8 @@
   KEYS[7] revoked     hash (likewise)
   KEYS[8] discarded   set of parked entry ids given back since the last rebuild (cleared: the
                       caller's state already leaves discarded entries out)
+  KEYS[9] codes       hash mac -> "userId|claim|issuedAtMs" (gets the marker '#'; see issue.lua)
+  KEYS[10] redemptions hash (includes/units.lua; gets the marker '#')
 
   ARGV[1] consumer group name
   ARGV[2] id of the last stream entry the caller saw ('' = stream empty or missing)
@@ -22,22 +24,56 @@
   ARGV[11] stock-returned channel   ARGV[12] couponId (published after a full rebuild: the rebuilt stock
            may differ from what instances saw, see src/issuing/sold-out-markers.ts)
   ARGV[13] paused: '1' or ''
+  ARGV[14] codeSecret   ARGV[15] codePrefix   ARGV[16] codeLength   ARGV[17] codeTail (src/issuing/codes.ts)
+  ARGV[18] C: how many code pairs follow the last cancels
+  ARGV[19] D: how many redemption pairs follow the code pairs
+  ARGV[20] validForMs   ARGV[21] validUntil ms   ('' = none; src/issuing/validity.ts)
   then U triples  userId, units held now, last claim number
   then I pairs    idempotency field, record
   then R pairs    userId, "upTo|revokedAtMs"
+  then C pairs    mac, "userId|claim|issuedAtMs" (every unit the caller knows of, revoked ones too)
+  then D pairs    redemptions field, value: mac -> last "d|orderId|atMs" / "u|orderId|atMs" of the unit,
+                  '@userId' -> units of the user redeemed now (not revoked)
 
   Returns code
     0 PRESENT       counters already there (another request restored them): nothing written
-    1 RESTORED      (or, when only the idempotency/last-cancel hash was missing, that hash completed)
+    1 RESTORED      (or, when only the idempotency/last-cancel/codes hash or the meta's code settings were
+                    missing, those completed)
     2 STREAM_MOVED  new events arrived since the caller's read: read again and retry
 ]]
 
-local meta, stock, holders, claims, events, idem, revoked, discarded =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local meta, stock, holders, claims, events, idem, revoked, discarded, codes, redemptions =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
-local users, records, cancels = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local FIRST_GROUP = 14
+local users, records, cancels, codeCount, redemptionCount = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[18]), tonumber(ARGV[19])
+local FIRST_GROUP = 22
 local records_from = FIRST_GROUP + 3 * users
+local codes_from = records_from + 2 * records + 2 * cancels
+
+-- The code settings (fixed at creation) and every unit's mac. HSETNX: a mac already there names the
+-- same unit (it follows from the unit), so adding is always safe.
+local function installCodes ()
+  redis.call('HSET', meta, 'codeSecret', ARGV[14], 'codePrefix', ARGV[15], 'codeLength', ARGV[16], 'codeTail', ARGV[17],
+    'validForMs', ARGV[20], 'validUntil', ARGV[21])
+  local i = codes_from
+  for _ = 1, codeCount do
+    redis.call('HSETNX', codes, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('HSET', codes, '#', 1)
+end
+
+-- The redemption state, only into a hash without its marker (lost, or just cleared): while the marker
+-- is missing, redeem, rollback and cancel answer NEEDS_RESTORE, so the caller's state is complete.
+local function installRedemptions ()
+  if redis.call('HEXISTS', redemptions, '#') == 1 then return end
+  local i = codes_from + 2 * codeCount
+  for _ = 1, redemptionCount do
+    redis.call('HSET', redemptions, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('HSET', redemptions, '#', 1)
+end
 
 -- The idempotency records and last cancels from ARGV[from..], and their markers. HSETNX: a record
 -- still live is never older than one computed from Postgres and the stream.
@@ -57,12 +93,20 @@ end
 
 if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', stock) == 1
   and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then
-  if redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1 then return 0 end
-  -- Only the idempotency or the last-cancel hash was lost (evicted, deleted): add what the caller
-  -- computed, keep the live counters. No check of the stream is needed: while a hash lacks its marker,
-  -- every keyed call (the only writer of idempotency records) and every cancel (the only writer of the
-  -- last-cancel hash) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
+  if redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1
+    and redis.call('HEXISTS', codes, '#') == 1 and redis.call('HEXISTS', meta, 'codeSecret') == 1
+    and redis.call('HEXISTS', redemptions, '#') == 1 then return 0 end
+  -- Only the idempotency, the last-cancel or the codes hash (or the meta's code settings: counters
+  -- installed before codes existed) was lost: add what the caller computed, keep the live counters. No
+  -- check of the stream is needed: while a hash lacks its marker, every keyed call (the only writer of
+  -- idempotency records), every cancel (the only writer of the last-cancel hash), every issue (the
+  -- only writer of codes, which also needs codeSecret) and every redeem, rollback and cancel (the
+  -- writers of redemptions) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
+  redis.call('HLEN', codes) -- type checks before the first write
+  redis.call('HLEN', redemptions)
   installPairs(records_from)
+  installCodes()
+  installRedemptions()
   return 1
 end
 
@@ -71,8 +115,10 @@ local lastId = last[1] and last[1][1] or ''
 if lastId ~= ARGV[2] then return 2 end
 redis.call('HLEN', idem) -- type checks before the first write
 redis.call('SCARD', discarded)
+redis.call('HLEN', codes)
+redis.call('HLEN', redemptions)
 
-redis.call('DEL', meta, stock, holders, claims, revoked, discarded)
+redis.call('DEL', meta, stock, holders, claims, revoked, discarded, codes, redemptions)
 redis.call('HSET', meta, 'total', ARGV[3], 'perUserLimit', ARGV[4], 'startsAt', ARGV[5], 'endsAt', ARGV[6])
 if ARGV[13] == '1' then redis.call('HSET', meta, 'paused', '1') end
 redis.call('SET', stock, ARGV[7])
@@ -85,6 +131,8 @@ for _ = 1, users do
   i = i + 3
 end
 installPairs(i)
+installCodes()
+installRedemptions()
 
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events, ARGV[1], '0', 'MKSTREAM')
 if not ok and not string.find(tostring(err), 'BUSYGROUP') then return redis.error_reply(tostring(err)) end

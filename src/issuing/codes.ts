@@ -1,0 +1,92 @@
+// Redeemable codes. A unit's code is derived, never stored as a secret of its own:
+//
+//   code = prefix + mac + tail
+//   mac  = the first `length` characters of sha1hex(secret ':' userId ':' claim), read 20 bits (5 hex digits)
+//          at a time and written as 4 characters of ALPHABET each, most significant first
+//   tail = the coupon id in ALPHABET digits (no leading zero) + one character saying how many digits
+//
+// issue.lua computes the mac in the same script that hands the unit out (redis.sha1hex, no extra round
+// trip); the consumer and a counter rebuild compute the same characters here from (secret, user, claim),
+// so the stream entry need not carry the code. The tail lets GET /codes/:code find the coupon's keys
+// from the code alone, read from the end, whatever the prefix: no global code -> coupon key, so every key
+// of a script stays under the coupon's hash tag (Redis Cluster). The secret is per coupon (32 random
+// bytes) and never leaves the service, so a code cannot be guessed from the user and claim. A mac already
+// taken by another unit of the coupon (chance about n^2 / 2^(5 * length + 1) for n units) makes issue.lua
+// skip to the next claim number, so codes stay unique and still follow from (secret, user, claim).
+import { createHash, randomBytes } from 'node:crypto'
+
+/** Crockford's base32: no I, L, O, U, so a code read aloud or typed from paper is not misread. */
+export const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+export const DEFAULT_CODE_LENGTH = 12
+export const MIN_CODE_LENGTH = 12
+/** sha1 gives 160 bits = 32 characters of 5 bits */
+export const MAX_CODE_LENGTH = 32
+export const CODE_PREFIX_PATTERN = /^[A-Z0-9-]{1,12}$/
+/** Longest code: prefix 12 + mac 32 + tail (11 digits for 2^53, one length character). */
+export const MAX_CODE_CHARS = 12 + MAX_CODE_LENGTH + 12
+
+export interface CodeSettings {
+  couponId: number
+  codeSecret: string
+  codePrefix: string
+  codeLength: number
+}
+
+export const newCodeSecret = () => randomBytes(32).toString('hex')
+
+/** The coupon id as ALPHABET digits plus their count: read from the end of a code. */
+export function codeTail (couponId: number): string {
+  let digits = ''
+  let rest = couponId
+  do {
+    digits = ALPHABET[rest % 32]! + digits
+    rest = Math.floor(rest / 32)
+  } while (rest > 0)
+  return digits + ALPHABET[digits.length]!
+}
+
+/** The unguessable part of a unit's code, exactly as issue.lua computes it. */
+export function codeMac (secret: string, userId: string, claim: number, length: number): string {
+  const hex = createHash('sha1').update(`${secret}:${userId}:${claim}`).digest('hex')
+  let out = ''
+  for (let group = 0; out.length < length; group++) {
+    const value = parseInt(hex.slice(group * 5, group * 5 + 5), 16)
+    for (let shift = 15; shift >= 0 && out.length < length; shift -= 5) out += ALPHABET[(value >> shift) & 31]
+  }
+  return out
+}
+
+export function codeOf (s: CodeSettings, userId: string, claim: number): string {
+  return s.codePrefix + codeMac(s.codeSecret, userId, claim, s.codeLength) + codeTail(s.couponId)
+}
+
+/** What a code names before anything is looked up: its coupon, and the rest (prefix + mac) to check there. */
+export interface ParsedCode {
+  couponId: number
+  /** prefix + mac: compared against the coupon's own prefix and length by lookupCode.lua */
+  head: string
+}
+
+const CODE_CHARS = /^[0-9A-Z-]+$/
+
+/**
+ * Reads a code typed by a customer: case-insensitive; null when it cannot be a code of any coupon. The
+ * caller answers null exactly as an unknown code (CODE_NOT_FOUND), so malformed says nothing more.
+ */
+export function parseCode (input: string): ParsedCode | null {
+  if (input.length < MIN_CODE_LENGTH + 2 || input.length > MAX_CODE_CHARS) return null
+  const code = input.toUpperCase()
+  if (!CODE_CHARS.test(code)) return null
+  const digits = ALPHABET.indexOf(code[code.length - 1]!)
+  if (digits < 1 || digits > 11 || code.length < digits + 1 + MIN_CODE_LENGTH) return null
+  const idPart = code.slice(code.length - 1 - digits, code.length - 1)
+  if (idPart[0] === '0') return null // one spelling per coupon id
+  let couponId = 0
+  for (const ch of idPart) {
+    const d = ALPHABET.indexOf(ch)
+    if (d < 0) return null
+    couponId = couponId * 32 + d
+  }
+  if (!Number.isSafeInteger(couponId) || couponId < 1) return null
+  return { couponId, head: code.slice(0, code.length - 1 - digits) }
+}

@@ -1,0 +1,41 @@
+--[[
+  Shared by lookupCode.lua, redeem.lua and rollback.lua (inlined at load time by src/redis/scripts.ts):
+  from a code's head (prefix .. mac; the coupon id at its end already chose these keys) to the unit it
+  names and that unit's state.
+
+  KEYS used: meta (codeSecret, codePrefix, codeLength, dormant, validForMs, validUntil), codes (mac -> "userId|claim|issuedAtMs",
+  '#' = complete), redemptions (mac -> "d|orderId|atMs" redeemed or "u|orderId|atMs" rolled back;
+  '@userId' -> units of the user redeemed now; '#' = complete), revoked (userId -> "upTo|revokedAtMs").
+
+  findUnit returns 0 and the unit, 1 (NEEDS_RESTORE: a hash or the code settings are missing) or 2
+  (NOT_FOUND). A head with the wrong prefix or length is looked up as the empty mac, which is never
+  there: every unknown code costs the same commands as a known one.
+]]
+
+local function findUnit (meta, codes, redemptions, revoked, head)
+  local m = redis.call('HMGET', meta, 'codeSecret', 'codePrefix', 'codeLength', 'dormant', 'validForMs', 'validUntil')
+  if not m[1] then return 1 end
+  local prefix, length = m[2] or '', tonumber(m[3]) or 0
+  local mac = ''
+  if #head == #prefix + length and string.sub(head, 1, #prefix) == prefix then mac = string.sub(head, #prefix + 1) end
+  local unit = redis.call('HMGET', codes, mac, '#')
+  local state = redis.call('HMGET', redemptions, mac, '#')
+  if not unit[2] or not state[2] then return 1 end
+  if mac == '' or not unit[1] then return 2 end
+  local userId, claim, issuedAt = string.match(unit[1], '^(.*)|(%d+)|(%d+)$')
+  local cancel = redis.call('HMGET', revoked, userId, '#')
+  if not cancel[2] then return 1 end
+  local found = { mac = mac, userId = userId, claim = tonumber(claim), issuedAt = tonumber(issuedAt), dormant = m[4] }
+  -- expiresAt: nil = never (validForMs counts from the unit's issue; validUntil is one moment for all)
+  local validFor, validUntil = tonumber(m[5] or ''), tonumber(m[6] or '')
+  if validFor then found.expiresAt = found.issuedAt + validFor else found.expiresAt = validUntil end
+  if cancel[1] then
+    local upTo, revokedAt = string.match(cancel[1], '^(%d+)|(%d+)$')
+    if tonumber(upTo) >= found.claim then found.revokedAt = tonumber(revokedAt) end
+  end
+  if state[1] then
+    local kind, orderId, at = string.match(state[1], '^([du])|(.*)|(%d+)$')
+    found.state, found.orderId, found.stateAt = kind, orderId, tonumber(at)
+  end
+  return 0, found
+end
