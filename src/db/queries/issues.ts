@@ -2,6 +2,7 @@ import { and, asc, desc, eq, isNotNull, isNull, sql, type SQL } from 'drizzle-or
 import type { Db } from '../client.js'
 import { couponIssues, couponRevocations, failedIssueEvents } from '../schema.js'
 import type { IssueEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
+import { issueCreated, issueRevoked, outboxCtes } from '../../events/outbox.js'
 
 const iso = (ms: number) => new Date(ms).toISOString()
 const arrayParam = <T>(values: T[]) => sql.param(values)
@@ -19,7 +20,8 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
  */
 export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[]): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
-  // One statement: facts and rows commit together. The fix-up always runs: whether a cancel exists
+  // One statement: facts, rows and the events announcing them (only those this statement inserted, see
+  // outboxCtes) commit together. The fix-up always runs: whether a cancel exists
   // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile); for
   // users nobody cancelled it is one index probe per pair and takes no lock on coupon_issues.
   const result: any = await db.execute(sql`
@@ -30,15 +32,16 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
                            ${arrayParam(revokes.map((r) => r.upToClaim ?? null))}::int[], ${arrayParam(revokes.map((r) => r.units))}::int[],
                            ${arrayParam(revokes.map((r) => r.idempotencyKey ?? null))}::text[])
       ON CONFLICT (coupon_id, stream_id) DO NOTHING
-      RETURNING 1
+      RETURNING coupon_id, stream_id
     ), inserted AS (
       INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key)
       SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
                            ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
                            ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[])
       ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
-      RETURNING 1
-    )
+      RETURNING coupon_id, stream_id
+    ), ${outboxCtes([...issues.map(issueCreated), ...revokes.map(issueRevoked)], sql`
+      SELECT coupon_id, stream_id, 'issue.created' FROM inserted UNION ALL SELECT coupon_id, stream_id, 'issue.revoked' FROM facts`)}
     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts`)
   const row = (result.rows ?? result)[0] as { inserted: number }
   await applyRevocations(db, [...issues, ...revokes])

@@ -1,0 +1,152 @@
+// Sends webhook deliveries from the outbox (webhook_deliveries, written with the events in the
+// consumer's statement) in a loop of its own: bounded concurrency, a timeout per request, leases so
+// that several instances share the work and each delivery is attempted by one instance at a time.
+// Nothing here runs on the issue path or the consumer's: a slow or dead receiver only slows its own
+// deliveries.
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Db } from '../db/client.js'
+import { leaseDeliveries, markAttemptFailed, markDelivered, releaseLease, type LeasedDelivery } from '../db/queries/webhooks.js'
+import { sign } from './signature.js'
+
+export interface DeliveryLoopOptions {
+  db: Db
+  log: FastifyBaseLogger
+  /** deliveries in flight at most, per instance */
+  concurrency: number
+  /** one request's time limit (connect, send, response headers) */
+  timeoutMs: number
+  /** how often due deliveries are looked for while nothing is in flight */
+  pollMs: number
+  /** first retry delay; doubles per attempt up to backoffMaxMs, with ±25 % jitter */
+  backoffBaseMs: number
+  backoffMaxMs: number
+  /** after this long since the first attempt (or a redeliver), a failed attempt marks the delivery failed */
+  retryForMs: number
+  /** tests: a fixed random for the jitter */
+  random?: () => number
+}
+
+/** The delay before attempt n+1 after n failed attempts: base·2^(n−1), capped, times 0.75–1.25 (jitter spreads retries of one outage). */
+export function backoffDelay (attempts: number, { backoffBaseMs, backoffMaxMs }: { backoffBaseMs: number, backoffMaxMs: number }, random = Math.random): number {
+  const exponential = Math.min(backoffMaxMs, backoffBaseMs * 2 ** Math.min(Math.max(attempts - 1, 0), 40))
+  return Math.round(exponential * (0.75 + random() * 0.5))
+}
+
+export interface DeliveryLoopStats { attempts: number, delivered: number, failedAttempts: number }
+
+export class DeliveryLoop {
+  readonly #o: DeliveryLoopOptions
+  readonly #abort = new AbortController()
+  readonly #inFlight = new Set<Promise<void>>()
+  #timer: NodeJS.Timeout | null = null
+  #ticking = false
+  readonly stats: DeliveryLoopStats = { attempts: 0, delivered: 0, failedAttempts: 0 }
+
+  constructor (options: DeliveryLoopOptions) {
+    this.#o = options
+  }
+
+  start (): void {
+    this.#schedule(0)
+  }
+
+  /** Stops leasing, aborts the requests in flight and gives their leases back. */
+  async stop (): Promise<void> {
+    this.#abort.abort()
+    if (this.#timer) clearTimeout(this.#timer)
+    this.#timer = null
+    await Promise.allSettled([...this.#inFlight])
+  }
+
+  #schedule (ms: number): void {
+    if (this.#abort.signal.aborted) return
+    if (this.#timer) clearTimeout(this.#timer)
+    // #tick catches everything itself.
+    this.#timer = setTimeout(() => { this.#tick().catch(() => {}) }, ms)
+    this.#timer.unref()
+  }
+
+  async #tick (): Promise<void> {
+    this.#timer = null
+    if (this.#ticking || this.#abort.signal.aborted) return
+    this.#ticking = true
+    let full = false
+    try {
+      const free = this.#o.concurrency - this.#inFlight.size
+      if (free > 0) {
+        // The lease outlives the longest attempt (timeout) by a wide margin; an instance that dies leaves
+        // it to expire.
+        const leased = await leaseDeliveries(this.#o.db, { limit: free, leaseMs: this.#o.timeoutMs * 2 + 10_000, token: randomUUID() })
+        full = leased.length === free
+        for (const delivery of leased) this.#send(delivery)
+      }
+    } catch (err) {
+      this.#o.log.warn({ err }, 'webhook deliveries could not be leased')
+    } finally {
+      this.#ticking = false
+      // More may be due at once when the lease came back full; otherwise poll (a finished attempt also ticks).
+      this.#schedule(full ? 0 : this.#o.pollMs)
+    }
+  }
+
+  #send (delivery: LeasedDelivery): void {
+    const running = this.#attempt(delivery).catch((err) => {
+      this.#o.log.warn({ err, delivery: delivery.id }, 'webhook delivery outcome not recorded; the lease will expire and it is retried')
+    }).finally(() => {
+      this.#inFlight.delete(running)
+      this.#schedule(0)
+    })
+    this.#inFlight.add(running)
+  }
+
+  async #attempt (delivery: LeasedDelivery): Promise<void> {
+    const { event } = delivery
+    // The same bytes on every attempt: only the signature's timestamp changes.
+    const body = JSON.stringify({ id: event.id, type: event.type, createdAt: event.createdAt.toISOString(), data: event.data })
+    const timestamp = Math.floor(Date.now() / 1000)
+    this.stats.attempts++
+    let status: number | null = null
+    let error: string
+    try {
+      const response = await fetch(delivery.url, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'user-agent': 'couponrush-webhooks',
+          'couponrush-event-id': event.id,
+          'couponrush-event-type': event.type,
+          'couponrush-signature': sign(delivery.secret, timestamp, body)
+        },
+        body,
+        // A redirect is not a delivery: 3xx is retried like any other non-2xx answer.
+        redirect: 'manual',
+        signal: AbortSignal.any([AbortSignal.timeout(this.#o.timeoutMs), this.#abort.signal])
+      })
+      status = response.status
+      // The receiver's body is not read: it could be large or never end.
+      await response.body?.cancel().catch(() => {})
+      if (status >= 200 && status < 300) {
+        await markDelivered(this.#o.db, delivery, status)
+        this.stats.delivered++
+        return
+      }
+      error = `HTTP ${status}`
+    } catch (err) {
+      if (this.#abort.signal.aborted) {
+        await releaseLease(this.#o.db, delivery)
+        return
+      }
+      error = describeFailure(err, this.#o.timeoutMs)
+    }
+    this.stats.failedAttempts++
+    const retryInMs = backoffDelay(delivery.attempts, this.#o, this.#o.random)
+    await markAttemptFailed(this.#o.db, delivery, { status, error, retryInMs, retryForMs: this.#o.retryForMs })
+  }
+}
+
+function describeFailure (err: unknown, timeoutMs: number): string {
+  const e = err as { name?: string, message?: string, cause?: { code?: string, message?: string } }
+  if (e.name === 'TimeoutError') return `no answer within ${timeoutMs} ms`
+  return e.cause?.code ?? e.cause?.message ?? e.message ?? String(err)
+}
