@@ -80,3 +80,185 @@ t.test('backoff doubles up to the cap, with jitter within ±25 %', async (t) => 
   while (total < 24 * 3600_000) total += backoffDelay(++n, { backoffBaseMs: 10_000, backoffMaxMs: 3_600_000 }, () => 0.5)
   t.ok(n > 20 && n < 40, `${n} attempts in 24 h`)
 })
+
+t.test('a redelivered stream batch, written twice or by two writers at once, makes no second event', async (t) => {
+  const receiver = await startReceiver(t)
+  const app = await testApp(t, { ...FAST, CONSUMER_ENABLED: 'false' })
+  const hook = await createWebhook(app, receiver.url)
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const { persistEvents } = await import('../src/db/queries/issues.js')
+  const streamKey = app.keys.coupon(coupon.id).events
+  const issues = Array.from({ length: 5 }, (_, i) => ({ type: 'issue' as const, streamKey, id: `${1700000000000 + i}-0`, couponId: coupon.id, userId: `r${i}`, claim: 1, at: 1700000000000 + i }))
+  const revokes = [{ type: 'revoke' as const, streamKey, id: '1700000000010-0', couponId: coupon.id, userId: 'r0', units: 1, at: 1700000000010, upToClaim: 1 }]
+  await Promise.all([persistEvents(app.db, issues, revokes), persistEvents(app.db, issues, revokes)])
+  await persistEvents(app.db, issues, revokes)
+  await persistEvents(app.db, issues.slice(1, 3), [])
+  const rows: any = await app.db.execute(sql`SELECT type, count(*)::int AS n, count(DISTINCT id)::int AS ids FROM events GROUP BY type ORDER BY type`)
+  t.same((rows.rows ?? rows), [{ type: 'issue.created', n: 5, ids: 5 }, { type: 'issue.revoked', n: 1, ids: 1 }], 'one event per fact')
+  const ids: any = await app.db.execute(sql`SELECT id FROM events WHERE type = 'issue.created' ORDER BY id`)
+  t.same((ids.rows ?? ids).map((r: any) => r.id), issues.map((e) => eventId('issue.created', coupon.id, e.id)).sort(), 'ids derived from the stream entries')
+  const d: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM webhook_deliveries WHERE webhook_id = ${hook.id}`)
+  t.equal((d.rows ?? d)[0].n, 6, 'one delivery per event and webhook')
+  await waitFor(async () => receiver.received.length >= 6, { what: 'six deliveries' })
+  t.equal(new Set(receiver.received.map((r) => r.id)).size, 6)
+
+  // An issue whose (coupon, user, claim) already has a row from another entry is no new fact: no event.
+  await persistEvents(app.db, [{ ...issues[0]!, id: '1700000000099-0' }], [])
+  const again: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM events`)
+  t.equal((again.rows ?? again)[0].n, 6, 'a refused row announces nothing')
+})
+
+t.test('issue.created, coupon.sold_out once per sell-out, issue.revoked, through the real issue path and consumer', async (t) => {
+  const app = await testApp(t, FAST)
+  const coupon = await createCoupon(app, { totalQuantity: 2 })
+  const feed = async () => (await app.inject({ method: 'GET', url: '/admin/events?limit=1000', headers: admin })).json().items as any[]
+  const types = async () => (await feed()).filter((e) => e.data.couponId === coupon.id).map((e) => e.type)
+  for (const userId of ['s1', 's2']) t.equal((await issue(app, coupon.id, userId)).statusCode, 201)
+  await waitFor(async () => (await types()).includes('coupon.sold_out'), { what: 'coupon.sold_out' })
+  t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/s1` })).statusCode, 200)
+  await waitFor(async () => (await types()).includes('issue.revoked'), { what: 'issue.revoked' })
+  t.equal((await issue(app, coupon.id, 's3')).statusCode, 201, 'the returned unit goes to s3')
+  await waitFor(async () => (await types()).filter((x) => x === 'coupon.sold_out').length === 2, { what: 'the second sell-out' })
+  const events = (await feed()).filter((e) => e.data.couponId === coupon.id)
+  t.same(events.map((e) => e.type).sort(), ['coupon.sold_out', 'coupon.sold_out', 'issue.created', 'issue.created', 'issue.created', 'issue.revoked'])
+  t.match(events.find((e) => e.type === 'issue.revoked'), { data: { couponId: coupon.id, userId: 's1', units: 1, upToClaim: 1, revokedAt: String } })
+  t.match(events.find((e) => e.type === 'coupon.sold_out'), { data: { couponId: coupon.id, totalQuantity: 2 } })
+  const { recordSoldOut } = await import('../src/events/outbox.js')
+  t.equal(await recordSoldOut(app.db, [coupon.id]), 0, 'checking the same sold-out state again makes nothing new')
+})
+
+t.test('two instances on one database: every delivery sent once, never two attempts of one at a time; an expired lease is taken over', async (t) => {
+  const receiver = await startReceiver(t, () => ({ status: 200, delayMs: 30 }))
+  const one = await testApp(t, { ...FAST, WEBHOOK_CONCURRENCY: '3', WEBHOOKS_ENABLED: 'false' })
+  const hook = await createWebhook(one, receiver.url)
+  const coupon = await createCoupon(one, { totalQuantity: 10 })
+  // A killed instance's lease: taken, never finished, expiring shortly.
+  await recordEvents(one.db, syntheticEvents(coupon.id, 1, 999))
+  const [stranded] = await leaseDeliveries(one.db, { limit: 1, leaseMs: 300, token: '00000000-0000-4000-8000-000000000001' })
+  t.ok(stranded, 'a delivery leased by an instance that then died')
+  await recordEvents(one.db, syntheticEvents(coupon.id, 60))
+
+  const env = { ...FAST, WEBHOOK_CONCURRENCY: '3', DATABASE_URL: one.env.databaseUrl, REDIS_PREFIX: one.env.prefix, CONSUMER_ENABLED: 'false' }
+  const a = await testApp(t, env)
+  const b = await testApp(t, env)
+  await waitFor(async () => new Set(receiver.received.map((r) => r.id)).size === 61, { timeoutMs: 20_000, what: 'all 61 events delivered' })
+  await waitFor(async () => (await deliveries(one, hook.id, '?status=delivered&limit=500')).items.length === 61, { what: 'all marked delivered' })
+  t.equal(receiver.maxConcurrentPerEvent, 1, 'no event was ever sent twice at once')
+  t.equal(receiver.received.length, 61, 'each delivery sent exactly once (every receiver answer was 2xx)')
+  t.ok(a.deliveryLoop!.stats.delivered > 0 && b.deliveryLoop!.stats.delivered > 0, `both instances delivered (${a.deliveryLoop!.stats.delivered} + ${b.deliveryLoop!.stats.delivered})`)
+  t.equal(a.deliveryLoop!.stats.delivered + b.deliveryLoop!.stats.delivered, 61)
+  const strandedRow = (await deliveries(one, hook.id, '?limit=500')).items.find((d: any) => d.id === stranded!.id)
+  t.match(strandedRow, { status: 'delivered', attempts: 2 }, 'the dead instance\'s attempt counted, the lease expired, another instance delivered it')
+})
+
+t.test('a dead receiver does not slow issuing or persisting', async (t) => {
+  const hanging = await startReceiver(t, () => 'hang')
+  const app = await testApp(t, { ...FAST, WEBHOOK_TIMEOUT_MS: '30000', WEBHOOK_CONCURRENCY: '4' })
+  const N = 300
+  const rush = async (couponId: number) => {
+    const started = performance.now()
+    const codes = await inParallel(N, 20, async (i) => (await issue(app, couponId, `user-${i}`)).statusCode)
+    const ms = performance.now() - started
+    t.ok(codes.every((c) => c === 201), `${N} issued`)
+    return ms
+  }
+  const persisted = async (couponId: number) => {
+    const r: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM coupon_issues WHERE coupon_id = ${couponId}`)
+    return (r.rows ?? r)[0].n === N
+  }
+  const quiet = await createCoupon(app, { totalQuantity: N })
+  const baseline = await rush(quiet.id)
+  await waitFor(() => persisted(quiet.id), { what: 'the first rush persisted' })
+
+  await createWebhook(app, hanging.url)
+  const loud = await createCoupon(app, { totalQuantity: N })
+  const withDeadReceiver = await rush(loud.id)
+  await waitFor(() => persisted(loud.id), { what: 'the second rush persisted while deliveries hang' })
+  await waitFor(async () => hanging.open() === 4, { what: 'four deliveries hanging (the concurrency)' })
+  t.ok(withDeadReceiver < baseline * 3 + 500, `issuing with a dead receiver: ${withDeadReceiver.toFixed(0)} ms vs ${baseline.toFixed(0)} ms without (coarse bound: 3x + 500 ms)`)
+  const r: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM events WHERE coupon_id = ${loud.id} AND type = 'issue.created'`)
+  t.equal((r.rows ?? r)[0].n, N, 'every issue has its event, waiting for the receiver')
+})
+
+t.test('gives up after the retry window (failed), redeliver sends it again with the same id; delete cancels what waits', async (t) => {
+  let accept = false
+  const receiver = await startReceiver(t, () => accept ? 200 : 503)
+  const app = await testApp(t, { ...FAST, WEBHOOK_BACKOFF_BASE_MS: '50', WEBHOOK_RETRY_FOR_MS: '400' })
+  const hook = await createWebhook(app, receiver.url, ['issue.created'])
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  t.equal((await issue(app, coupon.id, 'gina')).statusCode, 201)
+  const failed = await waitFor(async () => (await deliveries(app, hook.id)).items.find((d: any) => d.status === 'failed'), { what: 'the delivery marked failed' })
+  t.ok(failed.attempts >= 2, `retried before giving up (${failed.attempts} attempts)`)
+  t.match(failed, { lastStatus: 503, lastError: 'HTTP 503', nextAttemptAt: null })
+  const sent = receiver.received.length
+
+  accept = true
+  const redeliver = await app.inject({ method: 'POST', url: `/admin/webhooks/${hook.id}/deliveries/${failed.id}/redeliver`, headers: admin })
+  t.equal(redeliver.statusCode, 202)
+  t.match(redeliver.json(), { id: failed.id, status: 'pending' })
+  await waitFor(async () => (await deliveries(app, hook.id)).items[0].status === 'delivered', { what: 'delivered after the redeliver' })
+  t.equal(receiver.received.length, sent + 1)
+  t.equal(receiver.received.at(-1)!.id, receiver.received[0]!.id, 'the same event id as the failed attempts')
+  // Delivered ones may be sent again too (a receiver that lost it): receivers de-duplicate on the id.
+  t.equal((await app.inject({ method: 'POST', url: `/admin/webhooks/${hook.id}/deliveries/${failed.id}/redeliver`, headers: admin })).statusCode, 202)
+  await waitFor(async () => receiver.received.length === sent + 2, { what: 'the second redelivery' })
+
+  // In flight (leased by some instance): refused, so two attempts never overlap.
+  accept = false
+  t.equal((await issue(app, coupon.id, 'hank')).statusCode, 201)
+  const pending = await waitFor(async () => (await deliveries(app, hook.id, '?status=pending')).items[0], { what: 'a pending delivery' })
+  await app.deliveryLoop!.stop()
+  await app.db.execute(sql`UPDATE webhook_deliveries SET lease_until = now() + interval '1 minute' WHERE id = ${pending.id}`)
+  t.equal((await app.inject({ method: 'POST', url: `/admin/webhooks/${hook.id}/deliveries/${pending.id}/redeliver`, headers: admin })).json().code, 'DELIVERY_IN_FLIGHT')
+
+  t.equal((await app.inject({ method: 'DELETE', url: `/admin/webhooks/${hook.id}`, headers: admin })).statusCode, 204)
+  const rows: any = await app.db.execute(sql`SELECT status FROM webhook_deliveries WHERE id = ${pending.id}`)
+  t.equal((rows.rows ?? rows)[0].status, 'cancelled', 'what waited is cancelled')
+  t.equal((await app.inject({ method: 'GET', url: `/admin/webhooks/${hook.id}`, headers: admin })).json().code, 'WEBHOOK_NOT_FOUND')
+  t.equal((await app.inject({ method: 'DELETE', url: `/admin/webhooks/${hook.id}`, headers: admin })).json().code, 'WEBHOOK_NOT_FOUND')
+  t.equal((await issue(app, coupon.id, 'ivan')).statusCode, 201)
+  await waitFor(async () => {
+    const r: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM events WHERE type = 'issue.created' AND coupon_id = ${coupon.id}`)
+    return (r.rows ?? r)[0].n === 3
+  }, { what: "ivan's event" })
+  const after: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM webhook_deliveries WHERE webhook_id = ${hook.id}`)
+  t.equal((after.rows ?? after)[0].n, 2, 'a deleted webhook gets no new deliveries')
+})
+
+t.test('hostile webhook input: 4xx with a code', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
+  const post = (payload: unknown, headers: Record<string, string> = admin) => app.inject({ method: 'POST', url: '/admin/webhooks', headers, payload: payload as object })
+  const badUrls = [
+    'not a url', 'example.com/hook', 'ftp://example.com/hook', 'javascript:alert(1)', 'file:///etc/passwd', 'data:text/plain,x',
+    'http://user:pass@example.com/hook', 'https://token@example.com/', 'http://example.com/hook#frag', 'http:///nohost', 'http:\\\\example.com/', 'https:example.com',
+    'https://example.com/' + 'a'.repeat(2100), 'http://exa mple.com/', 'http://example.com/\u0000', ' http://example.com/'
+  ]
+  for (const url of badUrls) {
+    const r = await post({ url, events: ['issue.created'] })
+    t.equal(r.statusCode, 400, `url ${JSON.stringify(url.slice(0, 40))}`)
+    t.ok(['INVALID_WEBHOOK_URL', 'INVALID_REQUEST'].includes(r.json().code), r.json().code)
+  }
+  for (const events of [[], ['issue.exploded'], ['issue.created', 'issue.created'], 'issue.created', [1]]) {
+    t.equal((await post({ url: 'http://127.0.0.1:9/x', events })).json().code, 'INVALID_REQUEST', `events ${JSON.stringify(events)}`)
+  }
+  t.equal((await post({ url: 'http://127.0.0.1:9/x', events: ['issue.created'], secret: 'mine' })).json().code, 'INVALID_REQUEST', 'no extra fields')
+  t.equal((await post({ url: 'http://127.0.0.1:9/x', events: ['issue.created'] }, {})).json().code, 'UNAUTHORIZED')
+  t.equal((await post({ url: 'http://127.0.0.1:9/x', events: ['issue.created'] }, { authorization: 'Bearer shop-key-0123456789' })).json().code, 'FORBIDDEN')
+  for (const url of ['http://127.0.0.1:9/x', 'https://10.0.0.7:8443/hooks?shop=1', 'http://[::1]:8080/', 'http://localhost/']) {
+    t.equal((await post({ url, events: ['coupon.sold_out'] })).statusCode, 201, `loopback and private hosts allowed: ${url}`)
+  }
+  for (const url of ['/admin/webhooks/0', '/admin/webhooks/abc', '/admin/webhooks/99999999999999999999', '/admin/webhooks/1/deliveries?limit=0',
+    '/admin/webhooks/1/deliveries?limit=501', '/admin/webhooks/1/deliveries?status=lost', '/admin/webhooks/1/deliveries?after=zz',
+    `/admin/webhooks/1/deliveries?after=${Buffer.from('-1').toString('base64url')}`, `/admin/webhooks/1/deliveries?after=${Buffer.from('01').toString('base64url')}`]) {
+    t.equal((await app.inject({ method: 'GET', url, headers: admin })).json().code, 'INVALID_REQUEST', url)
+  }
+  t.equal((await app.inject({ method: 'GET', url: '/admin/webhooks/424242', headers: admin })).json().code, 'WEBHOOK_NOT_FOUND')
+  t.equal((await app.inject({ method: 'GET', url: '/admin/webhooks/424242/deliveries', headers: admin })).json().code, 'WEBHOOK_NOT_FOUND')
+  t.equal((await app.inject({ method: 'POST', url: '/admin/webhooks/424242/deliveries/1/redeliver', headers: admin })).json().code, 'WEBHOOK_NOT_FOUND')
+  t.equal((await app.inject({ method: 'POST', url: '/admin/webhooks/1/deliveries/424242/redeliver', headers: admin })).json().code, 'DELIVERY_NOT_FOUND')
+  // A bounded fan-out: every event is written once per subscribed webhook.
+  const { MAX_WEBHOOKS } = await import('../src/routes/webhooks.js')
+  const have = (await app.inject({ method: 'GET', url: '/admin/webhooks', headers: admin })).json().items.length
+  for (let i = have; i < MAX_WEBHOOKS; i++) t.equal((await post({ url: `http://127.0.0.1:9/${i}`, events: ['issue.created'] })).statusCode, 201)
+  t.equal((await post({ url: 'http://127.0.0.1:9/one-too-many', events: ['issue.created'] })).json().code, 'TOO_MANY_WEBHOOKS')
+})

@@ -30,6 +30,9 @@ export function checkWebhookUrl (text: string): string {
   if (url.username !== '' || url.password !== '') throw new InvalidWebhookUrl('credentials in the URL')
   if (url.hostname === '') throw new InvalidWebhookUrl('no host')
   if (url.hash !== '' || text.includes('#')) throw new InvalidWebhookUrl('a fragment')
+  // WHATWG parsing repairs 'http:///host', 'http:\\host' and 'HTTP:host' into a URL with a host: what
+  // was written is not what would be called, so only the plain spelling is accepted.
+  if (!/^https?:\/\/[^/\\?#]/i.test(text)) throw new InvalidWebhookUrl('not of the form http(s)://host/...')
   return url.toString()
 }
 
