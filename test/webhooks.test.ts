@@ -151,8 +151,9 @@ t.test('two instances on one database: every delivery sent once, never two attem
   t.match(strandedRow, { status: 'delivered', attempts: 2 }, 'the dead instance\'s attempt counted, the lease expired, another instance delivered it')
 })
 
-t.test('a dead receiver does not slow issuing or persisting', async (t) => {
+t.test('a dead receiver does not slow issuing or persisting, nor starve another webhook', async (t) => {
   const hanging = await startReceiver(t, () => 'hang')
+  const healthy = await startReceiver(t)
   const app = await testApp(t, { ...FAST, WEBHOOK_TIMEOUT_MS: '30000', WEBHOOK_CONCURRENCY: '4' })
   const N = 300
   const rush = async (couponId: number) => {
@@ -171,10 +172,12 @@ t.test('a dead receiver does not slow issuing or persisting', async (t) => {
   await waitFor(() => persisted(quiet.id), { what: 'the first rush persisted' })
 
   await createWebhook(app, hanging.url)
+  await createWebhook(app, healthy.url, ['issue.created'])
   const loud = await createCoupon(app, { totalQuantity: N })
   const withDeadReceiver = await rush(loud.id)
   await waitFor(() => persisted(loud.id), { what: 'the second rush persisted while deliveries hang' })
-  await waitFor(async () => hanging.open() === 4, { what: 'four deliveries hanging (the concurrency)' })
+  await waitFor(async () => healthy.received.length >= N, { timeoutMs: 30_000, what: () => `the healthy webhook's ${N} deliveries (${healthy.received.length})` })
+  t.equal(hanging.open(), 2, 'the dead receiver holds half the slots (concurrency 4), no more')
   t.ok(withDeadReceiver < baseline * 3 + 500, `issuing with a dead receiver: ${withDeadReceiver.toFixed(0)} ms vs ${baseline.toFixed(0)} ms without (coarse bound: 3x + 500 ms)`)
   const r: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM events WHERE coupon_id = ${loud.id} AND type = 'issue.created'`)
   t.equal((r.rows ?? r)[0].n, N, 'every issue has its event, waiting for the receiver')
@@ -261,4 +264,26 @@ t.test('hostile webhook input: 4xx with a code', async (t) => {
   const have = (await app.inject({ method: 'GET', url: '/admin/webhooks', headers: admin })).json().items.length
   for (let i = have; i < MAX_WEBHOOKS; i++) t.equal((await post({ url: `http://127.0.0.1:9/${i}`, events: ['issue.created'] })).statusCode, 201)
   t.equal((await post({ url: 'http://127.0.0.1:9/one-too-many', events: ['issue.created'] })).json().code, 'TOO_MANY_WEBHOOKS')
+})
+
+t.test('leasing: a webhook at its cap gets nothing more, a deleted webhook\'s late delivery is cancelled, a held lease is skipped', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const first = await createWebhook(app, 'http://127.0.0.1:9/first', ['issue.created'])
+  const second = await createWebhook(app, 'http://127.0.0.1:9/second', ['issue.created'])
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  await recordEvents(app.db, syntheticEvents(coupon.id, 6))
+  const token = (n: number) => `00000000-0000-4000-8000-00000000000${n}`
+  const capped = await leaseDeliveries(app.db, { limit: 10, leaseMs: 60_000, token: token(1), perWebhook: 2 })
+  t.same(capped.map((d) => d.webhookId).sort(), [first.id, first.id, second.id, second.id].sort(), 'at most 2 per webhook in one lease')
+  const more = await leaseDeliveries(app.db, { limit: 10, leaseMs: 60_000, token: token(2), perWebhook: 2, room: new Map([[first.id, 0], [second.id, 1]]) })
+  t.same(more.map((d) => d.webhookId), [second.id], 'a webhook with no room left gets none; one with room 1 gets one')
+  t.notOk(more.some((d) => capped.some((c) => c.id === d.id)), 'leased deliveries are not leased again')
+
+  // The consumer's statement read the webhook before its delete committed: a pending delivery of a deleted webhook.
+  await app.db.execute(sql`UPDATE webhooks SET deleted_at = now() WHERE id = ${first.id}`)
+  await app.db.execute(sql`UPDATE webhook_deliveries SET lease_until = NULL, lease_token = NULL WHERE webhook_id = ${first.id}`)
+  const after = await leaseDeliveries(app.db, { limit: 10, leaseMs: 60_000, token: token(3) })
+  t.notOk(after.some((d) => d.webhookId === first.id), 'nothing sent to a deleted webhook')
+  const statuses: any = await app.db.execute(sql`SELECT DISTINCT status FROM webhook_deliveries WHERE webhook_id = ${first.id}`)
+  t.same((statuses.rows ?? statuses).map((r: any) => r.status), ['cancelled'], 'its deliveries are cancelled')
 })

@@ -39,12 +39,17 @@ export class DeliveryLoop {
   readonly #o: DeliveryLoopOptions
   readonly #abort = new AbortController()
   readonly #inFlight = new Set<Promise<void>>()
+  /** attempts in flight per webhook id */
+  readonly #perWebhook = new Map<number, number>()
+  /** what one webhook may hold of this loop's slots, so a dead receiver cannot take them all */
+  readonly #webhookCap: number
   #timer: NodeJS.Timeout | null = null
   #ticking = false
   readonly stats: DeliveryLoopStats = { attempts: 0, delivered: 0, failedAttempts: 0 }
 
   constructor (options: DeliveryLoopOptions) {
     this.#o = options
+    this.#webhookCap = Math.max(1, Math.ceil(options.concurrency / 2))
   }
 
   start (): void {
@@ -77,7 +82,8 @@ export class DeliveryLoop {
       if (free > 0) {
         // The lease outlives the longest attempt (timeout) by a wide margin; an instance that dies leaves
         // it to expire.
-        const leased = await leaseDeliveries(this.#o.db, { limit: free, leaseMs: this.#o.timeoutMs * 2 + 10_000, token: randomUUID() })
+        const room = new Map([...this.#perWebhook].map(([id, n]) => [id, this.#webhookCap - n]))
+        const leased = await leaseDeliveries(this.#o.db, { limit: free, leaseMs: this.#o.timeoutMs * 2 + 10_000, token: randomUUID(), perWebhook: this.#webhookCap, room })
         full = leased.length === free
         for (const delivery of leased) this.#send(delivery)
       }
@@ -91,10 +97,14 @@ export class DeliveryLoop {
   }
 
   #send (delivery: LeasedDelivery): void {
+    this.#perWebhook.set(delivery.webhookId, (this.#perWebhook.get(delivery.webhookId) ?? 0) + 1)
     const running = this.#attempt(delivery).catch((err) => {
       this.#o.log.warn({ err, delivery: delivery.id }, 'webhook delivery outcome not recorded; the lease will expire and it is retried')
     }).finally(() => {
       this.#inFlight.delete(running)
+      const left = (this.#perWebhook.get(delivery.webhookId) ?? 1) - 1
+      if (left > 0) this.#perWebhook.set(delivery.webhookId, left)
+      else this.#perWebhook.delete(delivery.webhookId)
       this.#schedule(0)
     })
     this.#inFlight.add(running)

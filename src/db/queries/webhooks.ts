@@ -112,6 +112,7 @@ export async function redeliver (db: Db, webhookId: number, deliveryId: number):
 /** A delivery taken by one instance; `leaseToken` proves the lease when the outcome is written. */
 export interface LeasedDelivery {
   id: number
+  webhookId: number
   attempts: number
   leaseToken: string
   url: string
@@ -124,26 +125,47 @@ export interface LeasedDelivery {
  * lease at once without waiting for or taking each other's rows; the lease (lease_until) then keeps a
  * delivery away from every other instance while its attempt runs, and expires if this instance dies.
  * The attempt is counted here, before it is made, so a crash mid-attempt still counts it.
+ *
+ * `room` caps what one webhook may get (webhook id -> free slots; `perWebhook` for webhooks not
+ * listed): a dead receiver with thousands of due deliveries must not take every slot of the loop and
+ * starve the other webhooks. Deliveries of a webhook deleted meanwhile (a consumer statement that
+ * read the webhook before the delete committed) are cancelled here instead of sent.
  */
-export async function leaseDeliveries (db: Db, { limit, leaseMs, token }: { limit: number, leaseMs: number, token: string }): Promise<LeasedDelivery[]> {
+export async function leaseDeliveries (db: Db, { limit, leaseMs, token, perWebhook = limit, room = new Map() }: {
+  limit: number, leaseMs: number, token: string, perWebhook?: number, room?: Map<number, number>
+}): Promise<LeasedDelivery[]> {
+  const full = [...room].filter(([, free]) => free <= 0).map(([id]) => id)
+  const partial = [...room].filter(([, free]) => free > 0)
   const rows = rowsOf(await db.execute(sql`
-    WITH due AS (
-      SELECT id FROM webhook_deliveries
-      WHERE status = 'pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
-      ORDER BY next_attempt_at
-      LIMIT ${limit}
+    WITH candidates AS (
+      SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhook_deliveries d
+      WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())
+        AND d.webhook_id <> ALL(${sql.param(full)}::bigint[])
+      ORDER BY d.next_attempt_at
+      LIMIT ${limit * 4}
       FOR UPDATE SKIP LOCKED
+    ), ranked AS (
+      SELECT c.id, c.next_attempt_at, w.deleted_at IS NOT NULL AS gone,
+             row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at, c.id) AS n,
+             coalesce((SELECT r.free FROM unnest(${sql.param(partial.map(([id]) => id))}::bigint[], ${sql.param(partial.map(([, free]) => free))}::int[]) AS r(webhook_id, free)
+                       WHERE r.webhook_id = c.webhook_id), ${perWebhook}) AS free
+      FROM candidates c JOIN webhooks w ON w.id = c.webhook_id
+    ), due AS (
+      SELECT id, gone FROM ranked WHERE gone OR n <= free ORDER BY gone DESC, next_attempt_at LIMIT ${limit}
+    ), cancelled AS (
+      UPDATE webhook_deliveries d SET status = 'cancelled' FROM due WHERE d.id = due.id AND due.gone
     ), leased AS (
       UPDATE webhook_deliveries d
       SET lease_until = now() + ${leaseMs} * interval '1 millisecond', lease_token = ${token}::uuid,
           attempts = d.attempts + 1, last_attempt_at = now()
-      FROM due WHERE d.id = due.id
+      FROM due WHERE d.id = due.id AND NOT due.gone
       RETURNING d.id, d.attempts, d.event_id, d.webhook_id
     )
-    SELECT l.id, l.attempts, w.url, w.secret, e.id AS "eventId", e.type, e.created_at AS "createdAt", e.data
+    SELECT l.id, l.attempts, l.webhook_id AS "webhookId", w.url, w.secret, e.id AS "eventId", e.type, e.created_at AS "createdAt", e.data
     FROM leased l JOIN events e ON e.id = l.event_id JOIN webhooks w ON w.id = l.webhook_id`))
   return rows.map((row) => ({
     id: Number(row.id),
+    webhookId: Number(row.webhookId),
     attempts: Number(row.attempts),
     leaseToken: token,
     url: row.url,
