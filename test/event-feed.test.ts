@@ -38,7 +38,10 @@ t.test('pages: every event once, stable order, cursor to poll on, empty feed', a
     t.ok(r.items.length <= 4)
     ids.push(...r.items.map((e: any) => e.id))
     if (r.items.length > 0) pages++
-    t.type(r.next, 'string')
+    // Before the first event is visible (another write transaction in the cluster may hold the feed back
+    // for a moment) there is no cursor yet; after it, always one.
+    if (ids.length > 0) t.type(r.next, 'string')
+    else t.equal(r.next, null)
     next = r.next
     return ids.length >= 25
   }, { timeoutMs: 30_000, what: 'all 25 events' })

@@ -11,12 +11,11 @@
 import { createHash } from 'node:crypto'
 import { sql, type SQL } from 'drizzle-orm'
 import type { Db } from '../db/client.js'
-import type { IssueEvent, RevokeEvent } from '../stream/events.js'
 
 export const EVENT_TYPES = ['issue.created', 'issue.revoked', 'coupon.sold_out', 'redemption.created', 'redemption.rolled_back', 'code.expired'] as const
 export type EventType = typeof EVENT_TYPES[number]
 
-/** An event about to be written; `key` names the cause inside the coupon (a stream entry id, a sell-out round). */
+/** An event built in JavaScript (recordEvents); `key` names the cause inside the coupon (a stream entry id, a sell-out round). */
 export interface OutboxEvent {
   id: string
   type: EventType
@@ -25,48 +24,48 @@ export interface OutboxEvent {
   data: Record<string, unknown>
 }
 
-/** The stable id of the event of this type caused by `key` in this coupon. */
+/**
+ * The stable id of the event of this type caused by `key` in this coupon. The consumer's statement
+ * computes the same in SQL (EVENT_ID_SQL below); test/webhooks.test.ts checks they agree. md5 only
+ * shortens a key we made ourselves into an opaque id, it guards nothing.
+ */
 export function eventId (type: EventType, couponId: number, key: string): string {
-  return 'evt_' + createHash('sha256').update(`${type}|${couponId}|${key}`).digest('hex').slice(0, 32)
+  return 'evt_' + createHash('md5').update(`${type}|${couponId}|${key}`).digest('hex')
 }
+const EVENT_ID_SQL = sql.raw('\'evt_\' || md5(a.type || \'|\' || a.coupon_id::text || \'|\' || a.key)')
 
-const iso = (ms: number) => new Date(ms).toISOString()
+/** A timestamptz column as JavaScript's toISOString() writes it (ms, Z). */
+const isoSql = (column: string) => sql.raw(`to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`)
 
-// The `data` of each event type, built in one place: a new field is one line here.
+// The `data` of each event type, built in one place: a new field is one line here. The consumer's
+// events are built in SQL from the rows its statement inserted (no per-row work in JavaScript on the
+// persistence path); `row` is the alias of that relation.
 // redemption.created, redemption.rolled_back and code.expired come from the redeem / rollback / expiry
 // stream entries of the codes feature: give each a builder here and announce it next to its fact's
-// write (as persistEvents does with outboxCtes, or recordEvents inside the fact's transaction).
+// write (a branch of the `announced` relation in persistEvents, or recordEvents inside the fact's
+// transaction).
 export const eventData = {
-  issueCreated: (e: IssueEvent) => ({ couponId: e.couponId, userId: e.userId, claim: e.claim, issuedAt: iso(e.at) }),
-  issueRevoked: (r: RevokeEvent) => ({ couponId: r.couponId, userId: r.userId, units: r.units, upToClaim: r.upToClaim ?? null, revokedAt: iso(r.at) }),
+  /** from a coupon_issues row */
+  issueCreated: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'claim', ${row}.claim, 'issuedAt', `)
+    .append(isoSql(`${row}.created_at`)).append(sql.raw(')')),
+  /** from a coupon_revocations row (a cancel fact) */
+  issueRevoked: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'units', ${row}.units, 'upToClaim', ${row}.up_to_claim, 'revokedAt', `)
+    .append(isoSql(`${row}.revoked_at`)).append(sql.raw(')')),
   couponSoldOut: (s: { couponId: number, totalQuantity: number }) => ({ couponId: s.couponId, totalQuantity: s.totalQuantity })
 }
 
-export const issueCreated = (e: IssueEvent): OutboxEvent =>
-  ({ id: eventId('issue.created', e.couponId, e.id), type: 'issue.created', couponId: e.couponId, key: e.id, data: eventData.issueCreated(e) })
-
-export const issueRevoked = (r: RevokeEvent): OutboxEvent =>
-  ({ id: eventId('issue.revoked', r.couponId, r.id), type: 'issue.revoked', couponId: r.couponId, key: r.id, data: eventData.issueRevoked(r) })
-
-const arrayParam = <T>(values: T[]) => sql.param(values)
-
 /**
- * The CTEs (to follow other CTEs in a WITH) that insert `candidates` whose (coupon_id, key, type) appears
- * in `announced` (a relation with columns coupon_id, key, type: typically the RETURNING of the facts'
- * own inserts in the same statement), plus their deliveries. Only facts this statement really wrote are
- * announced, so a fact that already existed (a redelivered entry) or was refused by ON CONFLICT makes
- * no event; the id's primary key is the second guard.
+ * The CTEs (to follow other CTEs in a WITH) that write one event per row of the relation `announced`
+ * (columns type, coupon_id, key, data), already defined in the same WITH, and its deliveries: one per
+ * live webhook subscribed to the type. Only facts the statement really wrote should be announced
+ * (their RETURNING), so a fact that already existed (a redelivered entry) or was refused by ON CONFLICT
+ * makes no event; the id's primary key is the second guard.
  */
-export function outboxCtes (candidates: OutboxEvent[], announced: SQL): SQL {
+export function outboxCtes (): SQL {
   return sql`
-    candidate_events AS (
-      SELECT * FROM unnest(${arrayParam(candidates.map((c) => c.id))}::text[], ${arrayParam(candidates.map((c) => c.type))}::text[],
-                           ${arrayParam(candidates.map((c) => c.couponId))}::bigint[], ${arrayParam(candidates.map((c) => c.key))}::text[],
-                           ${arrayParam(candidates.map((c) => JSON.stringify(c.data)))}::text[]::jsonb[]) AS c(id, type, coupon_id, key, data)
-    ), new_events AS (
+    new_events AS (
       INSERT INTO events (id, type, coupon_id, data)
-      SELECT c.id, c.type, c.coupon_id, c.data FROM candidate_events c
-      WHERE (c.coupon_id, c.key, c.type) IN (${announced})
+      SELECT ${EVENT_ID_SQL}, a.type, a.coupon_id, a.data FROM announced a
       ON CONFLICT (id) DO NOTHING
       RETURNING id, type
     ), new_deliveries AS (
@@ -77,14 +76,23 @@ export function outboxCtes (candidates: OutboxEvent[], announced: SQL): SQL {
     )`
 }
 
+const arrayParam = <T>(values: T[]) => sql.param(values)
+
 /**
  * Writes events whose facts the caller has written (or is writing) in the same transaction: pass the
  * transaction as `db`. Idempotent: an event already there is left as it is. Returns how many were new.
  */
 export async function recordEvents (db: Db, events: OutboxEvent[]): Promise<number> {
   if (events.length === 0) return 0
+  for (const e of events) {
+    if (e.id !== eventId(e.type, e.couponId, e.key)) throw new Error(`event ${e.id} does not carry the id of (${e.type}, ${e.couponId}, ${e.key})`)
+  }
   const result: any = await db.execute(sql`
-    WITH ${outboxCtes(events, sql`SELECT coupon_id, key, type FROM candidate_events`)}
+    WITH announced AS (
+      SELECT * FROM unnest(${arrayParam(events.map((e) => e.type))}::text[], ${arrayParam(events.map((e) => e.couponId))}::bigint[],
+                           ${arrayParam(events.map((e) => e.key))}::text[], ${arrayParam(events.map((e) => JSON.stringify(e.data)))}::text[]::jsonb[])
+        AS a(type, coupon_id, key, data)
+    ), ${outboxCtes()}
     SELECT count(*)::int AS created FROM new_events`)
   return Number((result.rows ?? result)[0].created)
 }

@@ -2,7 +2,7 @@ import { and, asc, desc, eq, isNotNull, isNull, sql, type SQL } from 'drizzle-or
 import type { Db } from '../client.js'
 import { couponIssues, couponRevocations, failedIssueEvents } from '../schema.js'
 import type { IssueEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
-import { issueCreated, issueRevoked, outboxCtes } from '../../events/outbox.js'
+import { eventData, outboxCtes } from '../../events/outbox.js'
 
 const iso = (ms: number) => new Date(ms).toISOString()
 const arrayParam = <T>(values: T[]) => sql.param(values)
@@ -32,16 +32,19 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
                            ${arrayParam(revokes.map((r) => r.upToClaim ?? null))}::int[], ${arrayParam(revokes.map((r) => r.units))}::int[],
                            ${arrayParam(revokes.map((r) => r.idempotencyKey ?? null))}::text[])
       ON CONFLICT (coupon_id, stream_id) DO NOTHING
-      RETURNING coupon_id, stream_id
+      RETURNING coupon_id, user_id, units, up_to_claim, revoked_at, stream_id
     ), inserted AS (
       INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key)
       SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
                            ${arrayParam(issues.map((e) => e.claim))}::int[], ${arrayParam(issues.map((e) => iso(e.at)))}::timestamptz[],
                            ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[])
       ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
-      RETURNING coupon_id, stream_id
-    ), ${outboxCtes([...issues.map(issueCreated), ...revokes.map(issueRevoked)], sql`
-      SELECT coupon_id, stream_id, 'issue.created' FROM inserted UNION ALL SELECT coupon_id, stream_id, 'issue.revoked' FROM facts`)}
+      RETURNING coupon_id, user_id, claim, created_at, stream_id
+    ), announced AS (
+      SELECT 'issue.created' AS type, i.coupon_id, i.stream_id AS key, ${eventData.issueCreated('i')} AS data FROM inserted i
+      UNION ALL
+      SELECT 'issue.revoked', f.coupon_id, f.stream_id, ${eventData.issueRevoked('f')} FROM facts f
+    ), ${outboxCtes()}
     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts`)
   const row = (result.rows ?? result)[0] as { inserted: number }
   await applyRevocations(db, [...issues, ...revokes])
