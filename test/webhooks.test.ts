@@ -60,6 +60,10 @@ t.test('a receiver that fails three times (500, hang past the timeout, closed so
   }, { what: 'the delivery marked delivered' })
   t.match(delivered.items[0], { eventId: attempts[0]!.id, eventType: 'issue.created', status: 'delivered', attempts: 4, lastStatus: 200, lastError: null, nextAttemptAt: null })
   t.equal(receiver.received.length, 4, 'nothing sent after the 2xx')
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /couponrush_webhook_attempts_total\{outcome="failed"\} 3/)
+  t.match(metrics, /couponrush_webhook_attempts_total\{outcome="delivered"\} 1/)
+  t.match(metrics, /couponrush_webhook_deliveries_pending 0/)
 
   const read = await app.inject({ method: 'GET', url: `/admin/webhooks/${hook.id}`, headers: admin })
   t.same(Object.keys(read.json()).sort(), ['createdAt', 'events', 'id', 'url'], 'a later read never shows the secret')

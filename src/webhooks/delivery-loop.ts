@@ -4,6 +4,7 @@
 // Nothing here runs on the issue path or the consumer's: a slow or dead receiver only slows its own
 // deliveries.
 import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Db } from '../db/client.js'
 import { leaseDeliveries, markAttemptFailed, markDelivered, releaseLease, type LeasedDelivery } from '../db/queries/webhooks.js'
@@ -35,7 +36,8 @@ export function backoffDelay (attempts: number, { backoffBaseMs, backoffMaxMs }:
 
 export interface DeliveryLoopStats { attempts: number, delivered: number, failedAttempts: number }
 
-export class DeliveryLoop {
+/** Emits 'attempt' with 'delivered' | 'failed' after each recorded attempt (for the metrics). */
+export class DeliveryLoop extends EventEmitter<{ attempt: ['delivered' | 'failed'] }> {
   readonly #o: DeliveryLoopOptions
   readonly #abort = new AbortController()
   readonly #inFlight = new Set<Promise<void>>()
@@ -48,6 +50,7 @@ export class DeliveryLoop {
   readonly stats: DeliveryLoopStats = { attempts: 0, delivered: 0, failedAttempts: 0 }
 
   constructor (options: DeliveryLoopOptions) {
+    super()
     this.#o = options
     this.#webhookCap = Math.max(1, Math.ceil(options.concurrency / 2))
   }
@@ -139,6 +142,7 @@ export class DeliveryLoop {
       if (status >= 200 && status < 300) {
         await markDelivered(this.#o.db, delivery, status)
         this.stats.delivered++
+        this.emit('attempt', 'delivered')
         return
       }
       error = `HTTP ${status}`
@@ -152,6 +156,7 @@ export class DeliveryLoop {
     this.stats.failedAttempts++
     const retryInMs = backoffDelay(delivery.attempts, this.#o, this.#o.random)
     await markAttemptFailed(this.#o.db, delivery, { status, error, retryInMs, retryForMs: this.#o.retryForMs })
+    this.emit('attempt', 'failed')
   }
 }
 
