@@ -46,7 +46,8 @@ export class DeliveryLoop extends EventEmitter<{ attempt: ['delivered' | 'failed
   /** what one webhook may hold of this loop's slots, so a dead receiver cannot take them all */
   readonly #webhookCap: number
   #timer: NodeJS.Timeout | null = null
-  #ticking = false
+  /** the tick running now (a lease may be on its way back from Postgres) */
+  #ticking: Promise<void> | null = null
   readonly stats: DeliveryLoopStats = { attempts: 0, delivered: 0, failedAttempts: 0 }
 
   constructor (options: DeliveryLoopOptions) {
@@ -59,11 +60,16 @@ export class DeliveryLoop extends EventEmitter<{ attempt: ['delivered' | 'failed
     this.#schedule(0)
   }
 
-  /** Stops leasing, aborts the requests in flight and gives their leases back. */
+  /**
+   * Stops leasing, aborts the requests in flight and gives their leases back. A lease that comes back
+   * after the abort is given back too (its attempt fails at once as aborted), so when this resolves the
+   * loop holds no lease.
+   */
   async stop (): Promise<void> {
     this.#abort.abort()
     if (this.#timer) clearTimeout(this.#timer)
     this.#timer = null
+    await this.#ticking
     await Promise.allSettled([...this.#inFlight])
   }
 
@@ -71,14 +77,15 @@ export class DeliveryLoop extends EventEmitter<{ attempt: ['delivered' | 'failed
     if (this.#abort.signal.aborted) return
     if (this.#timer) clearTimeout(this.#timer)
     // #tick catches everything itself.
-    this.#timer = setTimeout(() => { this.#tick().catch(() => {}) }, ms)
+    this.#timer = setTimeout(() => {
+      this.#timer = null
+      if (this.#ticking || this.#abort.signal.aborted) return
+      this.#ticking = this.#tick().catch(() => {}).finally(() => { this.#ticking = null })
+    }, ms)
     this.#timer.unref()
   }
 
   async #tick (): Promise<void> {
-    this.#timer = null
-    if (this.#ticking || this.#abort.signal.aborted) return
-    this.#ticking = true
     let full = false
     try {
       const free = this.#o.concurrency - this.#inFlight.size
@@ -93,7 +100,6 @@ export class DeliveryLoop extends EventEmitter<{ attempt: ['delivered' | 'failed
     } catch (err) {
       this.#o.log.warn({ err }, 'webhook deliveries could not be leased')
     } finally {
-      this.#ticking = false
       // More may be due at once when the lease came back full; otherwise poll (a finished attempt also ticks).
       this.#schedule(full ? 0 : this.#o.pollMs)
     }
