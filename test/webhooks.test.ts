@@ -291,3 +291,22 @@ t.test('leasing: a webhook at its cap gets nothing more, a deleted webhook\'s la
   const statuses: any = await app.db.execute(sql`SELECT DISTINCT status FROM webhook_deliveries WHERE webhook_id = ${first.id}`)
   t.same((statuses.rows ?? statuses).map((r: any) => r.status), ['cancelled'], 'its deliveries are cancelled')
 })
+
+t.test('a parked entry retried into a row is announced once, with the id its stream entry gives', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 3 })
+  const { recordFailedEvents } = await import('../src/db/queries/issues.js')
+  const { fieldsToObject } = await import('../src/stream/events.js')
+  t.equal((await issue(app, coupon.id, 'parked-user')).statusCode, 201)
+  const k = app.keys.coupon(coupon.id)
+  const [entryId, fields] = (await app.redis.xrange(k.events, '-', '+'))[0]!
+  await recordFailedEvents(app.db, [{ streamKey: k.events, id: entryId, payload: fieldsToObject(fields), error: 'test', deliveries: 6 }])
+  const parked = (await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items[0]
+  for (let i = 0; i < 2; i++) {
+    const retried = await app.inject({ method: 'POST', url: `/admin/failed-events/${parked.id}/retry`, headers: admin })
+    t.equal(retried.statusCode, 200)
+  }
+  const rows: any = await app.db.execute(sql`SELECT id, type, data FROM events`)
+  t.match((rows.rows ?? rows), [{ id: eventId('issue.created', coupon.id, entryId), type: 'issue.created', data: { userId: 'parked-user', claim: 1 } }])
+  t.equal((rows.rows ?? rows).length, 1, 'one event for the fact, however often it is retried')
+})
