@@ -71,6 +71,14 @@ t.test('a receiver that fails three times (500, hang past the timeout, closed so
   t.notOk(JSON.stringify(list.json()).includes(hook.secret), 'nor does the list')
 })
 
+t.test('WEBHOOK_* settings reach child servers (bench, load test) unchanged', async (t) => {
+  const { loadConfig } = await import('../src/config.js')
+  const { configEnv } = await import('../scripts/lib/server.js')
+  const config = loadConfig({ ADMIN_TOKEN: 'x'.repeat(32), WEBHOOKS_ENABLED: 'false', WEBHOOK_CONCURRENCY: '3', WEBHOOK_TIMEOUT_MS: '1500', WEBHOOK_POLL_MS: '250', WEBHOOK_BACKOFF_BASE_MS: '99', WEBHOOK_BACKOFF_MAX_MS: '7777', WEBHOOK_RETRY_FOR_MS: '123456' })
+  t.same(config.webhooks, { enabled: false, concurrency: 3, timeoutMs: 1500, pollMs: 250, backoffBaseMs: 99, backoffMaxMs: 7777, retryForMs: 123456 })
+  t.same(loadConfig(configEnv(config)).webhooks, config.webhooks)
+})
+
 t.test('backoff doubles up to the cap, with jitter within ±25 %', async (t) => {
   const o = { backoffBaseMs: 1000, backoffMaxMs: 3_600_000 }
   t.equal(backoffDelay(1, o, () => 0.5), 1000)
