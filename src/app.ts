@@ -20,10 +20,13 @@ import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import redisPlugin from './plugins/redis.js'
 import shutdownPlugin from './plugins/shutdown.js'
+import webhooksPlugin from './plugins/webhooks.js'
 import campaignStatsRoutes from './routes/campaign-stats.js'
 import consistencyRoutes from './routes/consistency.js'
 import winnersRoutes from './routes/winners.js'
 import codeRoutes from './routes/codes.js'
+import webhookRoutes from './routes/webhooks.js'
+import eventRoutes from './routes/events.js'
 import couponRoutes from './routes/coupons.js'
 import dashboardRoutes from './routes/dashboard.js'
 import failedEventRoutes from './routes/failed-events.js'
@@ -117,6 +120,7 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   await fastify.register(rateLimitPlugin, { config })
   await fastify.register(consumerPlugin, { config })
   await fastify.register(consistencyWatchPlugin, { config })
+  await fastify.register(webhooksPlugin, { config })
   await fastify.register(metricsPlugin)
 
   await fastify.register(healthRoutes)
@@ -127,6 +131,8 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   await fastify.register(consistencyRoutes)
   await fastify.register(winnersRoutes)
   await fastify.register(codeRoutes)
+  await fastify.register(webhookRoutes)
+  await fastify.register(eventRoutes)
   await fastify.register(dashboardRoutes)
 }
 

@@ -54,6 +54,16 @@ const schema = {
     // How long an instance that saw a coupon sold out answers SOLD_OUT from memory before asking Redis
     // again (src/issuing/sold-out-markers.ts); anything that returns stock ends it at once. 0 = off.
     SOLD_OUT_MARKER_TTL_MS: { type: 'integer', minimum: 0, maximum: 60000, default: 1000 },
+    // The webhook delivery loop (src/webhooks/delivery-loop.ts); off, events still go to the outbox and the
+    // feed and wait there for an instance that has it on.
+    WEBHOOKS_ENABLED: { type: 'boolean', default: true },
+    WEBHOOK_CONCURRENCY: { type: 'integer', minimum: 1, maximum: 1000, default: 8 },
+    WEBHOOK_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 },
+    WEBHOOK_POLL_MS: { type: 'integer', minimum: 1, default: 1000 },
+    // Retry n waits base·2^(n−1) (±25 % jitter), at most the max; retries go on for WEBHOOK_RETRY_FOR_MS (24 h).
+    WEBHOOK_BACKOFF_BASE_MS: { type: 'integer', minimum: 1, default: 10000 },
+    WEBHOOK_BACKOFF_MAX_MS: { type: 'integer', minimum: 1, default: 3600000 },
+    WEBHOOK_RETRY_FOR_MS: { type: 'integer', minimum: 0, default: 86400000 },
     REDIS_COMMAND_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 2000 },
     // Answer an issue, a cancel or a change, and persist an entry, only once this many replicas have it
     // (src/redis/replication-fence.ts); 0 = off. REDIS_WAIT_TIMEOUT_MS bounds each wait.
@@ -122,6 +132,16 @@ export interface Config {
   idempotencyTtlSeconds: number
   /** SOLD_OUT_MARKER_TTL_MS: 0 = the sold-out short-circuit is off */
   soldOutMarkerTtlMs: number
+  webhooks: {
+    /** WEBHOOKS_ENABLED: this instance runs the delivery loop */
+    enabled: boolean
+    concurrency: number
+    timeoutMs: number
+    pollMs: number
+    backoffBaseMs: number
+    backoffMaxMs: number
+    retryForMs: number
+  }
   redisCommandTimeoutMs: number
   /** REDIS_WAIT_REPLICAS (0 = off) and REDIS_WAIT_TIMEOUT_MS */
   redisWait: { replicas: number, timeoutMs: number }
@@ -228,6 +248,15 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     backlogCap: raw.BACKLOG_CAP,
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
     soldOutMarkerTtlMs: raw.SOLD_OUT_MARKER_TTL_MS,
+    webhooks: {
+      enabled: raw.WEBHOOKS_ENABLED,
+      concurrency: raw.WEBHOOK_CONCURRENCY,
+      timeoutMs: raw.WEBHOOK_TIMEOUT_MS,
+      pollMs: raw.WEBHOOK_POLL_MS,
+      backoffBaseMs: raw.WEBHOOK_BACKOFF_BASE_MS,
+      backoffMaxMs: raw.WEBHOOK_BACKOFF_MAX_MS,
+      retryForMs: raw.WEBHOOK_RETRY_FOR_MS
+    },
     redisCommandTimeoutMs: raw.REDIS_COMMAND_TIMEOUT_MS,
     redisWait: { replicas: raw.REDIS_WAIT_REPLICAS, timeoutMs: raw.REDIS_WAIT_TIMEOUT_MS },
     shutdownTimeoutMs: raw.SHUTDOWN_TIMEOUT_MS,

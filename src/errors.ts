@@ -42,6 +42,12 @@ export const UpdateScriptFailed = createError('UPDATE_SCRIPT_FAILED', 'The coupo
 export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
 export const FailedEventSettled = createError('FAILED_EVENT_SETTLED', 'Failed event %s was already %s; nothing changed.', 409)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
+export const InvalidWebhookUrl = createError('INVALID_WEBHOOK_URL', 'url must be an absolute http:// or https:// URL with a host, without user:password@ and without a #fragment, at most 2048 characters (%s).', 400)
+export const TooManyWebhooks = createError('TOO_MANY_WEBHOOKS', 'There are already %s webhooks, the most allowed. Delete one first.', 409)
+export const WebhookNotFound = createError('WEBHOOK_NOT_FOUND', 'Webhook %s does not exist (or was deleted). List them with GET /admin/webhooks.', 404)
+export const DeliveryNotFound = createError('DELIVERY_NOT_FOUND', 'Webhook %s has no delivery %s. List them with GET /admin/webhooks/%s/deliveries.', 404)
+export const DeliveryInFlight = createError('DELIVERY_IN_FLIGHT', 'Delivery %s is being attempted right now. Retry the redeliver once the attempt ended (at most a few seconds).', 409)
+export const InvalidEventCursor = createError('INVALID_CURSOR', '`after` is not a cursor this feed gave out. Pass the `next` of the previous page, or no `after` to start from the first event.', 400)
 // Every request arriving during a shutdown gets it: expected, so without a stack trace either.
 export const ShuttingDown = createError('SHUTTING_DOWN', 'The service is shutting down. Retry against another instance or in a moment.', 503, Error, LOSER)
 

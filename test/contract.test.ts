@@ -22,6 +22,13 @@ t.test('OpenAPI: valid, every route in it, every error status documented', async
     ['get', '/admin/failed-events', ['200', '401', '403']],
     ['post', '/admin/failed-events/{id}/retry', ['200', '404', '422']],
     ['get', '/admin/coupons/{couponId}/consistency', ['200', '400', '401', '403', '404', '503']],
+    ['post', '/admin/webhooks', ['201', '400', '401', '403', '409']],
+    ['get', '/admin/webhooks', ['200', '401', '403']],
+    ['get', '/admin/webhooks/{id}', ['200', '400', '404']],
+    ['delete', '/admin/webhooks/{id}', ['204', '404']],
+    ['get', '/admin/webhooks/{id}/deliveries', ['200', '400', '404']],
+    ['post', '/admin/webhooks/{id}/deliveries/{deliveryId}/redeliver', ['202', '404', '409']],
+    ['get', '/admin/events', ['200', '400', '401', '403']],
     ['get', '/health', ['200']],
     ['get', '/ready', ['200', '503']],
     ['get', '/metrics', ['200']]
@@ -40,6 +47,10 @@ t.test('OpenAPI: valid, every route in it, every error status documented', async
   t.same(scriptFailures(issue), ['ISSUE_SCRIPT_FAILED'])
   t.same(scriptFailures(spec.paths['/coupons/{couponId}/issues/{userId}'].delete), ['CANCEL_SCRIPT_FAILED'])
   t.same(scriptFailures(spec.paths['/coupons/{couponId}'].patch), ['UPDATE_SCRIPT_FAILED'])
+  t.match(spec.paths['/admin/events'].get.responses['400'].description, /INVALID_CURSOR/)
+  t.match(spec.paths['/admin/webhooks'].post.responses['400'].description, /INVALID_WEBHOOK_URL/)
+  t.ok(spec.paths['/admin/webhooks'].post.responses['201'].content['application/json'].schema.properties.secret, 'the secret is in the 201 only')
+  t.notOk(spec.paths['/admin/webhooks/{id}'].get.responses['200'].content['application/json'].schema.properties.secret)
   const routesInApp = app.printRoutes({ commonPrefix: false })
   t.ok(routesInApp.includes('/docs'), 'the UI is served at /docs')
   const ui = await app.inject({ method: 'GET', url: '/docs/' })

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm'
-import { bigint, boolean, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core'
+import { bigint, boolean, check, customType, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core'
 
 /** percent: 0 < value <= 100; amount: value in the currency's minor units (cents), ISO 4217 currency */
 export type Discount = { type: 'percent', value: number } | { type: 'amount', value: number, currency: string }
@@ -146,4 +146,71 @@ export const databaseIdentity = pgTable('database_identity', {
   createdAt: moment('created_at').notNull().defaultNow()
 }, (t) => [
   check('database_identity_one_row', sql`${t.singleton}`)
+])
+
+/** Postgres' 64-bit transaction id (pg_current_xact_id()); the event feed orders by it (src/events/feed.ts). */
+const xid8 = customType<{ data: string, driverData: string }>({ dataType: () => 'xid8' })
+
+/**
+ * The outbox: one row per event (issue.created, issue.revoked, coupon.sold_out, ...), written in the same
+ * statement or transaction as the fact it announces, so an event exists iff its fact is committed.
+ * `id` is derived from what the event announces (src/events/outbox.ts: eventId), so a redelivered stream
+ * batch finds its event already there instead of making a second one with another id.
+ */
+export const events = pgTable('events', {
+  id: text('id').primaryKey(),
+  /** Insertion order inside one transaction; the feed's tie-break after tx_id. */
+  seq: bigint('seq', { mode: 'number' }).notNull().generatedAlwaysAsIdentity(),
+  /** The writing transaction: the feed serves an event only once every smaller transaction id has ended. */
+  txId: xid8('tx_id').notNull().default(sql`pg_current_xact_id()`),
+  type: text('type').notNull(),
+  couponId: bigint('coupon_id', { mode: 'number' }),
+  data: jsonb('data').notNull(),
+  createdAt: moment('created_at').notNull().defaultNow()
+}, (t) => [
+  index('events_feed').on(t.txId, t.seq)
+])
+
+/** Endpoints the admin registered; `secret` signs every delivery and is shown once, at creation. */
+export const webhooks = pgTable('webhooks', {
+  id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+  url: text('url').notNull(),
+  eventTypes: text('event_types').array().notNull(),
+  secret: text('secret').notNull(),
+  createdAt: moment('created_at').notNull().defaultNow(),
+  /** Deleted webhooks keep their row (and delivery history) but get nothing new. */
+  deletedAt: moment('deleted_at')
+})
+
+/**
+ * One row per (webhook, event): the delivery's state. A delivery is leased by one instance at a time
+ * (`lease_until`, `lease_token`); a lease that outlives its holder (killed instance) expires and the
+ * delivery is taken again.
+ */
+export const webhookDeliveries = pgTable('webhook_deliveries', {
+  id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+  webhookId: bigint('webhook_id', { mode: 'number' }).notNull().references(() => webhooks.id),
+  eventId: text('event_id').notNull().references(() => events.id),
+  /** pending (waiting or in flight), delivered, failed (gave up), cancelled (webhook deleted) */
+  status: text('status').notNull().default('pending'),
+  attempts: integer('attempts').notNull().default(0),
+  nextAttemptAt: moment('next_attempt_at').notNull().defaultNow(),
+  /**
+   * Retries go on until WEBHOOK_RETRY_FOR_MS after this moment (then the delivery is marked failed);
+   * a redeliver starts the window again.
+   */
+  retrySince: moment('retry_since').notNull().defaultNow(),
+  leaseUntil: moment('lease_until'),
+  leaseToken: uuid('lease_token'),
+  lastAttemptAt: moment('last_attempt_at'),
+  /** The receiver's HTTP status of the last attempt, null when it never answered (timeout, connection error). */
+  lastStatus: integer('last_status'),
+  lastError: text('last_error'),
+  deliveredAt: moment('delivered_at'),
+  createdAt: moment('created_at').notNull().defaultNow()
+}, (t) => [
+  uniqueIndex('webhook_deliveries_webhook_event').on(t.webhookId, t.eventId),
+  index('webhook_deliveries_due').on(t.nextAttemptAt).where(sql`${t.status} = 'pending'`),
+  index('webhook_deliveries_webhook').on(t.webhookId, t.id),
+  check('webhook_deliveries_status', sql`${t.status} IN ('pending', 'delivered', 'failed', 'cancelled')`)
 ])

@@ -115,7 +115,7 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
     this.#o = options
     this.maintenance = new StreamMaintenance(options, () => { this.#streamsReadAt = 0 })
     this.name = options.name ?? defaultConsumerName()
-    this.#persister = new PersistBatch(options.db)
+    this.#persister = new PersistBatch(options.db, { maybeSoldOut: (ids) => maybeSoldOut(options.redis, options.keys, ids) })
     this.#size = new ReadSize(options.batchSize, options.lingerMs)
     this.#decoding = { couponIdOfStream: options.keys.couponIdOfStream, maxDeliveries: options.maxDeliveries }
     // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
@@ -409,5 +409,24 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   async #unblock (): Promise<void> {
     if (this.#blockingClientId === null) return
     await this.#o.redis.client('UNBLOCK', this.#blockingClientId).catch(() => {})
+  }
+}
+
+/**
+ * The coupons whose Redis stock is 0 or unknown: only those can have sold out in Postgres, so only
+ * those are counted for coupon.sold_out (persist-batch.ts). A Redis failure answers "all of them":
+ * a wasted count, never a missed event.
+ */
+async function maybeSoldOut (redis: Redis, keys: Keys, couponIds: number[]): Promise<number[]> {
+  try {
+    const pipeline = redis.pipeline()
+    for (const id of couponIds) pipeline.get(keys.coupon(id).stock)
+    const replies = (await pipeline.exec()) ?? []
+    return couponIds.filter((_, i) => {
+      const [err, value] = replies[i] ?? [new Error('no reply'), null]
+      return err !== null || value === null || !(Number(value) > 0)
+    })
+  } catch {
+    return couponIds
   }
 }

@@ -5,6 +5,7 @@ import { driverError, type Db } from '../db/client.js'
 import { codeSettingsOf } from '../db/queries/coupons.js'
 import { codeOf, type CodeSettings } from '../issuing/codes.js'
 import { persistEvents, persistRedemptions, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
+import { recordSoldOut } from '../events/outbox.js'
 import { eventPayload, type CouponEvent, type IssueEvent, type RedemptionEvent, type RevokeEvent } from '../stream/events.js'
 
 export interface BatchOutcome {
@@ -25,16 +26,27 @@ export const isRowError = (err: unknown) => {
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && ROW_ERROR_CLASSES.includes(code.slice(0, 2))
 }
 
+export interface PersistBatchOptions {
+  /**
+   * Of these coupons, the ones that may be sold out (Redis stock 0 or unknown). Counting a coupon's
+   * active rows costs up to totalQuantity index entries, too much for every batch of a large campaign;
+   * without this hint every coupon with an issue in the batch is counted.
+   */
+  maybeSoldOut?: (couponIds: number[]) => Promise<number[]>
+}
+
 export class PersistBatch {
   readonly #db: Db
+  readonly #maybeSoldOut: (couponIds: number[]) => Promise<number[]>
   /**
    * Coupons never disappear and their code settings never change, so a positive lookup is cached for the
    * life of the process.
    */
   readonly #knownCoupons = new Map<number, CodeSettings>()
 
-  constructor (db: Db) {
+  constructor (db: Db, { maybeSoldOut = async (ids) => ids }: PersistBatchOptions = {}) {
     this.#db = db
+    this.#maybeSoldOut = maybeSoldOut
   }
 
   async persist (events: CouponEvent[], poison: FailedEntry[]): Promise<BatchOutcome> {
@@ -54,6 +66,7 @@ export class PersistBatch {
       ;({ inserted, good } = await this.#writeOneByOne(good, failed))
     }
     await recordFailedEvents(this.#db, failed)
+    await this.#announceSoldOut(good)
     const issuesWritten = good.reduce((n, e) => e.type === 'issue' ? n + 1 : n, 0)
     return { inserted, duplicates: issuesWritten - inserted, failed: failed.length, parked: failed }
   }
@@ -87,6 +100,19 @@ export class PersistBatch {
     const inserted = await persistEvents(this.#db, issues, revokes, (e) => codeOf(this.#knownCoupons.get(e.couponId)!, e.userId, e.claim))
     await persistRedemptions(this.#db, redemptions, issues)
     return inserted
+  }
+
+  /**
+   * After the batch committed (and its revocation fix-up ran): coupon.sold_out for coupons whose
+   * persisted active units reached the total. Every coupon with an issue in the batch is considered,
+   * not only those with new rows: a crash after the commit redelivers the batch (no new rows then) and
+   * the check must still run.
+   */
+  async #announceSoldOut (events: CouponEvent[]): Promise<void> {
+    const coupons = new Set<number>()
+    for (const e of events) if (e.type === 'issue') coupons.add(e.couponId)
+    if (coupons.size === 0) return
+    await recordSoldOut(this.#db, await this.#maybeSoldOut([...coupons]))
   }
 
   async #unknownCoupons (events: CouponEvent[]): Promise<Set<number>> {

@@ -4,6 +4,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { sql } from 'drizzle-orm'
 import { consumerGroupInfo } from '../redis/groups.js'
 import { oldestUnacknowledgedMs } from '../persistence/lag.js'
 
@@ -116,9 +117,28 @@ export default fp(async function metricsPlugin (fastify) {
   fastify.consumer?.on('reclaimed', ({ deletedWhilePending: deleted }) => { deletedWhilePending.inc(deleted) })
   fastify.consumer?.on('backoff', () => { backoffs.inc() })
 
+  const webhookAttempts = new Counter({
+    name: 'couponrush_webhook_attempts_total',
+    help: 'Webhook delivery attempts this process made, by outcome (delivered: a 2xx; failed: anything else, a timeout or a connection error)',
+    labelNames: ['outcome'],
+    registers: [registry]
+  })
+  fastify.deliveryLoop?.on('attempt', (outcome) => { webhookAttempts.inc({ outcome }) })
+  // eslint-disable-next-line no-new -- registered in `registry` by the constructor
+  new Gauge({
+    name: 'couponrush_webhook_deliveries_pending',
+    help: 'Webhook deliveries not yet delivered nor given up (waiting for their next attempt or in flight), all instances',
+    registers: [registry],
+    async collect () {
+      // Served by the partial index of pending deliveries.
+      const result: any = await fastify.db.execute(sql`SELECT count(*)::int AS n FROM webhook_deliveries WHERE status = 'pending'`).catch(() => null)
+      if (result) this.set(Number((result.rows ?? result)[0].n))
+    }
+  })
+
   fastify.decorate('metrics', { registry, countIssueOutcome, countSoldOutFromMemory })
   fastify.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['health'] } }, async (_request, reply) => {
     reply.type(registry.contentType)
     return registry.metrics()
   })
-}, { name: 'metrics', dependencies: ['redis', 'consumer', 'consistency-watch'] })
+}, { name: 'metrics', dependencies: ['redis', 'database', 'consumer', 'consistency-watch', 'webhooks'] })

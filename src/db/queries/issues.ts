@@ -2,6 +2,7 @@ import { and, asc, desc, eq, isNotNull, isNull, sql, type SQL } from 'drizzle-or
 import type { Db } from '../client.js'
 import { couponIssues, couponRedemptions, couponRevocations, failedIssueEvents } from '../schema.js'
 import type { IssueEvent, RedemptionEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
+import { eventData, outboxCtes } from '../../events/outbox.js'
 
 const iso = (ms: number) => new Date(ms).toISOString()
 const arrayParam = <T>(values: T[]) => sql.param(values)
@@ -19,7 +20,8 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
  */
 export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[], codeOf: (issue: IssueEvent) => string | null = () => null): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
-  // One statement: facts and rows commit together. The fix-up always runs: whether a cancel exists
+  // One statement: facts, rows and the events announcing them (only those this statement inserted, see
+  // outboxCtes) commit together. The fix-up always runs: whether a cancel exists
   // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile); for
   // users nobody cancelled it is one index probe per pair and takes no lock on coupon_issues.
   const result: any = await db.execute(sql`
@@ -30,7 +32,7 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
                            ${arrayParam(revokes.map((r) => r.upToClaim ?? null))}::int[], ${arrayParam(revokes.map((r) => r.units))}::int[],
                            ${arrayParam(revokes.map((r) => r.idempotencyKey ?? null))}::text[])
       ON CONFLICT (coupon_id, stream_id) DO NOTHING
-      RETURNING 1
+      RETURNING coupon_id, user_id, units, up_to_claim, revoked_at, stream_id
     ), inserted AS (
       INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key, code)
       SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
@@ -38,8 +40,12 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
                            ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[],
                            ${arrayParam(issues.map(codeOf))}::text[])
       ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
-      RETURNING 1
-    )
+      RETURNING coupon_id, user_id, claim, created_at, stream_id
+    ), announced AS (
+      SELECT 'issue.created' AS type, i.coupon_id, i.stream_id AS key, ${eventData.issueCreated('i')} AS data FROM inserted i
+      UNION ALL
+      SELECT 'issue.revoked', f.coupon_id, f.stream_id, ${eventData.issueRevoked('f')} FROM facts f
+    ), ${outboxCtes()}
     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts`)
   const row = (result.rows ?? result)[0] as { inserted: number }
   await applyRevocations(db, [...issues, ...revokes])
