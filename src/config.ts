@@ -56,6 +56,9 @@ const schema = {
     SOLD_OUT_MARKER_TTL_MS: { type: 'integer', minimum: 0, maximum: 60000, default: 1000 },
     // The webhook delivery loop (src/webhooks/delivery-loop.ts); off, events still go to the outbox and the
     // feed and wait there for an instance that has it on.
+    // Write the event outbox (webhooks, GET /admin/events) with every persisted fact. Off by default: it
+    // about doubles the consumer's time per batch (docs/benchmarks.md), a cost only users of events should pay.
+    EVENTS_ENABLED: { type: 'boolean', default: false },
     WEBHOOKS_ENABLED: { type: 'boolean', default: true },
     WEBHOOK_CONCURRENCY: { type: 'integer', minimum: 1, maximum: 1000, default: 8 },
     WEBHOOK_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 },
@@ -132,6 +135,8 @@ export interface Config {
   idempotencyTtlSeconds: number
   /** SOLD_OUT_MARKER_TTL_MS: 0 = the sold-out short-circuit is off */
   soldOutMarkerTtlMs: number
+  /** EVENTS_ENABLED: persisted facts are announced in the event outbox (webhooks, the event feed) */
+  eventsEnabled: boolean
   webhooks: {
     /** WEBHOOKS_ENABLED: this instance runs the delivery loop */
     enabled: boolean
@@ -248,6 +253,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     backlogCap: raw.BACKLOG_CAP,
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
     soldOutMarkerTtlMs: raw.SOLD_OUT_MARKER_TTL_MS,
+    eventsEnabled: raw.EVENTS_ENABLED,
     webhooks: {
       enabled: raw.WEBHOOKS_ENABLED,
       concurrency: raw.WEBHOOK_CONCURRENCY,

@@ -43,6 +43,7 @@ export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed
 export const FailedEventSettled = createError('FAILED_EVENT_SETTLED', 'Failed event %s was already %s; nothing changed.', 409)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
 export const InvalidWebhookUrl = createError('INVALID_WEBHOOK_URL', 'url must be an absolute http:// or https:// URL with a host, without user:password@ and without a #fragment, at most 2048 characters (%s).', 400)
+export const EventsDisabled = createError('EVENTS_DISABLED', 'Events are not recorded on this service (EVENTS_ENABLED is off), so webhooks and the event feed would stay silent. Set EVENTS_ENABLED=true.', 409)
 export const TooManyWebhooks = createError('TOO_MANY_WEBHOOKS', 'There are already %s webhooks, the most allowed. Delete one first.', 409)
 export const WebhookNotFound = createError('WEBHOOK_NOT_FOUND', 'Webhook %s does not exist (or was deleted). List them with GET /admin/webhooks.', 404)
 export const DeliveryNotFound = createError('DELIVERY_NOT_FOUND', 'Webhook %s has no delivery %s. List them with GET /admin/webhooks/%s/deliveries.', 404)

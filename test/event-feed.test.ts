@@ -24,7 +24,7 @@ async function poll (app: TestApp, after: string | null, until: (ids: string[]) 
 }
 
 t.test('pages: every event once, stable order, cursor to poll on, empty feed', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
   const empty = (await page(app)).json()
   t.same(empty, { items: [], next: null }, 'nothing yet')
   const coupon = await createCoupon(app, { totalQuantity: 100 })
@@ -56,7 +56,7 @@ t.test('pages: every event once, stable order, cursor to poll on, empty feed', a
 })
 
 t.test('an event committed later by a transaction that began earlier (smaller seq) is not missed', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
   const coupon = await createCoupon(app, { totalQuantity: 100 })
   await recordEvents(app.db, [event(coupon.id, 'before')])
   const start = await poll(app, null, (ids) => ids.includes(event(coupon.id, 'before').id))
@@ -85,7 +85,7 @@ t.test('an event committed later by a transaction that began earlier (smaller se
 })
 
 t.test('many concurrent writers, a poller running all along: it sees every committed event exactly once', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
   const coupon = await createCoupon(app, { totalQuantity: 100 })
   const clients = await Promise.all(Array.from({ length: 4 }, async () => {
     const c = new pg.Client({ connectionString: app.env.databaseUrl })
@@ -124,7 +124,7 @@ t.test('many concurrent writers, a poller running all along: it sees every commi
 })
 
 t.test('forged cursors and limits out of bounds: 400 with a code', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
   const coupon = await createCoupon(app, { totalQuantity: 10 })
   await recordEvents(app.db, [event(coupon.id, 'one')])
   const { next } = await poll(app, null, (ids) => ids.length === 1)

@@ -9,7 +9,7 @@ import { backoffDelay } from '../src/webhooks/delivery-loop.js'
 import { eventId, recordEvents, type OutboxEvent } from '../src/events/outbox.js'
 import { leaseDeliveries } from '../src/db/queries/webhooks.js'
 
-const FAST = { WEBHOOK_POLL_MS: '20', WEBHOOK_TIMEOUT_MS: '400', WEBHOOK_BACKOFF_BASE_MS: '200', WEBHOOK_BACKOFF_MAX_MS: '5000' }
+const FAST = { EVENTS_ENABLED: 'true', WEBHOOK_POLL_MS: '20', WEBHOOK_TIMEOUT_MS: '400', WEBHOOK_BACKOFF_BASE_MS: '200', WEBHOOK_BACKOFF_MAX_MS: '5000' }
 
 async function createWebhook (app: TestApp, url: string, events: string[] = ['issue.created', 'issue.revoked', 'coupon.sold_out']) {
   const response = await app.inject({ method: 'POST', url: '/admin/webhooks', headers: admin, payload: { url, events } })
@@ -241,7 +241,7 @@ t.test('gives up after the retry window (failed), redeliver sends it again with 
 })
 
 t.test('hostile webhook input: 4xx with a code', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false', API_KEYS: 'shop-key-0123456789' })
   const post = (payload: unknown, headers: Record<string, string> = admin) => app.inject({ method: 'POST', url: '/admin/webhooks', headers, payload: payload as object })
   const badUrls = [
     'not a url', 'example.com/hook', 'ftp://example.com/hook', 'javascript:alert(1)', 'file:///etc/passwd', 'data:text/plain,x',
@@ -279,7 +279,7 @@ t.test('hostile webhook input: 4xx with a code', async (t) => {
 })
 
 t.test('leasing: a webhook at its cap gets nothing more, a deleted webhook\'s late delivery is cancelled, a held lease is skipped', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
   const first = await createWebhook(app, 'http://127.0.0.1:9/first', ['issue.created'])
   const second = await createWebhook(app, 'http://127.0.0.1:9/second', ['issue.created'])
   const coupon = await createCoupon(app, { totalQuantity: 10 })
@@ -301,7 +301,7 @@ t.test('leasing: a webhook at its cap gets nothing more, a deleted webhook\'s la
 })
 
 t.test('a parked entry retried into a row is announced once, with the id its stream entry gives', async (t) => {
-  const app = await testApp(t, { CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
   const coupon = await createCoupon(app, { totalQuantity: 3 })
   const { recordFailedEvents } = await import('../src/db/queries/issues.js')
   const { fieldsToObject } = await import('../src/stream/events.js')
@@ -317,4 +317,39 @@ t.test('a parked entry retried into a row is announced once, with the id its str
   const rows: any = await app.db.execute(sql`SELECT id, type, data FROM events`)
   t.match((rows.rows ?? rows), [{ id: eventId('issue.created', coupon.id, entryId), type: 'issue.created', data: { userId: 'parked-user', claim: 1 } }])
   t.equal((rows.rows ?? rows).length, 1, 'one event for the fact, however often it is retried')
+})
+
+t.test('EVENTS_ENABLED off (the default): facts are persisted, nothing is announced, webhooks and the feed say why', async (t) => {
+  const app = await testApp(t, { WEBHOOKS_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const held = await issue(app, coupon.id, 'quiet-1')
+  await issue(app, coupon.id, 'quiet-2')
+  t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/quiet-2`, headers: admin })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `/codes/${held.json().code}/redemptions`, payload: { orderId: 'o-1' } })).statusCode, 201)
+  await waitFor(async () => {
+    const r: any = await app.db.execute(sql`SELECT (SELECT count(*) FROM coupon_issues WHERE coupon_id = ${coupon.id} AND revoked_at IS NOT NULL)::int
+      + (SELECT count(*) FROM coupon_redemptions WHERE coupon_id = ${coupon.id})::int AS n`)
+    return (r.rows ?? r)[0].n === 2
+  }, { what: 'the cancel and the redemption persisted' })
+  const events: any = await app.db.execute(sql`SELECT count(*)::int AS n FROM events`)
+  t.equal((events.rows ?? events)[0].n, 0, 'no event written')
+  const create = await app.inject({ method: 'POST', url: '/admin/webhooks', headers: admin, payload: { url: 'http://127.0.0.1:9/hook', events: ['issue.created'] } })
+  t.equal(create.statusCode, 409)
+  t.equal(create.json().code, 'EVENTS_DISABLED')
+  t.equal((await app.inject({ method: 'GET', url: '/admin/events', headers: admin })).json().code, 'EVENTS_DISABLED')
+})
+
+t.test('redemptions and rollbacks are announced with the unit\'s code, as its issue is', async (t) => {
+  const app = await testApp(t, { ...FAST, WEBHOOKS_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const code = (await issue(app, coupon.id, 'buyer')).json().code as string
+  t.equal((await app.inject({ method: 'POST', url: `/codes/${code}/redemptions`, payload: { orderId: 'order-7' } })).statusCode, 201)
+  t.equal((await app.inject({ method: 'DELETE', url: `/codes/${code}/redemptions/order-7` })).statusCode, 200)
+  const feed = await waitFor(async () => {
+    const items = (await app.inject({ method: 'GET', url: '/admin/events', headers: admin })).json().items as { type: string, data: Record<string, unknown> }[]
+    return items.length === 3 ? items : null
+  }, { what: 'three events in the feed' })
+  t.same(feed.map((e) => e.type), ['issue.created', 'redemption.created', 'redemption.rolled_back'])
+  t.same(feed.map((e) => e.data.code), [code, code, code], 'each carries the code')
+  t.match(feed[1]!.data, { couponId: coupon.id, userId: 'buyer', claim: 1, orderId: 'order-7' })
 })

@@ -90,6 +90,7 @@ export function configEnv (config: Config): Record<string, string> {
     CONSISTENCY_CRON: config.consistencyCron,
     CONSISTENCY_WATCH_MAX_HOLDERS: String(config.consistencyWatchMaxHolders),
     REDIS_COMMAND_TIMEOUT_MS: String(config.redisCommandTimeoutMs),
+    EVENTS_ENABLED: String(config.eventsEnabled),
     REDIS_WAIT_REPLICAS: String(config.redisWait.replicas),
     REDIS_WAIT_TIMEOUT_MS: String(config.redisWait.timeoutMs),
     SHUTDOWN_TIMEOUT_MS: String(config.shutdownTimeoutMs),

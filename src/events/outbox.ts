@@ -40,14 +40,15 @@ const isoSql = (column: string) => sql.raw(`to_char(${column} AT TIME ZONE 'UTC'
 // The `data` of each event type, built in one place: a new field is one line here. The consumer's
 // events are built in SQL from the rows its statement inserted (no per-row work in JavaScript on the
 // persistence path); `row` is the alias of that relation.
-// redemption.created, redemption.rolled_back and code.expired come from the redeem / rollback / expiry
-// stream entries of the codes feature: give each a builder here and announce it next to its fact's
-// write (a branch of the `announced` relation in persistEvents, or recordEvents inside the fact's
-// transaction).
+// redemption.created and redemption.rolled_back are announced by persistRedemptions, in the statement
+// that records the redeem / rollback fact. code.expired has no source yet (nothing watches expiry).
 export const eventData = {
   /** from a coupon_issues row */
-  issueCreated: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'claim', ${row}.claim, 'issuedAt', `)
+  issueCreated: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'claim', ${row}.claim, 'code', ${row}.code, 'issuedAt', `)
     .append(isoSql(`${row}.created_at`)).append(sql.raw(')')),
+  /** from a coupon_redemptions row (a redeem or rollback fact) and its unit's coupon_issues row (for the code; null if not persisted yet) */
+  redemption: (row: string, issue: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'claim', ${row}.claim, 'code', ${issue}.code, 'orderId', ${row}.order_id, 'at', `)
+    .append(isoSql(`${row}.at`)).append(sql.raw(')')),
   /** from a coupon_revocations row (a cancel fact) */
   issueRevoked: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'units', ${row}.units, 'upToClaim', ${row}.up_to_claim, 'revokedAt', `)
     .append(isoSql(`${row}.revoked_at`)).append(sql.raw(')')),

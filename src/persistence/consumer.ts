@@ -34,6 +34,8 @@ export interface ConsumerOptions {
   name?: string
   /** REDIS_WAIT_REPLICAS: a batch is committed only once the replicas have its entries; null/absent = off */
   replicationFence?: ReplicationFence | null
+  /** EVENTS_ENABLED: announce persisted facts in the event outbox; absent = false */
+  announceEvents?: boolean
 }
 
 export interface ConsumerStats {
@@ -115,7 +117,7 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
     this.#o = options
     this.maintenance = new StreamMaintenance(options, () => { this.#streamsReadAt = 0 })
     this.name = options.name ?? defaultConsumerName()
-    this.#persister = new PersistBatch(options.db, { maybeSoldOut: (ids) => maybeSoldOut(options.redis, options.keys, ids) })
+    this.#persister = new PersistBatch(options.db, { maybeSoldOut: (ids) => maybeSoldOut(options.redis, options.keys, ids), announce: options.announceEvents ?? false })
     this.#size = new ReadSize(options.batchSize, options.lingerMs)
     this.#decoding = { couponIdOfStream: options.keys.couponIdOfStream, maxDeliveries: options.maxDeliveries }
     // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its

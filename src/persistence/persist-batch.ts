@@ -33,20 +33,24 @@ export interface PersistBatchOptions {
    * without this hint every coupon with an issue in the batch is counted.
    */
   maybeSoldOut?: (couponIds: number[]) => Promise<number[]>
+  /** EVENTS_ENABLED: announce what is persisted in the event outbox (default false; the consumer passes the setting) */
+  announce?: boolean
 }
 
 export class PersistBatch {
   readonly #db: Db
   readonly #maybeSoldOut: (couponIds: number[]) => Promise<number[]>
+  readonly #announce: boolean
   /**
    * Coupons never disappear and their code settings never change, so a positive lookup is cached for the
    * life of the process.
    */
   readonly #knownCoupons = new Map<number, CodeSettings>()
 
-  constructor (db: Db, { maybeSoldOut = async (ids) => ids }: PersistBatchOptions = {}) {
+  constructor (db: Db, { maybeSoldOut = async (ids) => ids, announce = false }: PersistBatchOptions = {}) {
     this.#db = db
     this.#maybeSoldOut = maybeSoldOut
+    this.#announce = announce
   }
 
   async persist (events: CouponEvent[], poison: FailedEntry[]): Promise<BatchOutcome> {
@@ -97,8 +101,9 @@ export class PersistBatch {
     }
     if (issues.length === 0 && revokes.length === 0 && redemptions.length === 0) return 0
     // The code follows from the unit (src/issuing/codes.ts): the entry need not carry it.
-    const inserted = await persistEvents(this.#db, issues, revokes, (e) => codeOf(this.#knownCoupons.get(e.couponId)!, e.userId, e.claim))
-    await persistRedemptions(this.#db, redemptions, issues)
+    const announce = this.#announce
+    const inserted = await persistEvents(this.#db, issues, revokes, (e) => codeOf(this.#knownCoupons.get(e.couponId)!, e.userId, e.claim), { announce })
+    await persistRedemptions(this.#db, redemptions, issues, { announce })
     return inserted
   }
 
@@ -109,6 +114,7 @@ export class PersistBatch {
    * the check must still run.
    */
   async #announceSoldOut (events: CouponEvent[]): Promise<void> {
+    if (!this.#announce) return
     const coupons = new Set<number>()
     for (const e of events) if (e.type === 'issue') coupons.add(e.couponId)
     if (coupons.size === 0) return

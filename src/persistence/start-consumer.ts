@@ -43,7 +43,7 @@ export async function startConsumer ({ config, redis, db, keys, log, strandedCou
     name: 'couponrush-consumer-fence',
     onError: (err) => log.warn({ err: err.message }, 'consumer replication fence connection error')
   })
-  const consumer = new IssueEventConsumer({ redis, blockingRedis, db, keys, log, replicationFence, ...config.consumer })
+  const consumer = new IssueEventConsumer({ redis, blockingRedis, db, keys, log, replicationFence, announceEvents: config.eventsEnabled, ...config.consumer })
   // The worst persistence lag per campaign, for GET /admin/coupons/:id/stats (flushed once a second).
   const lagStats = new CampaignStats(redis, keys)
   consumer.on('batch', ({ lagMsByCoupon }) => { for (const [couponId, ms] of lagMsByCoupon) lagStats.noteLag(couponId, ms) })

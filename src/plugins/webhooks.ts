@@ -7,10 +7,13 @@ import type { Config } from '../config.js'
 declare module 'fastify' {
   interface FastifyInstance {
     deliveryLoop: DeliveryLoop | null
+    /** EVENTS_ENABLED: whether persisted facts are announced (routes refuse webhooks and the feed otherwise) */
+    eventsEnabled: boolean
   }
 }
 
 export default fp(async function webhooksPlugin (fastify, { config }: { config: Config }) {
+  fastify.decorate('eventsEnabled', config.eventsEnabled)
   if (!config.webhooks.enabled) {
     fastify.decorate('deliveryLoop', null)
     return

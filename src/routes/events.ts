@@ -2,7 +2,7 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { decodeFeedCursor, encodeFeedCursor, eventsPage } from '../events/feed.js'
 import { EVENT_TYPES } from '../events/outbox.js'
-import { databaseFailure, InvalidEventCursor } from '../errors.js'
+import { databaseFailure, EventsDisabled, InvalidEventCursor } from '../errors.js'
 import { dateTime, errors } from './schemas.js'
 
 const eventRoutes: FastifyPluginAsync = async (fastify) => {
@@ -38,10 +38,11 @@ const eventRoutes: FastifyPluginAsync = async (fastify) => {
             next: { type: ['string', 'null'], description: 'pass as `after` to poll on (also when this page was empty); null only when the feed has no event yet' }
           }
         },
-        ...errors({ 400: ['INVALID_REQUEST', 'INVALID_CURSOR'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 503: ['DATABASE_UNAVAILABLE'] })
+        ...errors({ 400: ['INVALID_REQUEST', 'INVALID_CURSOR'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 409: ['EVENTS_DISABLED'], 503: ['DATABASE_UNAVAILABLE'] })
       }
     }
   }, async (request) => {
+    if (!fastify.eventsEnabled) throw new EventsDisabled()
     const { after: text, limit } = request.query
     const after = text === undefined ? undefined : decodeFeedCursor(text)
     if (after === null) throw new InvalidEventCursor()

@@ -28,7 +28,7 @@ const failedEventParams = { type: 'object', required: ['id'], additionalProperti
 
 const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, keys, couponStore } = fastify
-  const persister = new PersistBatch(db)
+  const persister = new PersistBatch(db, { announce: fastify.eventsEnabled })
 
   fastify.get<{ Querystring: { includeRetried: boolean, limit: number } }>('/admin/failed-events', {
     onRequest: fastify.requireAdmin,

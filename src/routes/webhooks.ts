@@ -3,7 +3,7 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { countWebhooks, createWebhook, deleteWebhook, findWebhook, listDeliveries, listWebhooks, redeliver, type DeliveryRow, type WebhookRow } from '../db/queries/webhooks.js'
 import { EVENT_TYPES } from '../events/outbox.js'
-import { databaseFailure, DeliveryInFlight, DeliveryNotFound, InvalidCursor, InvalidWebhookUrl, TooManyWebhooks, WebhookNotFound } from '../errors.js'
+import { databaseFailure, DeliveryInFlight, EventsDisabled, DeliveryNotFound, InvalidCursor, InvalidWebhookUrl, TooManyWebhooks, WebhookNotFound } from '../errors.js'
 import { newSecret } from '../webhooks/signature.js'
 import { dateTime, errors, pageOf } from './schemas.js'
 
@@ -95,10 +95,11 @@ const webhookRoutes: FastifyPluginAsync = async (fastify) => {
       },
       response: {
         201: { ...webhook, required: [...webhook.required, 'secret'], properties: { ...webhook.properties, secret: { type: 'string', description: 'signs every delivery (Couponrush-Signature); never shown again' } } },
-        ...errors({ 400: ['INVALID_REQUEST', 'INVALID_WEBHOOK_URL'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 409: ['TOO_MANY_WEBHOOKS'], 503: ['DATABASE_UNAVAILABLE'] })
+        ...errors({ 400: ['INVALID_REQUEST', 'INVALID_WEBHOOK_URL'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 409: ['TOO_MANY_WEBHOOKS', 'EVENTS_DISABLED'], 503: ['DATABASE_UNAVAILABLE'] })
       }
     }
   }, async (request, reply) => {
+    if (!fastify.eventsEnabled) throw new EventsDisabled()
     const url = checkWebhookUrl(request.body.url)
     const secret = newSecret()
     const row = await guarded(async () => {

@@ -18,7 +18,8 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
  * a fresh snapshot per statement). A crash between commit and fix-up leaves the entries unacknowledged:
  * the redelivery runs the fix-up again. Costs one more statement per batch.
  */
-export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[], codeOf: (issue: IssueEvent) => string | null = () => null): Promise<number> {
+export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[], codeOf: (issue: IssueEvent) => string | null = () => null,
+  { announce = true }: { announce?: boolean } = {}): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
   // One statement: facts, rows and the events announcing them (only those this statement inserted, see
   // outboxCtes) commit together. The fix-up always runs: whether a cancel exists
@@ -40,11 +41,14 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
                            ${arrayParam(issues.map((e) => e.id))}::text[], ${arrayParam(issues.map((e) => e.idempotencyKey ?? null))}::text[],
                            ${arrayParam(issues.map(codeOf))}::text[])
       ON CONFLICT (coupon_id, user_id, claim) DO NOTHING
-      RETURNING coupon_id, user_id, claim, created_at, stream_id
+      RETURNING coupon_id, user_id, claim, created_at, stream_id, code
     ), announced AS (
-      SELECT 'issue.created' AS type, i.coupon_id, i.stream_id AS key, ${eventData.issueCreated('i')} AS data FROM inserted i
-      UNION ALL
-      SELECT 'issue.revoked', f.coupon_id, f.stream_id, ${eventData.issueRevoked('f')} FROM facts f
+      -- EVENTS_ENABLED off: nothing announced (the outbox doubles this statement's cost, docs/benchmarks.md).
+      SELECT * FROM (
+        SELECT 'issue.created' AS type, i.coupon_id, i.stream_id AS key, ${eventData.issueCreated('i')} AS data FROM inserted i
+        UNION ALL
+        SELECT 'issue.revoked', f.coupon_id, f.stream_id, ${eventData.issueRevoked('f')} FROM facts f
+      ) AS a WHERE ${sql.raw(announce ? 'true' : 'false')}
     ), ${outboxCtes()}
     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts`)
   const row = (result.rows ?? result)[0] as { inserted: number }
@@ -74,18 +78,29 @@ async function applyRevocations (db: Db, events: (IssueEvent | RevokeEvent)[]): 
  * snapshot per statement), so the last write is always computed from every fact. An issue row
  * persisted after its redemption (a parked issue retried) is fixed up by the issue's own batch.
  */
-export async function persistRedemptions (db: Db, redemptions: RedemptionEvent[], issues: IssueEvent[] = []): Promise<number> {
+export async function persistRedemptions (db: Db, redemptions: RedemptionEvent[], issues: IssueEvent[] = [], { announce = true }: { announce?: boolean } = {}): Promise<number> {
   if (redemptions.length === 0 && issues.length === 0) return 0
   let facts = 0
   if (redemptions.length > 0) {
+    // The facts and the events announcing them (only those this statement inserted) in one statement,
+    // as persistEvents does for issues.
     const result: any = await db.execute(sql`
-      INSERT INTO ${couponRedemptions} (coupon_id, user_id, claim, kind, order_id, at, stream_id)
-      SELECT * FROM unnest(${arrayParam(redemptions.map((e) => e.couponId))}::bigint[], ${arrayParam(redemptions.map((e) => e.userId))}::text[],
-                           ${arrayParam(redemptions.map((e) => e.claim))}::int[], ${arrayParam(redemptions.map((e) => e.type))}::text[],
-                           ${arrayParam(redemptions.map((e) => e.orderId))}::text[], ${arrayParam(redemptions.map((e) => iso(e.at)))}::timestamptz[],
-                           ${arrayParam(redemptions.map((e) => e.id))}::text[])
-      ON CONFLICT (coupon_id, stream_id) DO NOTHING`)
-    facts = Number(result.rowCount ?? 0)
+      WITH facts AS (
+        INSERT INTO ${couponRedemptions} (coupon_id, user_id, claim, kind, order_id, at, stream_id)
+        SELECT * FROM unnest(${arrayParam(redemptions.map((e) => e.couponId))}::bigint[], ${arrayParam(redemptions.map((e) => e.userId))}::text[],
+                             ${arrayParam(redemptions.map((e) => e.claim))}::int[], ${arrayParam(redemptions.map((e) => e.type))}::text[],
+                             ${arrayParam(redemptions.map((e) => e.orderId))}::text[], ${arrayParam(redemptions.map((e) => iso(e.at)))}::timestamptz[],
+                             ${arrayParam(redemptions.map((e) => e.id))}::text[])
+        ON CONFLICT (coupon_id, stream_id) DO NOTHING
+        RETURNING coupon_id, user_id, claim, kind, order_id, at, stream_id
+      ), announced AS (
+        SELECT CASE WHEN r.kind = 'redeem' THEN 'redemption.created' ELSE 'redemption.rolled_back' END AS type, r.coupon_id, r.stream_id AS key,
+               ${eventData.redemption('r', 'i')} AS data
+        FROM facts r LEFT JOIN ${couponIssues} i ON i.coupon_id = r.coupon_id AND i.user_id = r.user_id AND i.claim = r.claim
+        WHERE ${sql.raw(announce ? 'true' : 'false')}
+      ), ${outboxCtes()}
+      SELECT (SELECT count(*) FROM facts)::int AS facts`)
+    facts = Number((result.rows ?? result)[0].facts)
   }
   const units = new Map<string, [number, string, number]>()
   for (const e of redemptions) units.set(`${e.couponId}|${e.userId}|${e.claim}`, [e.couponId, e.userId, e.claim])
