@@ -20,6 +20,8 @@ const schema = {
     // Comma-separated host:port of Redis Sentinels, instead of REDIS_URL; REDIS_SENTINEL_NAME names the master.
     REDIS_SENTINELS: { type: 'string', default: '' },
     REDIS_SENTINEL_NAME: { type: 'string', default: '' },
+    // Comma-separated host:port seeds of a Redis Cluster, instead of REDIS_URL or REDIS_SENTINELS.
+    REDIS_CLUSTER_NODES: { type: 'string', default: '' },
     // Keys look like `${REDIS_PREFIX}coupon:{42}:stock`; braces would break the per-coupon hash tag.
     REDIS_PREFIX: { type: 'string', pattern: '^[^{}]*$', default: 'couponrush:' },
     // Empty means: embedded Postgres (PGlite) with its data under DATA_DIR.
@@ -84,7 +86,7 @@ const schema = {
   }
 } as const
 
-/** How Redis is reached: exactly one of REDIS_URL (or its default) and REDIS_SENTINELS. */
+/** How Redis is reached: exactly one of REDIS_URL (or its default), REDIS_SENTINELS and REDIS_CLUSTER_NODES. */
 export type RedisTarget =
   | {
     kind: 'url'
@@ -99,6 +101,11 @@ export type RedisTarget =
     sentinels: Array<{ host: string, port: number }>
     /** REDIS_SENTINEL_NAME: the master name the sentinels monitor */
     name: string
+  }
+  | {
+    kind: 'cluster'
+    /** REDIS_CLUSTER_NODES, in the given order: seeds, the client learns the rest from CLUSTER SLOTS */
+    nodes: Array<{ host: string, port: number }>
   }
 
 export interface Config {
@@ -162,33 +169,42 @@ export class ConfigError extends Error {
 
 const SENTINEL_ADDRESS = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/
 
-/** REDIS_URL or REDIS_SENTINELS + REDIS_SENTINEL_NAME, never both: two ways to one Redis would be one too many. */
+/** host:port entries of a comma-separated list (REDIS_SENTINELS, REDIS_CLUSTER_NODES). */
+function addressList (variable: string, list: string, example: string): Array<{ host: string, port: number }> {
+  return list.split(',').map((entry) => {
+    const match = SENTINEL_ADDRESS.exec(entry.trim())
+    const port = Number(match?.[3])
+    if (!match || port < 1 || port > 65535) {
+      throw new ConfigError(`Invalid configuration: ${variable} entry "${entry.trim()}" is not host:port (e.g. ${example}, [::1]:${example.split(':')[1]})`)
+    }
+    return { host: match[1] ?? match[2]!, port }
+  })
+}
+
+/**
+ * Exactly one of REDIS_URL, REDIS_SENTINELS (+ REDIS_SENTINEL_NAME) and REDIS_CLUSTER_NODES: two ways to
+ * Redis would be one too many, and guessing which one wins could point two instances at two stores.
+ */
 function redisTarget (raw: Record<string, any>): RedisTarget {
   const url = String(raw.REDIS_URL)
   const list = String(raw.REDIS_SENTINELS).trim()
   const name = String(raw.REDIS_SENTINEL_NAME).trim()
-  if (list === '') {
-    if (name !== '') throw new ConfigError('Invalid configuration: REDIS_SENTINEL_NAME is set without REDIS_SENTINELS')
-    return { kind: 'url', url: url !== '' ? url : DEFAULT_REDIS_URL, defaulted: url === '' }
+  const cluster = String(raw.REDIS_CLUSTER_NODES).trim()
+  const given = [url !== '' && 'REDIS_URL', list !== '' && 'REDIS_SENTINELS', cluster !== '' && 'REDIS_CLUSTER_NODES'].filter((v): v is string => v !== false)
+  if (given.length > 1) {
+    throw new ConfigError(`Invalid configuration: ${given.join(' and ')} are ${given.length === 2 ? 'both' : 'all'} set; set exactly one ` +
+      '(REDIS_URL for one Redis, REDIS_SENTINELS with REDIS_SENTINEL_NAME for a Sentinel-managed one, REDIS_CLUSTER_NODES for a Redis Cluster)')
   }
-  if (url !== '') {
-    throw new ConfigError('Invalid configuration: REDIS_URL and REDIS_SENTINELS are both set; set exactly one ' +
-      '(REDIS_URL for one Redis, REDIS_SENTINELS with REDIS_SENTINEL_NAME for a Sentinel-managed one)')
-  }
+  if (list === '' && name !== '') throw new ConfigError('Invalid configuration: REDIS_SENTINEL_NAME is set without REDIS_SENTINELS')
+  if (cluster !== '') return { kind: 'cluster', nodes: addressList('REDIS_CLUSTER_NODES', cluster, '10.0.0.5:6379') }
+  if (list === '') return { kind: 'url', url: url !== '' ? url : DEFAULT_REDIS_URL, defaulted: url === '' }
   if (name === '') throw new ConfigError('Invalid configuration: REDIS_SENTINELS needs REDIS_SENTINEL_NAME, the master name the sentinels monitor')
-  const sentinels = list.split(',').map((entry) => {
-    const match = SENTINEL_ADDRESS.exec(entry.trim())
-    const port = Number(match?.[3])
-    if (!match || port < 1 || port > 65535) {
-      throw new ConfigError(`Invalid configuration: REDIS_SENTINELS entry "${entry.trim()}" is not host:port (e.g. 10.0.0.5:26379, [::1]:26379)`)
-    }
-    return { host: match[1] ?? match[2]!, port }
-  })
-  return { kind: 'sentinel', sentinels, name }
+  return { kind: 'sentinel', sentinels: addressList('REDIS_SENTINELS', list, '10.0.0.5:26379'), name }
 }
 
 /** Where Redis is, for log lines and error messages (a URL's password is not shown). */
 export function describeRedis (target: RedisTarget): string {
+  if (target.kind === 'cluster') return `Redis Cluster via ${target.nodes.map(formatAddress).join(',')}`
   if (target.kind === 'sentinel') {
     return `Sentinel master "${target.name}" via ${target.sentinels.map(formatAddress).join(',')}`
   }

@@ -30,7 +30,11 @@ export const InvalidMetadataKey = createError('INVALID_REQUEST', 'metadata keys 
 export const InvalidWindow = createError('INVALID_WINDOW', 'endsAt must be later than startsAt.', 400)
 export const Unauthorized = createError('UNAUTHORIZED', 'Missing or invalid credentials. Send `Authorization: Bearer <token>`.', 401)
 export const Forbidden = createError('FORBIDDEN', 'This key may not use this route. Admin routes need the ADMIN_TOKEN.', 403)
-export const RedisUnavailable = createError('REDIS_UNAVAILABLE', 'The coupon store (Redis) is unavailable. Retry shortly with the same Idempotency-Key.', 503)
+// The outcome is unknown (no answer in time, or the connection closed after the command was sent): the act
+// may have happened. Only a retry with the same Idempotency-Key is answered exactly (a replay).
+export const RedisUnavailable = createError('REDIS_UNAVAILABLE', 'The coupon store (Redis) is unavailable or did not answer in time; the operation may or may not have happened. Retry shortly with the same Idempotency-Key.', 503)
+// Redis Cluster refused the command before running it (failover, slot migration): nothing happened, a retry is safe.
+export const RedisReconfiguring = createError('REDIS_RECONFIGURING', 'The coupon store (Redis Cluster) refused the operation while it fails over or moves data; nothing was changed. Retry shortly.', 503)
 export const DatabaseUnavailable = createError('DATABASE_UNAVAILABLE', 'The database is unavailable. Retry shortly.', 503)
 export const BacklogFull = createError('BACKLOG_FULL', 'Too many issues are waiting to be persisted for coupon %s. Retry in a few seconds.', 503)
 export const ReplicationTimeout = createError('REPLICATION_TIMEOUT', 'Redis replicas did not confirm the write in time (REDIS_WAIT_REPLICAS): the outcome is unknown, it may have happened. Retry with the same Idempotency-Key.', 503)
@@ -69,11 +73,25 @@ export function isCatalogError (err: unknown): err is Error & { code: string, st
 export type ScriptFailure = new (options: { cause: unknown }) => Error
 
 /**
- * Any Redis failure that is not one of our codes becomes a 503 the client can act on; Redis refusing a
- * command (a ReplyError: out of memory, a key of the wrong type) becomes the given script's code.
+ * Refusals of a Redis Cluster that mean "not run here": the slot moved or is moving (MOVED, ASK, TRYAGAIN),
+ * the cluster cannot serve the slot (CLUSTERDOWN), or ioredis gave up following such redirections.
+ * None of them ran the command.
+ */
+const CLUSTER_REFUSAL = /^(?:MOVED|ASK|TRYAGAIN|CLUSTERDOWN) |^Too many Cluster redirections/
+
+/**
+ * Any Redis failure that is not one of our codes becomes a 503 the client can act on. Two kinds, told
+ * apart because a client retries them differently:
+ * - refused, nothing changed: Redis refusing a command (a ReplyError: out of memory, a key of the wrong
+ *   type, READONLY from a demoted master, NOREPLICAS) becomes the given script's code; a cluster's
+ *   redirections and CLUSTERDOWN become REDIS_RECONFIGURING.
+ * - outcome unknown: everything else (a timeout, a connection closed under a sent command, Redis out of
+ *   reach) is REDIS_UNAVAILABLE, whose message asks for a retry with the same Idempotency-Key.
  */
 export function redisFailure (err: unknown, ScriptFailed: ScriptFailure = IssueScriptFailed): Error {
   if (isCatalogError(err)) return err
+  const message = (err as Error)?.message ?? ''
+  if (CLUSTER_REFUSAL.test(message)) return new RedisReconfiguring({ cause: err })
   if ((err as Error)?.name === 'ReplyError') return new ScriptFailed({ cause: err })
   return new RedisUnavailable({ cause: err })
 }

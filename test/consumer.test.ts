@@ -1,6 +1,7 @@
 // The persistence path: redelivery is harmless, poison is parked before its ack, the loop keeps up.
 import { consumerGroupInfo } from '../src/redis/groups.js'
 import { once } from 'node:events'
+import type { Redis } from 'ioredis'
 import t from 'tap'
 import { eq } from 'drizzle-orm'
 import { couponIssues, couponRevocations, failedIssueEvents } from '../src/db/schema.js'
@@ -95,7 +96,7 @@ t.test('an admin retry persists a parked entry once its cause is fixed', async (
   // Delivered more often than allowed (a crash loop): parked without another attempt.
   await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crasher', 'COUNT', 10, 'STREAMS', k.events, '>')
   const entryId = (await app.redis.xrange(k.events, '-', '+'))[0]![0]
-  for (let i = 0; i < 5; i++) await app.redis.xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, entryId)
+  for (let i = 0; i < 5; i++) await (app.redis as Redis).xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, entryId)
   const report = await testConsumer(t, app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
   t.same(report, { [coupon.id]: 1 })
   t.equal((await rowsOf(app, coupon.id)).length, 0)
@@ -215,7 +216,7 @@ t.test('v1 entries: malformed ones are parked with a reason; parked v1 and old-s
   await app.inject({ method: 'POST', url, payload: { userId: 'keyed' }, headers: { 'idempotency-key': 'order-7' } })
   await app.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'crasher', 'COUNT', 10, 'STREAMS', k.events, '>')
   const [keyedId] = (await app.redis.xrange(k.events, '-', '+')).at(-1)!
-  for (let i = 0; i < 5; i++) await app.redis.xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, keyedId)
+  for (let i = 0; i < 5; i++) await (app.redis as Redis).xclaim(k.events, CONSUMER_GROUP, `crasher-${i}`, 0, keyedId)
   await testConsumer(t, app, 'survivor', { maxDeliveries: 5 }).reclaim(0)
   const [parked] = await app.db.select().from(failedIssueEvents).where(eq(failedIssueEvents.streamId, keyedId))
   t.match(parked!.payload, { e1: /^i\|keyed\|1\|\d+\|order-7$/ })

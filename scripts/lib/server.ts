@@ -43,11 +43,12 @@ export interface ChildOptions {
   nodeFlags?: string[]
 }
 
-/** REDIS_URL or REDIS_SENTINELS + REDIS_SENTINEL_NAME, as loadConfig reads them back into config.redis. */
+/** REDIS_URL, REDIS_SENTINELS + REDIS_SENTINEL_NAME or REDIS_CLUSTER_NODES, as loadConfig reads them back into config.redis. */
 function redisEnv (redis: RedisTarget): Record<string, string> {
-  return redis.kind === 'url'
-    ? { REDIS_URL: redis.defaulted ? '' : redis.url, REDIS_SENTINELS: '', REDIS_SENTINEL_NAME: '' }
-    : { REDIS_URL: '', REDIS_SENTINELS: redis.sentinels.map(formatAddress).join(','), REDIS_SENTINEL_NAME: redis.name }
+  const none = { REDIS_URL: '', REDIS_SENTINELS: '', REDIS_SENTINEL_NAME: '', REDIS_CLUSTER_NODES: '' }
+  if (redis.kind === 'url') return { ...none, REDIS_URL: redis.defaulted ? '' : redis.url }
+  if (redis.kind === 'cluster') return { ...none, REDIS_CLUSTER_NODES: redis.nodes.map(formatAddress).join(',') }
+  return { ...none, REDIS_SENTINELS: redis.sentinels.map(formatAddress).join(','), REDIS_SENTINEL_NAME: redis.name }
 }
 
 /** The environment that makes `loadConfig` return this config (checked: a Config field missing here throws). */

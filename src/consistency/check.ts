@@ -22,7 +22,7 @@
 // cancels up to the cutoff, not from revoked_at, which a cancel after the snapshot may already have set.
 // Cost: one MULTI (O(holders + claims) in Redis), the backlog read in pages, one coupon's rows in
 // Postgres through its indexes; no scan of another coupon's data.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import type { Db } from '../db/client.js'
 import { findCoupon } from '../db/queries/coupons.js'
 import { issuesOfCoupon, parkedEntriesOfStream, revocationsOfCoupon } from '../db/queries/issues.js'
@@ -102,7 +102,7 @@ function flatToObject (flat: unknown): Record<string, unknown> {
 }
 
 /** Step 1: one MULTI, so the counters, the cutoff and the group's position are one moment. */
-export async function readRedisSnapshot (redis: Redis, k: CouponKeys, group = CONSUMER_GROUP): Promise<RedisSnapshot> {
+export async function readRedisSnapshot (redis: RedisClient, k: CouponKeys, group = CONSUMER_GROUP): Promise<RedisSnapshot> {
   const replies = await redis.multi()
     .time()
     .hgetall(k.meta)
@@ -147,7 +147,7 @@ export function cutoffOf (snapshot: Pick<RedisSnapshot, 'lastGeneratedId' | 'now
 }
 
 /** Step 2: the entries up to the cutoff the group has not acknowledged (undelivered or pending), in pages. */
-export async function readUnacknowledged (redis: Redis, events: string, snapshot: RedisSnapshot): Promise<RawEntry[]> {
+export async function readUnacknowledged (redis: RedisClient, events: string, snapshot: RedisSnapshot): Promise<RawEntry[]> {
   if (snapshot.lastGeneratedId === null) return []
   const cutoff = snapshot.lastGeneratedId
   const pending = new Set(snapshot.pendingIds)
@@ -302,7 +302,7 @@ function sum (values: number[]): number {
 }
 
 export interface ConsistencyDeps {
-  redis: Redis
+  redis: RedisClient
   db: Db
   keys: Keys
 }

@@ -6,7 +6,7 @@
 //   them), issues per second and the persistence lag it sees in memory, and adds them to the stats hash
 //   once a second (recordStats.lua; additive, so instances never overwrite each other);
 // - a report reads that hash, the stock, the stream's group state and two indexed counts in Postgres.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import { and, count, eq, isNull } from 'drizzle-orm'
 import type { Db } from '../db/client.js'
 import { couponIssues, failedIssueEvents } from '../db/schema.js'
@@ -19,11 +19,11 @@ import { recordStats, type StatsDelta } from '../redis/scripts.js'
 const MAX_TRACKED = 10_000
 
 export class CampaignStats {
-  readonly #redis: Redis
+  readonly #redis: RedisClient
   readonly #keys: Keys
   #pending = new Map<number, StatsDelta>()
 
-  constructor (redis: Redis, keys: Keys) {
+  constructor (redis: RedisClient, keys: Keys) {
     this.#redis = redis
     this.#keys = keys
   }
@@ -113,7 +113,7 @@ const ms = (value: string | undefined) => value === undefined ? null : new Date(
  * The statistics of one coupon (its counters must exist: the caller made sure, e.g. with `remaining()`).
  * Postgres is read with two counts on indexed columns of this coupon only.
  */
-export async function campaignStats (db: Db, redis: Redis, keys: Keys, stats: CampaignStats, couponId: number, total: number): Promise<CampaignStatsReport> {
+export async function campaignStats (db: Db, redis: RedisClient, keys: Keys, stats: CampaignStats, couponId: number, total: number): Promise<CampaignStatsReport> {
   const k = keys.coupon(couponId)
   const [[persisted], [parked], [stock, fields, time], group, oldest] = await Promise.all([
     db.select({ n: count() }).from(couponIssues).where(eq(couponIssues.couponId, couponId)),

@@ -1,7 +1,7 @@
 // Where a coupon is issued: the route calls issue(), which runs src/redis/scripts/issue.lua in one
 // round trip; refusals.ts maps its reply code to a catalog error. Postgres is touched only when the counters
 // must be rebuilt, and by admin changes (which hold the coupon's row lock while Redis applies them).
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import type { Db } from '../db/client.js'
 import { findCoupon, updateCoupon as updateCouponRow, type Coupon, type CouponChanges } from '../db/queries/coupons.js'
 import type { CouponKeys, Keys } from '../redis/keys.js'
@@ -67,7 +67,7 @@ export interface Holding {
 }
 
 export interface CouponStoreOptions {
-  redis: Redis
+  redis: RedisClient
   db: Db
   keys: Keys
   backlogCap: number
@@ -89,7 +89,7 @@ const UNKNOWN_COUPON_CACHE_SIZE = 10_000
 const KEY_CACHE_LIMIT = 10_000
 
 export class CouponStore {
-  readonly #redis: Redis
+  readonly #redis: RedisClient
   readonly #db: Db
   readonly #keys: Keys
   readonly #backlogCap: number

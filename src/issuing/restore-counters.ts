@@ -1,7 +1,7 @@
 // Rebuilding a coupon's Redis counters when they are missing (expired, evicted, Redis restarted).
 // The truth is Postgres PLUS the events still in the stream: restoring from Postgres alone would hand
 // out again every unit whose event is not persisted yet.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import { findCoupon, type Coupon } from '../db/queries/coupons.js'
 import { issuesOfCoupon, parkedEntriesOfStream, redemptionsOfCoupon, revocationsOfCoupon, type PersistedIssue, type PersistedRedemption, type PersistedRevocation } from '../db/queries/issues.js'
 import type { Db } from '../db/client.js'
@@ -113,7 +113,7 @@ const fromRedis = <T>(call: Promise<T>): Promise<T> => call.catch((err) => { thr
 const byStreamId = ([a]: RawEntry, [b]: RawEntry) => compareEntryIds(a, b)
 
 export interface RestoreDeps {
-  redis: Redis
+  redis: RedisClient
   db: Db
   keys: Keys
   idempotencyTtlSeconds: number

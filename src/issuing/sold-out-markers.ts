@@ -16,9 +16,9 @@
 // - Requests with an Idempotency-Key never use a marker (their replays must stay exact).
 // The one visible difference: a user who holds perUserLimit units and retries without a key may read
 // SOLD_OUT instead of ALREADY_ISSUED while a marker lives (README, "Sold-out short-circuit").
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import type { FastifyBaseLogger } from 'fastify'
-import { releaseSentinelsOnEnd } from '../redis/client.js'
+import { dedicatedConnection, releaseSentinelsOnEnd } from '../redis/client.js'
 
 /** Markers and invalidation records kept at most (coupon ids come from clients; this bounds memory). */
 const MAX_TRACKED = 10_000
@@ -122,9 +122,10 @@ export const subscriberName = (channel: string) => `couponrush-markers:${channel
  * Subscribes a dedicated connection (a subscriber can run nothing else) to the stock-returned channel
  * and keeps `markers` in step with it. Returns a function that closes the subscription.
  */
-export async function followStockReturns (redis: Redis, channel: string, markers: SoldOutMarkers, log: FastifyBaseLogger): Promise<() => Promise<void>> {
+export async function followStockReturns (redis: RedisClient, channel: string, markers: SoldOutMarkers, log: FastifyBaseLogger): Promise<() => Promise<void>> {
   if (markers.ttlMs <= 0) return async () => {}
-  const subscriber = redis.duplicate({
+  // On a cluster: a plain connection to one primary, which hears every node's PUBLISH (client.ts).
+  const subscriber = dedicatedConnection(redis, {
     // Named after the channel, so an operator (or a test) can tell it apart in CLIENT LIST.
     connectionName: subscriberName(channel),
     lazyConnect: true,

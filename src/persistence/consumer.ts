@@ -5,7 +5,7 @@
 import { EventEmitter } from 'node:events'
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import type { FastifyBaseLogger } from 'fastify'
 import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
@@ -18,9 +18,9 @@ import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
 export interface ConsumerOptions {
   /** connection for acks, claims and group management */
-  redis: Redis
+  redis: RedisClient
   /** dedicated connection for the blocking XREADGROUP */
-  blockingRedis: Redis
+  blockingRedis: RedisClient
   db: Db
   keys: Keys
   log: FastifyBaseLogger
@@ -55,6 +55,15 @@ export interface DrainReport {
 
 const STREAM_LIST_TTL_MS = 1000
 const MAX_BACKOFF_MS = 5000
+/**
+ * Redis Cluster: how often an idle consumer polls its streams. A cluster refuses the multi-stream
+ * XREADGROUP (CROSSSLOT), so it reads one stream per call, without BLOCK: a blocking read holds its
+ * node connection for the block time (delaying every other stream's read behind it), and CLIENT UNBLOCK
+ * cannot name the right node's client through a Cluster client. A poll is cut short by wake() and stop().
+ */
+const CLUSTER_POLL_MS = 100
+/** Redis Cluster: per-stream reads in flight at once (pipelined per node by the client). */
+const CLUSTER_READ_WIDTH = 64
 function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T | null> {
   if (signal.aborted) return promise
   return new Promise((resolve, reject) => {
@@ -111,6 +120,15 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   #ownPendingFrom: Map<string, string> | null = null
   /** aborted by wake() to cut short the idle wait when there is no stream yet */
   #idle = new AbortController()
+  /** Redis Cluster: reads go one stream at a time (see CLUSTER_POLL_MS) */
+  readonly #cluster: boolean
+  /**
+   * Redis Cluster: streams whose last read failed (its reply may have been lost with the connection, the
+   * entries delivered to us): the next reads return our pending entries after this id first.
+   */
+  readonly #ownPendingByStream = new Map<string, string>()
+  /** Redis Cluster: when the failure of a stream's read was last logged (one line per stream per minute) */
+  readonly #readFailureLoggedAt = new Map<string, number>()
 
   constructor (options: ConsumerOptions) {
     super()
@@ -120,6 +138,7 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
     this.#persister = new PersistBatch(options.db, { maybeSoldOut: (ids) => maybeSoldOut(options.redis, options.keys, ids), announce: options.announceEvents ?? false })
     this.#size = new ReadSize(options.batchSize, options.lingerMs)
     this.#decoding = { couponIdOfStream: options.keys.couponIdOfStream, maxDeliveries: options.maxDeliveries }
+    this.#cluster = options.blockingRedis.isCluster
     // CLIENT ID belongs to one connection to one server: after a reconnect (a Redis restart numbers its
     // clients from 1 again) the old id may name somebody else's blocked client, which stop() would unblock.
     // A read whose reply was lost with the connection (Redis killed after delivering) left entries pending
@@ -349,9 +368,16 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   /** One XREADGROUP over every active stream; null when nothing arrived. blockMs null = do not block. */
   async #read (blockMs: number | null, signal?: AbortSignal): Promise<Batch | null> {
     const streams = await this.#activeStreams()
+    const wakeUp = () => signal ? AbortSignal.any([signal, this.#idle.signal]) : this.#idle.signal
     if (streams.length === 0) {
-      const wakeUp = signal ? AbortSignal.any([signal, this.#idle.signal]) : this.#idle.signal
-      if (blockMs) await sleep(blockMs, undefined, { signal: wakeUp }).catch(() => {})
+      if (blockMs) await sleep(blockMs, undefined, { signal: wakeUp() }).catch(() => {})
+      return null
+    }
+    if (this.#cluster) {
+      const batch = await this.#readEachStream(streams)
+      if (batch) return batch
+      // Poll instead of BLOCK (CLUSTER_POLL_MS); wake() and stop() cut the pause short.
+      if (blockMs) await sleep(Math.min(blockMs, CLUSTER_POLL_MS), undefined, { signal: wakeUp() }).catch(() => {})
       return null
     }
     const conn = this.#o.blockingRedis
@@ -372,6 +398,61 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
       return null
     }
     const batch = toBatch(reply, this.#decoding)
+    batch.lingerMs = this.#size.read(largestStreamShare(batch), count)
+    return batch
+  }
+
+  /**
+   * Redis Cluster: one non-blocking XREADGROUP per stream (a cluster refuses one over several slots),
+   * CLUSTER_READ_WIDTH at a time; null when nothing arrived. A stream whose read fails (its node down,
+   * failing over) is skipped this round, so one shard's trouble does not stall the others; when every
+   * read fails the error is thrown (the loop backs off). After a failed read the stream's own pending
+   * entries are read first: the failed reply may have delivered entries that no '>' read returns again.
+   */
+  async #readEachStream (streams: string[]): Promise<Batch | null> {
+    const conn = this.#o.blockingRedis
+    const count = this.#size.count
+    const replies: StreamReply = []
+    const failures: unknown[] = []
+    let refused: unknown = null
+    for (let i = 0; i < streams.length; i += CLUSTER_READ_WIDTH) {
+      const slice = streams.slice(i, i + CLUSTER_READ_WIDTH)
+      const settled = await Promise.allSettled(slice.map(async (stream) => {
+        const from = this.#ownPendingByStream.get(stream)
+        const reply = await (conn.xreadgroup as (...args: (string | number)[]) => Promise<unknown>)('GROUP', CONSUMER_GROUP, this.name,
+          'COUNT', count, 'STREAMS', stream, from ?? '>') as StreamReply | null
+        const entries = reply?.[0]?.[1] ?? []
+        if (from !== undefined) {
+          // Our own pending entries, page by page; none left: back to new entries.
+          if (entries.length === 0) this.#ownPendingByStream.delete(stream)
+          else this.#ownPendingByStream.set(stream, entries[entries.length - 1]![0])
+        }
+        return entries.length > 0 ? [stream, entries] as StreamReply[number] : null
+      }))
+      settled.forEach((result, j) => {
+        const stream = slice[j]!
+        if (result.status === 'fulfilled') {
+          if (result.value) replies.push(result.value)
+          return
+        }
+        failures.push(result.reason)
+        // NOGROUP is for the loop (it recreates the group); anything else: this stream only, next round.
+        if ((result.reason as Error)?.message?.includes('NOGROUP')) refused = result.reason
+        if (!this.#ownPendingByStream.has(stream)) this.#ownPendingByStream.set(stream, '0')
+        const loggedAt = this.#readFailureLoggedAt.get(stream) ?? 0
+        if (Date.now() - loggedAt > 60_000) {
+          this.#readFailureLoggedAt.set(stream, Date.now())
+          this.#o.log.warn({ err: result.reason, stream }, 'reading a stream failed; the other streams are read on')
+        }
+      })
+    }
+    if (refused) throw refused
+    if (replies.length === 0) {
+      if (failures.length === streams.length) throw failures[0]
+      this.#size.read(0)
+      return null
+    }
+    const batch = toBatch(replies, this.#decoding)
     batch.lingerMs = this.#size.read(largestStreamShare(batch), count)
     return batch
   }
@@ -398,7 +479,18 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
 
   async #activeStreams (fresh = false): Promise<string[]> {
     if (fresh || Date.now() - this.#streamsReadAt > STREAM_LIST_TTL_MS) {
-      const ids = await this.#o.redis.smembers(this.#o.keys.activeCoupons)
+      let ids: string[]
+      try {
+        ids = await this.#o.redis.smembers(this.#o.keys.activeCoupons)
+      } catch (err) {
+        // Redis Cluster: the active set lives on one shard. While that shard is down, read (and reclaim)
+        // the streams known from the last good read, so the other shards' coupons keep being persisted;
+        // a coupon added meanwhile waits for the set to come back. One Redis: nothing else would work either.
+        if (!this.#cluster || this.#streams.length === 0) throw err
+        this.#o.log.warn({ err }, 'reading the active coupon set failed; reading the streams known before')
+        this.#streamsReadAt = Date.now()
+        return this.#streams
+      }
       const known = new Set(this.#streams)
       this.#streams = ids.sort((a, b) => Number(a) - Number(b)).map((id) => this.#o.keys.coupon(id).events)
       this.#streamsReadAt = Date.now()
@@ -409,7 +501,8 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   }
 
   async #unblock (): Promise<void> {
-    if (this.#blockingClientId === null) return
+    // A Redis Cluster consumer never blocks (it polls): aborting the idle signal is the whole wake-up.
+    if (this.#cluster || this.#blockingClientId === null) return
     await this.#o.redis.client('UNBLOCK', this.#blockingClientId).catch(() => {})
   }
 }

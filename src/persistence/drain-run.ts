@@ -2,13 +2,13 @@
 // plain progress lines when stdout is a pipe or a file, one JSON document with --json; then a summary
 // per coupon. The total is the streams' backlog counted before the drain starts; progress comes from the
 // consumer's own events (`batch` for entries handled, `parked`, `reclaimed`), so nothing is polled.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import { consumerGroupInfo } from '../redis/groups.js'
 import type { Keys } from '../redis/keys.js'
 import type { ConsumerEvents, DrainReport } from './consumer.js'
 
 /** Entries waiting per coupon id: not yet delivered to the group, or delivered and not acknowledged. */
-export async function streamBacklog (redis: Redis, keys: Keys): Promise<Map<string, number>> {
+export async function streamBacklog (redis: RedisClient, keys: Keys): Promise<Map<string, number>> {
   const backlog = new Map<string, number>()
   const ids = (await redis.smembers(keys.activeCoupons)).sort((a, b) => Number(a) - Number(b))
   for (const id of ids) {

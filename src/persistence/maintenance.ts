@@ -3,23 +3,23 @@
 // consumer's reclaim of abandoned entries. Runs on a node-cron schedule in the web process and in
 // `npm run consume` alike.
 import cron, { type ScheduledTask } from 'node-cron'
-import type { Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import { COMPLETE_MARKER, CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { markDormant } from '../redis/scripts.js'
+import { scanEveryPrimary, type RedisClient } from '../redis/client.js'
 import type { IssueEventConsumer } from './consumer.js'
 
 /** An ended coupon stays on the read list this long, for late cancels to be read without a detour. */
 export const PRUNE_GRACE_MS = 60_000
 
 export interface MaintenanceDeps {
-  redis: Redis
+  redis: RedisClient
   keys: Keys
   log: FastifyBaseLogger
 }
 
 export class StreamMaintenance {
-  readonly #redis: Redis
+  readonly #redis: RedisClient
   readonly #keys: Keys
   readonly #log: FastifyBaseLogger
   /** the read list changed: the consumer reads it again instead of within a second */
@@ -65,10 +65,8 @@ export class StreamMaintenance {
     const redis = this.#redis
     const found: string[] = []
     const active = new Set(await redis.smembers(this.#keys.activeCoupons))
-    let cursor = '0'
-    do {
-      const [next, streams] = await redis.scan(cursor, 'MATCH', this.#keys.eventStreamPattern, 'COUNT', 1000, 'TYPE', 'stream')
-      cursor = next
+    // Every primary of a cluster (SCAN on a Cluster client would see one node's keys only).
+    for await (const streams of scanEveryPrimary(redis, this.#keys.eventStreamPattern, 'stream')) {
       for (const stream of streams) {
         const couponId = this.#keys.couponIdOfStream(stream)
         if (couponId === null || active.has(String(couponId))) continue
@@ -76,7 +74,7 @@ export class StreamMaintenance {
         await redis.sadd(this.#keys.activeCoupons, String(couponId))
         found.push(String(couponId))
       }
-    } while (cursor !== '0')
+    }
     if (found.length > 0) {
       this.#listChanged()
       this.#log.warn({ coupons: found }, 'found coupon streams with unpersisted entries off the read list; reading them again')

@@ -1,6 +1,6 @@
 // The one way to run the persistence loop, for the web process (plugins/consumer.ts) and for
 // `npm run consume` alike: its own blocking connection, the consumer, and the maintenance schedule.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import type { Db } from '../db/client.js'
@@ -14,7 +14,7 @@ import { scheduleMaintenance, type MaintenanceOptions } from './maintenance.js'
 export interface StartConsumerOptions {
   config: Config
   /** the connection for acks, claims and maintenance (the blocking read gets its own) */
-  redis: Redis
+  redis: RedisClient
   db: Db
   keys: Keys
   log: FastifyBaseLogger

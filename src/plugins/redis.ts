@@ -1,13 +1,13 @@
 // The Redis connection for requests, with the issue scripts defined on it.
 import fp from 'fastify-plugin'
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis/client.js'
 import { connectRedis, createRedis, redisDurabilityRisks } from '../redis/client.js'
 import { createKeys, type Keys } from '../redis/keys.js'
 import type { Config } from '../config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    redis: Redis
+    redis: RedisClient
     keys: Keys
   }
 }
@@ -16,7 +16,7 @@ export default fp(async function redisPlugin (fastify, { config }: { config: Con
   const redis = createRedis({ target: config.redis, commandTimeoutMs: config.redisCommandTimeoutMs, name: 'couponrush' })
   redis.on('error', (err) => fastify.log.warn({ err: err.message }, 'redis connection error'))
   await connectRedis(redis)
-  fastify.decorate('redis', redis)
+  fastify.decorate<RedisClient>('redis', redis)
   fastify.decorate('keys', createKeys(config.redisPrefix))
   fastify.addHook('onClose', async () => { await redis.quit().catch(() => redis.disconnect()) })
 
@@ -30,5 +30,10 @@ export default fp(async function redisPlugin (fastify, { config }: { config: Con
     // issues the new master forgot are not at risk: the counters are rebuilt (src/issuing/server-change.ts).
     fastify.log.warn('REDIS DURABILITY: with Sentinel, a failover can lose answered issues the old master had neither ' +
       'replicated nor persisted to Postgres; REDIS_WAIT_REPLICAS=1 closes that window (README, Scaling out)')
+  }
+  if (config.redis.kind === 'cluster') {
+    // The server-change guard (one run_id for one server) does not cover a cluster's shards yet.
+    fastify.log.warn('REDIS DURABILITY: with Redis Cluster, a primary that crashes can lose answered issues it had not replicated, ' +
+      'and its promoted replica may count fewer units than Postgres holds: run `npm run reconcile` after such a failover (README, Scaling out)')
   }
 }, { name: 'redis' })

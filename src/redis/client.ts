@@ -1,7 +1,15 @@
 // Redis connections with this service's Lua scripts defined as commands.
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { RedisTarget } from '../config.js'
 import { defineScripts } from './scripts.js'
+
+/**
+ * What the service talks to: one Redis (a URL or a Sentinel-managed master) or a Redis Cluster. Every
+ * command the service sends touches the keys of one coupon (one hash tag, one slot) or one global key,
+ * so both run the same commands; what differs (CLIENT ID, SCAN, CONFIG, readiness) goes through the
+ * helpers below.
+ */
+export type RedisClient = Redis | Cluster
 
 export interface RedisConnectOptions {
   /** config.redis: a URL, or Sentinels that name the current master */
@@ -13,8 +21,11 @@ export interface RedisConnectOptions {
   name?: string
 }
 
-/** Every connection of the service is made here, to the one Redis (or Sentinel-managed master) config.redis names. */
-export function createRedis ({ target, commandTimeoutMs, blocking = false, name }: RedisConnectOptions): Redis {
+/** Every connection of the service is made here, to the one Redis (or Sentinel-managed master, or Cluster) config.redis names. */
+export function createRedis (options: RedisConnectOptions & { target: { kind: 'url' | 'sentinel' } }): Redis
+export function createRedis (options: RedisConnectOptions): RedisClient
+export function createRedis ({ target, commandTimeoutMs, blocking = false, name }: RedisConnectOptions): RedisClient {
+  if (target.kind === 'cluster') return createCluster(target, { commandTimeoutMs, blocking, name })
   const options: RedisOptions = {
     lazyConnect: true,
     connectionName: name,
@@ -34,12 +45,104 @@ export function createRedis ({ target, commandTimeoutMs, blocking = false, name 
 }
 
 /**
+ * Redis Cluster: one client that follows the slot map. What matters for "never oversold, nothing lost":
+ * - scaleReads 'master': every command goes to the slot's primary (a replica may lag behind the counters).
+ * - retryDelayOnFailover 0: ioredis would otherwise send a command again after its node's connection
+ *   closed, although the node may have run it (the reply was lost, not the write); an issue without an
+ *   Idempotency-Key sent twice could hand out a second unit. The caller gets the error instead and
+ *   answers REDIS_UNAVAILABLE (outcome unknown: retry with the same Idempotency-Key).
+ * - MOVED/ASK/TRYAGAIN/CLUSTERDOWN are retried by ioredis (bounded by maxRedirections): a node that
+ *   answers them did not run the command, so sending it again is safe.
+ * - the blocking option (the consumer's client) keeps an offline queue, like the single-node one, and
+ *   never shares its node connections with requests.
+ */
+function createCluster (target: Extract<RedisTarget, { kind: 'cluster' }>, { commandTimeoutMs, blocking, name }: Omit<RedisConnectOptions, 'target'>): Cluster {
+  const options: ClusterOptions = {
+    lazyConnect: true,
+    scaleReads: 'master',
+    enableOfflineQueue: blocking,
+    enableAutoPipelining: !blocking,
+    retryDelayOnFailover: 0,
+    retryDelayOnClusterDown: 100,
+    retryDelayOnTryAgain: 100,
+    // 16 by default; every redirect of a failover costs retryDelayOnClusterDown, so this bounds a
+    // refused command at about a second before the caller gets its 503.
+    maxRedirections: 10,
+    slotsRefreshTimeout: 2000,
+    clusterRetryStrategy: (attempt) => Math.min(100 * attempt, 1000),
+    redisOptions: {
+      connectionName: name,
+      maxRetriesPerRequest: blocking ? null : 1,
+      commandTimeout: blocking ? undefined : commandTimeoutMs
+    }
+  }
+  const cluster = new Cluster(target.nodes, options)
+  defineScripts(cluster)
+  return cluster
+}
+
+/** The primaries of a cluster (their node connections, shared with requests), or the one Redis. */
+export function primaries (redis: RedisClient): Redis[] {
+  return redis.isCluster ? (redis as Cluster).nodes('master') : [redis as Redis]
+}
+
+/** Every node of a cluster, replicas included, or the one Redis. */
+export function everyNode (redis: RedisClient): Redis[] {
+  return redis.isCluster ? (redis as Cluster).nodes('all') : [redis as Redis]
+}
+
+/**
+ * SCAN over every primary (on a Cluster client SCAN reaches one node only): each key matching `pattern`
+ * (of `type`, when given) once, per page.
+ */
+export async function * scanEveryPrimary (redis: RedisClient, pattern: string, type?: string): AsyncGenerator<string[]> {
+  for (const node of primaries(redis)) {
+    let cursor = '0'
+    do {
+      const [next, keys] = type
+        ? await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', type)
+        : await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+      cursor = next
+      if (keys.length > 0) yield keys
+    } while (cursor !== '0')
+  }
+}
+
+/**
+ * A standalone connection for pub/sub. On a cluster a classic PUBLISH (the scripts' stock-returned
+ * message) reaches every node, so one connection to any primary hears it; a plain connection (not the
+ * Cluster client's subscriber, which moves to another node silently) reports each loss of the
+ * subscription with 'close', which the sold-out markers need.
+ */
+export function dedicatedConnection (redis: RedisClient, options: RedisOptions): Redis {
+  if (!redis.isCluster) return (redis as Redis).duplicate(options)
+  const [node] = primaries(redis)
+  if (!node) throw new Error('the Redis Cluster client knows no primary yet')
+  const { host, port } = node.options
+  return new Redis({ ...node.options, ...options, host, port })
+}
+
+/** Readiness: PING, and on a cluster CLUSTER INFO on every primary (cluster_state:ok); throws what is wrong. */
+export async function checkRedisReady (redis: RedisClient): Promise<void> {
+  if (!redis.isCluster) {
+    await redis.ping()
+    return
+  }
+  const nodes = primaries(redis)
+  if (nodes.length === 0) throw new Error('no primary known')
+  await Promise.all(nodes.map(async (node) => {
+    const info = await node.cluster('INFO') as string
+    if (!/^cluster_state:ok\r?$/m.test(info)) throw new Error(`${node.options.host}:${node.options.port} cluster_state is not ok`)
+  }))
+}
+
+/**
  * ioredis's quit() ends the connection but not the failover detector's subscriptions to the sentinels,
  * which then reconnect forever (and keep a closing process alive): end them with the connection.
  * For every Sentinel-mode connection, duplicates included; nothing to do for a URL.
  */
-export function releaseSentinelsOnEnd (redis: Redis): void {
-  if (redis.options.sentinels) redis.on('end', () => redis.disconnect())
+export function releaseSentinelsOnEnd (redis: RedisClient): void {
+  if (!redis.isCluster && (redis as Redis).options.sentinels) redis.on('end', () => redis.disconnect())
 }
 
 /**
@@ -64,13 +167,25 @@ function sentinelOptions (target: Extract<RedisTarget, { kind: 'sentinel' }>): R
 }
 
 /** Resolves once the connection is ready; rejects with the connection error otherwise. */
-export async function connectRedis (redis: Redis): Promise<Redis> {
+export async function connectRedis<R extends RedisClient> (redis: R): Promise<R> {
   if (redis.status === 'wait') await redis.connect()
   return redis
 }
 
-/** Settings under which Redis may silently lose counters; each entry is a sentence for the log. */
-export async function redisDurabilityRisks (redis: Redis, { waitReplicas = 0 } = {}): Promise<string[]> {
+/**
+ * Settings under which Redis may silently lose counters; each entry is a sentence for the log. On a
+ * cluster every node is asked (a replica is promoted with its own settings), each risk named with its node.
+ */
+export async function redisDurabilityRisks (redis: RedisClient, { waitReplicas = 0 } = {}): Promise<string[]> {
+  if (!redis.isCluster) return await nodeDurabilityRisks(redis as Redis, { waitReplicas })
+  const nodes = everyNode(redis)
+  if (nodes.length === 0) return ['the Redis Cluster client knows no node: nothing could be checked']
+  const perNode = await Promise.all(nodes.map(async (node) =>
+    (await nodeDurabilityRisks(node, {})).map((risk) => `${node.options.host}:${node.options.port}: ${risk}`)))
+  return perNode.flat()
+}
+
+async function nodeDurabilityRisks (redis: Redis, { waitReplicas = 0 }: { waitReplicas?: number }): Promise<string[]> {
   const risks: string[] = []
   if (waitReplicas > 0) {
     const connected = Number(/^connected_slaves:(\d+)\r?$/m.exec(await redis.info('replication'))?.[1] ?? 0)

@@ -1,5 +1,5 @@
 // The one parser of XINFO GROUPS replies (flat name/value arrays in RESP2).
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './client.js'
 import { CONSUMER_GROUP } from './keys.js'
 
 export interface GroupInfo {
@@ -11,7 +11,7 @@ export interface GroupInfo {
 }
 
 /** The state of our consumer group on a stream; null when the stream or the group does not exist. */
-export async function consumerGroupInfo (redis: Redis, stream: string, group = CONSUMER_GROUP): Promise<GroupInfo | null> {
+export async function consumerGroupInfo (redis: RedisClient, stream: string, group = CONSUMER_GROUP): Promise<GroupInfo | null> {
   const groups = await redis.xinfo('GROUPS', stream).catch(() => []) as unknown[][]
   for (const flat of groups) {
     const info = new Map<unknown, unknown>()

@@ -2,7 +2,8 @@
 // typed reply whose code is named here, next to the script loader (as BullMQ keeps its error codes).
 // The file name and the command name are the same (issue.lua <-> issue). Nothing else calls a script.
 import { readFileSync } from 'node:fs'
-import type { Redis, Result } from 'ioredis'
+import type { Result } from 'ioredis'
+import type { RedisClient } from './client.js'
 import type { CouponKeys } from './keys.js'
 
 const read = (path: string) => readFileSync(new URL(`./scripts/${path}`, import.meta.url), 'utf8')
@@ -48,7 +49,7 @@ declare module 'ioredis' {
 }
 
 /** Defines every script as a command on the connection (EVALSHA, loaded on first use). */
-export function defineScripts (redis: Redis): void {
+export function defineScripts (redis: RedisClient): void {
   for (const [name, numberOfKeys] of Object.entries(SCRIPTS)) redis.defineCommand(name, { lua: scriptSource(name), ...(numberOfKeys === null ? {} : { numberOfKeys }) })
 }
 
@@ -102,7 +103,7 @@ export interface IssueArgs {
   backlogCap: number
 }
 
-export async function issue (redis: Redis, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
+export async function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
   return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes,
     a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
 }
@@ -116,7 +117,7 @@ export interface RevokeArgs {
   force: boolean
 }
 
-export async function revoke (redis: Redis, k: CouponKeys, a: RevokeArgs): Promise<Outcome<RevokeCode>> {
+export async function revoke (redis: RedisClient, k: CouponKeys, a: RevokeArgs): Promise<Outcome<RevokeCode>> {
   return outcome(await redis.revoke(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.stats, k.redemptions,
     a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, k.stockReturned, a.force ? '1' : ''))
 }
@@ -138,7 +139,7 @@ export interface UnitState {
   expiresAt: number
 }
 
-export async function lookupCode (redis: Redis, k: CouponKeys, head: string): Promise<{ code: LookupCode, unit?: UnitState }> {
+export async function lookupCode (redis: RedisClient, k: CouponKeys, head: string): Promise<{ code: LookupCode, unit?: UnitState }> {
   const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now, expiresAt] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
   if (code !== LookupCode.FOUND) return { code: code as LookupCode }
   return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now!, expiresAt: expiresAt! } }
@@ -155,7 +156,7 @@ export interface RedemptionOutcome {
   reactivated: boolean
 }
 
-export async function redeemOrRollback (redis: Redis, k: CouponKeys, action: 'redeem' | 'rollback', head: string, orderId: string): Promise<RedemptionOutcome> {
+export async function redeemOrRollback (redis: RedisClient, k: CouponKeys, action: 'redeem' | 'rollback', head: string, orderId: string): Promise<RedemptionOutcome> {
   const [code, at, userId, claim, entryId, replayed, reactivated] = await redis[action](k.meta, k.codes, k.redemptions, k.revoked, k.events, head, orderId)
   return { code: code as RedemptionCode, at, userId, claim, entryId, replayed: replayed === 1, reactivated: reactivated === 1 }
 }
@@ -189,7 +190,7 @@ export interface RestoreArgs {
   values: CounterValues
 }
 
-export async function restoreCounters (redis: Redis, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
+export async function restoreCounters (redis: RedisClient, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
   const c = v.codeSettings
   const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes, k.redemptions,
     group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
@@ -209,17 +210,17 @@ export interface UpdateArgs {
   paused: boolean
 }
 
-export async function updateCoupon (redis: Redis, k: CouponKeys, a: UpdateArgs): Promise<{ code: UpdateCode, issued: number }> {
+export async function updateCoupon (redis: RedisClient, k: CouponKeys, a: UpdateArgs): Promise<{ code: UpdateCode, issued: number }> {
   const [code, issued] = await redis.updateCoupon(k.meta, k.stock, a.total, a.startsAtMs, a.endsAtMs ?? '', k.stockReturned, k.couponId, a.paused ? '1' : '')
   return { code: code as UpdateCode, issued }
 }
 
-export async function ackAndTrim (redis: Redis, stream: string, group: string, ids: string[]): Promise<{ acked: number, trimmed: number }> {
+export async function ackAndTrim (redis: RedisClient, stream: string, group: string, ids: string[]): Promise<{ acked: number, trimmed: number }> {
   const [acked, trimmed] = await redis.ackAndTrim(stream, group, ...ids)
   return { acked, trimmed }
 }
 
-export async function markDormant (redis: Redis, k: CouponKeys, group: string): Promise<boolean> {
+export async function markDormant (redis: RedisClient, k: CouponKeys, group: string): Promise<boolean> {
   return await redis.markDormant(k.meta, k.events, group) === 1
 }
 
@@ -229,7 +230,7 @@ export interface DiscardArgs {
   entryId: string
 }
 
-export async function discardIssue (redis: Redis, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
+export async function discardIssue (redis: RedisClient, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
   return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, k.codes, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
 }
 
@@ -242,7 +243,7 @@ export interface StatsDelta {
   lagMs: number
 }
 
-export async function recordStats (redis: Redis, k: CouponKeys, { rejected, issuedPerSecond, lagMs }: StatsDelta): Promise<void> {
+export async function recordStats (redis: RedisClient, k: CouponKeys, { rejected, issuedPerSecond, lagMs }: StatsDelta): Promise<void> {
   const seconds = [...issuedPerSecond.keys()]
   const args: Arg[] = [k.stats, ...seconds.map((s) => `${k.perSecond}${s}`), rejected.size]
   for (const [code, n] of rejected) args.push(code, n)
@@ -260,7 +261,7 @@ export interface AdoptArgs {
   listed: { couponIds: string[], counterKeys: string[] } | null
 }
 
-export async function adoptServer (redis: Redis, { recordKey, runId, stockReturned, listed }: AdoptArgs): Promise<AdoptCode> {
+export async function adoptServer (redis: RedisClient, { recordKey, runId, stockReturned, listed }: AdoptArgs): Promise<AdoptCode> {
   const keys = [recordKey, ...(listed?.counterKeys ?? [])]
   return await redis.adoptServer(keys.length, ...keys, runId, stockReturned, listed ? 'listed' : '', ...(listed?.couponIds ?? [])) as AdoptCode
 }

@@ -47,7 +47,7 @@ const campaignStatsRoutes: FastifyPluginAsync = async (fastify) => {
       tags: ['admin'],
       security: [{ bearer: [] }],
       params: couponParams,
-      response: { 200: statsBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE'] }) }
+      response: { 200: statsBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE'] }) }
     }
   }, async (request) => {
     const { couponId } = request.params

@@ -60,7 +60,7 @@ const consistencyRoutes: FastifyPluginAsync = async (fastify) => {
       params: couponParams,
       response: {
         200: consistencyReportSchema,
-        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE'] })
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE'] })
       }
     }
   }, async (request) => checkConsistency(fastify, request.params.couponId))

@@ -73,7 +73,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       tags: ['coupons'],
       security: [{ bearer: [] }],
       body: newCoupon,
-      response: { 201: couponBody, ...adminErrors, ...errors({ 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE'] }) }
+      response: { 201: couponBody, ...adminErrors, ...errors({ 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE'] }) }
     }
   }, async (request, reply) => {
     const { startsAt, endsAt, codes, validFor, validUntil, ...rest } = request.body
@@ -105,7 +105,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       tags: ['coupons'],
       security: [{ bearer: [] }],
       params: couponParams,
-      response: { 200: couponBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
+      response: { 200: couponBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING'] }) }
     }
   }, async (request) => {
     const coupon = await findCoupon(db, request.params.couponId)
@@ -121,7 +121,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       security: [{ bearer: [] }],
       params: couponParams,
       body: couponChanges,
-      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
+      response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
     }
   }, async (request) => {
     const { totalQuantity, startsAt, endsAt, discount, metadata } = request.body
@@ -149,7 +149,7 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
         tags: ['coupons'],
         security: [{ bearer: [] }],
         params: couponParams,
-        response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
+        response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
       }
     }, async (request) => {
       const { coupon, remaining } = await couponStore.change(request.params.couponId, { paused })

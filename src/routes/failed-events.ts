@@ -83,7 +83,7 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
       body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', minLength: 1, maxLength: 500, pattern: '^[^\\u0000-\\u001f]*$' } } },
       response: {
         200: { type: 'object', properties: { id: { type: 'integer' }, unitReturned: { type: 'boolean' }, discardedAt: { type: 'string', format: 'date-time' } } },
-        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 409: ['FAILED_EVENT_SETTLED'], 503: ['REDIS_UNAVAILABLE', 'DATABASE_UNAVAILABLE', 'RESTORING'] })
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 409: ['FAILED_EVENT_SETTLED'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE', 'RESTORING'] })
       }
     }
   }, async (request) => {

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { pingDatabase } from '../db/client.js'
+import { checkRedisReady } from '../redis/client.js'
 
 // A readiness probe that hangs is as bad as one that fails.
 const PROBE_TIMEOUT_MS = 1000
@@ -11,7 +12,7 @@ const healthRoutes: FastifyPluginAsync = async (fastify) => {
 
   fastify.get('/ready', {
     schema: {
-      summary: 'Readiness: Redis and Postgres reachable (503 otherwise)',
+      summary: 'Readiness: Redis (on a cluster: every primary, cluster_state ok) and Postgres reachable (503 otherwise)',
       tags: ['health'],
       response: {
         200: { type: 'object', properties: { status: { type: 'string' }, redis: { type: 'string' }, database: { type: 'string' } } },
@@ -28,7 +29,7 @@ const healthRoutes: FastifyPluginAsync = async (fastify) => {
         clearTimeout(timer)
       }
     }
-    const [redis, database] = await Promise.all([check(fastify.redis.ping()), check(pingDatabase(fastify.db))])
+    const [redis, database] = await Promise.all([check(checkRedisReady(fastify.redis)), check(pingDatabase(fastify.db))])
     const ready = redis === 'ok' && database === 'ok'
     return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', redis, database })
   })

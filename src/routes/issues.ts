@@ -85,7 +85,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
           413: ['FST_ERR_CTP_BODY_TOO_LARGE'],
           422: ['IDEMPOTENCY_KEY_REUSED'],
           429: ['RATE_LIMITED'],
-          503: ['REDIS_UNAVAILABLE', 'BACKLOG_FULL', 'RESTORING', 'ISSUE_SCRIPT_FAILED', 'DATABASE_UNAVAILABLE', 'SHUTTING_DOWN']
+          503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'BACKLOG_FULL', 'RESTORING', 'ISSUE_SCRIPT_FAILED', 'DATABASE_UNAVAILABLE', 'SHUTTING_DOWN']
         })
       }
     }
@@ -140,7 +140,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
           404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'],
           409: ['ALREADY_REDEEMED'],
           422: ['IDEMPOTENCY_KEY_REUSED'],
-          503: ['REDIS_UNAVAILABLE', 'RESTORING', 'CANCEL_SCRIPT_FAILED']
+          503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'RESTORING', 'CANCEL_SCRIPT_FAILED']
         })
       }
     }
@@ -160,7 +160,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
       tags: ['issues'],
       security: [{ bearer: [] }],
       params: couponUserParams,
-      response: { 200: holdingBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE'] }) }
+      response: { 200: holdingBody, ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 404: ['COUPON_NOT_FOUND', 'ISSUE_NOT_FOUND'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING'] }) }
     }
   }, async (request) => {
     const { couponId, userId } = request.params
@@ -183,7 +183,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
           required: ['userId', 'coupons'],
           properties: { userId: { type: 'string' }, coupons: { type: 'array', items: holdingBody } }
         },
-        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 503: ['REDIS_UNAVAILABLE'] })
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING'] })
       }
     }
   }, async (request) => {

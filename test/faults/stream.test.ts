@@ -2,6 +2,7 @@
 // a batch of good ones, a forced duplicate delivery. In-process against the shared Redis (own prefix)
 // and Postgres (own database).
 import t from 'tap'
+import type { Redis } from 'ioredis'
 import { createCoupon, inParallel, waitFor, admin } from '../helpers/env.js'
 import { CONSUMER_GROUP } from '../../src/redis/keys.js'
 import { groupState, issue, rowsOf, type Call } from './helpers/invariants.js'
@@ -118,7 +119,7 @@ t.test('a duplicate delivery forced with XCLAIM while the consumer works: no ext
 
   // While the worker is in the middle of its insert, its entries are forced onto another consumer.
   const ids = held.map(([id]) => id)
-  await app.redis.xclaim(stream, CONSUMER_GROUP, 'intruder', 0, ...ids)
+  await (app.redis as Redis).xclaim(stream, CONSUMER_GROUP, 'intruder', 0, ...ids)
   const intruder = extraConsumer(t, app, 'intruder', { reclaimMinIdleMs: 600_000 })
   const second = intruder.reclaim(0)
   // The intruder has claimed everything (a reclaim claims before it persists) and its insert is queued.

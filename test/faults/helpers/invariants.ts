@@ -7,7 +7,7 @@
 // A 503 REDIS_UNAVAILABLE counts like a timeout: when Redis dies between running the script and sending
 // the reply, the issue happened but the service cannot know (the error tells the client to retry with
 // the same Idempotency-Key, which then replays the 201).
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../../../src/redis/client.js'
 import pg from 'pg'
 import { createKeys } from '../../../src/redis/keys.js'
 import { consumerGroupInfo } from '../../../src/redis/groups.js'
@@ -73,7 +73,7 @@ export function load (base: () => string, couponId: number, { width = 4, maxCall
 
 export interface GroupState { pending: number, lag: number | null, length: number, lastDelivered: string, undelivered: number }
 
-export async function groupState (redis: Redis, stream: string): Promise<GroupState> {
+export async function groupState (redis: RedisClient, stream: string): Promise<GroupState> {
   const length = await redis.xlen(stream)
   const group = await consumerGroupInfo(redis, stream)
   if (!group) return { pending: -1, lag: null, length, lastDelivered: '', undelivered: length }
@@ -83,7 +83,7 @@ export async function groupState (redis: Redis, stream: string): Promise<GroupSt
 }
 
 /** I4: waits (bounded) until the group has nothing pending and nothing undelivered. */
-export async function settled (redis: Redis, prefix: string, couponId: number, timeoutMs = 30_000): Promise<GroupState> {
+export async function settled (redis: RedisClient, prefix: string, couponId: number, timeoutMs = 30_000): Promise<GroupState> {
   const stream = createKeys(prefix).coupon(couponId).events
   let state: GroupState | null = null
   await until(async () => {
@@ -110,7 +110,7 @@ interface Assert {
 }
 
 export interface InvariantInput {
-  redis: Redis
+  redis: RedisClient
   prefix: string
   databaseUrl: string
   couponId: number
