@@ -43,8 +43,8 @@ export async function testEnv (t: Teardown, overrides: Record<string, string> = 
   const prefix = overrides.REDIS_PREFIX ?? uniquePrefix(t, overrides.REDIS_URL ?? REDIS_URL)
   const config = loadConfig({
     DATABASE_URL: databaseUrl,
-    // Sentinels instead of a URL when the test names them (both at once are refused).
-    ...(overrides.REDIS_SENTINELS ? {} : { REDIS_URL }),
+    // Sentinels or a cluster instead of a URL when the test names them (two at once are refused).
+    ...(overrides.REDIS_SENTINELS || overrides.REDIS_CLUSTER_NODES ? {} : { REDIS_URL }),
     REDIS_PREFIX: prefix,
     ADMIN_TOKEN,
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',

@@ -200,6 +200,95 @@ export async function throwawaySentinelSet (t: Teardown, { name = 'couponrush', 
   return self
 }
 
+// -------------------------------------------------------------------------------------------- cluster
+
+export interface ThrowawayCluster {
+  /** every node, in start order (which ones are primaries changes with a failover) */
+  servers: ThrowawayRedis[]
+  /** REDIS_CLUSTER_NODES for the service (every node as a seed) */
+  env: Record<string, string>
+  /** CLUSTER NODES as seen by the first reachable node: port -> role and, for a replica, its primary's port */
+  topology (): Promise<Map<number, { role: 'master' | 'slave', primaryPort: number | null, slots: Array<[number, number]> }>>
+  /** the port of the primary serving this hash tag's slot now */
+  primaryOf (hashTag: string): Promise<number>
+  /** resolves once every node says cluster_state:ok, agrees on who serves every slot, and every replica is synced */
+  healthy (timeoutMs?: number): Promise<void>
+}
+
+/**
+ * `primaries` primaries with one replica each (`--cluster-enabled yes`, `redis-cli --cluster create …
+ * --cluster-replicas 1`), every node a throwawayRedis (AOF, appendfsync always) on a free loopback port;
+ * resolves once the cluster is ok on every node and every replica finished its first sync
+ * (master_link_status:up), so a test's faults never hit a half-built cluster.
+ */
+export async function throwawayCluster (t: Teardown, { primaries = 3 } = {}): Promise<ThrowawayCluster> {
+  const servers: ThrowawayRedis[] = []
+  for (let i = 0; i < primaries * 2; i++) {
+    // a short node timeout: a failover in a test should take seconds, not the default 15 s
+    servers.push(await throwawayRedis(t, { args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'] }))
+  }
+  const create = spawnSync('redis-cli', ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-replicas', '1', '--cluster-yes'], { encoding: 'utf8' })
+  if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`)
+
+  const nodesOf = async (server: ThrowawayRedis) => {
+    const text = await server.client.call('CLUSTER', 'NODES') as string
+    const byId = new Map<string, number>()
+    const lines = text.trim().split('\n').map((line) => line.split(' '))
+    for (const [id, address] of lines) byId.set(id!, Number(/:(\d+)@/.exec(address!)![1]))
+    const topology = new Map<number, { role: 'master' | 'slave', primaryPort: number | null, slots: Array<[number, number]> }>()
+    for (const [id, , flags, primaryId, , , , link, ...slots] of lines) {
+      if (flags!.includes('fail') || link !== 'connected') continue
+      const role = flags!.includes('master') ? 'master' : 'slave'
+      topology.set(byId.get(id!)!, {
+        role,
+        primaryPort: role === 'slave' ? byId.get(primaryId!) ?? null : null,
+        slots: slots.filter((range) => !range.startsWith('[')).map((range) => {
+          const [from, to] = range.split('-').map(Number)
+          return [from!, to ?? from!] as [number, number]
+        })
+      })
+    }
+    return topology
+  }
+  const self: ThrowawayCluster = {
+    servers,
+    env: { REDIS_CLUSTER_NODES: servers.map((s) => `127.0.0.1:${s.port}`).join(',') },
+    async topology () {
+      for (const server of servers) {
+        try { return await nodesOf(server) } catch {}
+      }
+      throw new Error('no cluster node answers CLUSTER NODES')
+    },
+    async primaryOf (hashTag) {
+      const slot = Number(await servers[0]!.client.call('CLUSTER', 'KEYSLOT', `{${hashTag}}`))
+      for (const [port, node] of await self.topology()) {
+        if (node.role === 'master' && node.slots.some(([from, to]) => slot >= from && slot <= to)) return port
+      }
+      throw new Error(`no primary serves slot ${slot}`)
+    },
+    async healthy (timeoutMs = 30_000) {
+      await until(async () => {
+        try {
+          for (const server of servers) {
+            const info = await server.client.call('CLUSTER', 'INFO') as string
+            if (!/cluster_state:ok/.test(info) || !/cluster_slots_ok:16384/.test(info)) return false
+            const replication = await server.client.info('replication')
+            if (/role:slave/.test(replication) && !/master_link_status:up/.test(replication)) return false
+          }
+          // every node sees the same primaries, each with one synced replica
+          const views = await Promise.all(servers.map(async (s) => [...(await nodesOf(s)).entries()]
+            .filter(([, n]) => n.role === 'master').map(([port]) => port).sort().join(',')))
+          const topology = await nodesOf(servers[0]!)
+          const replicas = [...topology.values()].filter((n) => n.role === 'slave').length
+          return new Set(views).size === 1 && views[0]!.split(',').length === primaries && replicas === primaries
+        } catch { return false }
+      }, timeoutMs, `the cluster of ${primaries} primaries and ${primaries} replicas to be ok and synced`)
+    }
+  }
+  await self.healthy()
+  return self
+}
+
 // ------------------------------------------------------------------------------------------- postgres
 
 export interface ThrowawayPostgres {

@@ -1,0 +1,201 @@
+// Issue 10, the Cluster slice: the service on a Redis Cluster of 3 primaries and 3 replicas
+// (REDIS_CLUSTER_NODES), two app instances sharing the consumer group, coupons placed by CLUSTER KEYSLOT
+// so that every primary holds some. The hot path (issue, cancel, rebuild, the shop API) runs unchanged
+// on the coupon's shard; the consumer reads one stream per call; the sold-out markers hear every shard's
+// PUBLISH; a manual CLUSTER FAILOVER mid-rush costs only documented 503s and loses nothing.
+import t, { type Test } from 'tap'
+import { Writable } from 'node:stream'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../src/app.js'
+import { scratchPrefix } from '../../scripts/lib/infra.js'
+import { admin, createCoupon, testEnv } from '../helpers/env.js'
+import { throwawayCluster, until } from './helpers/procs.js'
+import { issue, rowsOf, type Call } from './helpers/invariants.js'
+
+const cluster = await throwawayCluster(t)
+
+/** Every log line of both instances (warn and above), to look for CROSSSLOT and failures. */
+const logs: string[] = []
+const logStream = new Writable({ write (chunk, _encoding, done) { logs.push(String(chunk)); done() } })
+
+const shared = {
+  ...cluster.env,
+  // throwaway servers, removed at teardown: no prefix cleanup on the shared Redis needed
+  REDIS_PREFIX: scratchPrefix('cluster'),
+  RECLAIM_MIN_IDLE_MS: '2000',
+  RECLAIM_CRON: '* * * * * *',
+  // long enough that only the stock-returned message (never the TTL) can end a marker within the test
+  SOLD_OUT_MARKER_TTL_MS: '60000'
+}
+const envA = await testEnv(t, { ...shared, CONSUMER_NAME: 'instance-a' })
+const envB = await testEnv(t, { ...shared, DATABASE_URL: envA.databaseUrl, CONSUMER_NAME: 'instance-b' })
+const start = async (config: typeof envA.config) => {
+  const app = await buildApp(config, { logger: { level: 'warn', stream: logStream } })
+  t.teardown(() => app.close())
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  return { app, base }
+}
+const a = await start(envA.config)
+const b = await start(envB.config)
+const instances = [a, b]
+
+/** Creates coupons until every primary serves at least `perPrimary` of them; returns them with their primary's port. */
+async function couponsOnEveryPrimary (app: FastifyInstance, perPrimary: number, body: Record<string, unknown>) {
+  const byPrimary = new Map<number, number[]>()
+  const coupons: Array<{ id: number, primary: number }> = []
+  while (byPrimary.size < 3 || [...byPrimary.values()].some((ids) => ids.length < perPrimary)) {
+    const { id } = await createCoupon(app, body)
+    const primary = await cluster.primaryOf(String(id))
+    if ((byPrimary.get(primary)?.length ?? 0) >= perPrimary) continue
+    byPrimary.set(primary, [...(byPrimary.get(primary) ?? []), id])
+    coupons.push({ id, primary })
+  }
+  return { coupons, byPrimary }
+}
+
+const cancel = (base: string, couponId: number, userId: string) =>
+  fetch(`${base}/coupons/${couponId}/issues/${userId}`, { method: 'DELETE' }).then(async (r) => ({ status: r.status, body: await r.json() as Record<string, unknown> }))
+
+/** Every 201 has exactly one row with its issuedAt; no row without a 201 unless the call's outcome was unknown. */
+async function checkPersisted (t: Test, couponId: number, calls: Call[], expectedRows: number) {
+  await until(async () => (await rowsOf(envA.databaseUrl, couponId)).length >= expectedRows, 20_000,
+    () => `coupon ${couponId}: ${expectedRows} rows persisted`)
+  const rows = await rowsOf(envA.databaseUrl, couponId)
+  t.equal(rows.length, expectedRows, `coupon ${couponId}: ${expectedRows} rows`)
+  const byUser = new Map<string, Date[]>()
+  for (const row of rows) byUser.set(row.user_id, [...(byUser.get(row.user_id) ?? []), row.created_at])
+  const ok = calls.filter((c) => c.outcome === 'ok')
+  t.same(ok.filter((c) => byUser.get(c.userId)?.length !== 1 || byUser.get(c.userId)![0]!.toISOString() !== c.issuedAt).map((c) => c.userId), [],
+    `coupon ${couponId}: every 201 persisted once with created_at = issuedAt`)
+  const unknown = new Set(calls.filter((c) => c.outcome !== 'ok' && (c.outcome !== 'rejected' || c.code === 'REDIS_UNAVAILABLE')).map((c) => c.userId))
+  const okUsers = new Set(ok.map((c) => c.userId))
+  t.same([...byUser.keys()].filter((u) => !okUsers.has(u) && !unknown.has(u)), [], `coupon ${couponId}: no row without a 201 or an unknown outcome`)
+}
+
+t.test('readiness checks every primary; the guards looked at every node', async (t) => {
+  for (const { base } of instances) {
+    const ready = await fetch(`${base}/ready`)
+    t.equal(ready.status, 200, '/ready answers 200 on a healthy cluster')
+  }
+  const durability = logs.filter((l) => l.includes('REDIS DURABILITY'))
+  t.ok(durability.some((l) => l.includes('Redis Cluster')), 'the failover warning names the cluster')
+})
+
+t.test('race, cancel, sold-out markers, rebuild and the shop API on coupons spread over all 3 primaries', async (t) => {
+  const QUANTITY = 10
+  const USERS = 25
+  const { coupons, byPrimary } = await couponsOnEveryPrimary(a.app, 2, { totalQuantity: QUANTITY })
+  t.equal(byPrimary.size, 3, `the coupons cover all 3 primaries (${[...byPrimary].map(([p, ids]) => `${p}: ${ids.join(',')}`).join('; ')})`)
+
+  // The race: USERS users per coupon at once, half through each instance, no Idempotency-Key.
+  const calls = new Map<number, Call[]>()
+  await Promise.all(coupons.map(async ({ id }) => {
+    calls.set(id, await Promise.all(Array.from({ length: USERS }, (_, i) => issue(instances[i % 2]!.base, id, `user-${i}`))))
+  }))
+  for (const { id } of coupons) {
+    const made = calls.get(id)!
+    t.equal(made.filter((c) => c.outcome === 'ok').length, QUANTITY, `coupon ${id}: exactly ${QUANTITY} issued`)
+    t.same([...new Set(made.filter((c) => c.outcome !== 'ok').map((c) => `${c.status} ${c.code}`))], ['409 SOLD_OUT'], `coupon ${id}: the others got SOLD_OUT`)
+  }
+  // Both instances now hold a sold-out marker for every coupon (their last answers were SOLD_OUT).
+  // A cancel through B publishes on the coupon's shard; A's subscriber is on one primary only and must
+  // still hear it (a classic PUBLISH reaches every node), or A would answer SOLD_OUT from memory for 60 s.
+  for (const [, [id]] of byPrimary) {
+    const holder = calls.get(id!)!.find((c) => c.outcome === 'ok')!.userId
+    const cancelled = await cancel(b.base, id!, holder)
+    t.equal(cancelled.status, 200, `coupon ${id}: the cancel went through`)
+    let answer: Call | undefined
+    await until(async () => {
+      answer = await issue(a.base, id!, 'late-user')
+      return answer.outcome === 'ok'
+    }, 5000, () => `coupon ${id}: instance A to see the returned unit (last answer ${answer?.status} ${answer?.code})`)
+    calls.get(id!)!.push(answer!)
+  }
+
+  // The shop API across shards: what a user holds, everywhere.
+  // (not the holder cancelled above: the first winner of the coupon)
+  const winner = calls.get(coupons[0]!.id)!.filter((c) => c.outcome === 'ok' && c.userId !== 'late-user').at(-1)!.userId
+  const held = await (await fetch(`${b.base}/users/${winner}/coupons`)).json() as { coupons: Array<{ couponId: number }> }
+  const one = await (await fetch(`${a.base}/coupons/${coupons[0]!.id}/issues/${winner}`)).json() as { units: number }
+  t.equal(one.units, 1, 'GET /coupons/:id/issues/:userId: one unit')
+  const heldIds = held.coupons.map((c) => c.couponId)
+  const wonIds = coupons.filter(({ id }) => calls.get(id)!.some((c) => c.userId === winner && c.outcome === 'ok')).map(({ id }) => id)
+  t.same(wonIds.filter((id) => !heldIds.includes(id)), [], `GET /users/:userId/coupons lists every coupon the user won, whatever its shard (${heldIds.join(',')})`)
+
+  // Counters lost on one coupon per primary: the next request rebuilds them from Postgres and the stream.
+  for (const [, [, id]] of byPrimary) {
+    const k = a.app.keys.coupon(id!)
+    await a.app.redis.del(k.stock, k.holders, k.claims, k.meta)
+    const coupon = await (await fetch(`${b.base}/coupons/${id}`)).json() as { remaining: number }
+    t.equal(coupon.remaining, 0, `coupon ${id}: rebuilt, still sold out`)
+    const again = await issue(a.base, id!, 'user-0', { idempotencyKey: `after-rebuild-${id}` })
+    t.ok(again.status === 409 && ['ALREADY_ISSUED', 'SOLD_OUT'].includes(again.code!), `coupon ${id}: no unit after the rebuild (${again.status} ${again.code})`)
+  }
+
+  for (const { id } of coupons) {
+    const ok = calls.get(id)!.filter((c) => c.outcome === 'ok').length
+    await checkPersisted(t, id, calls.get(id)!, ok)
+  }
+
+  // npm run drain and a starting consumer find streams off the read list on every primary (SCAN per node).
+  await a.app.redis.srem(a.app.keys.activeCoupons, ...coupons.map(({ id }) => String(id)))
+  await Promise.all(instances.map(({ app }) => app.consumer!.stop()))
+  const offList = [...byPrimary.values()].map(([id]) => id!)
+  for (const id of offList) t.equal((await issue(b.base, id, `while-stopped-${id}`)).status, 409, `coupon ${id}: sold out, a refusal writes nothing`)
+  for (const id of offList) await cancel(a.base, id, 'late-user')
+  const found = await a.app.consumer!.maintenance.discoverStreams()
+  t.same(found.map(Number).sort((x, y) => x - y), [...offList].sort((x, y) => x - y), 'the scan found the unpersisted cancels on all 3 primaries')
+  const drained = await a.app.consumer!.drain()
+  t.same(Object.keys(drained.perCoupon).map(Number).sort((x, y) => x - y), [...offList].sort((x, y) => x - y), 'drain persisted them')
+  for (const { app } of instances) app.consumer!.start()
+
+  t.same(logs.filter((l) => /CROSSSLOT/.test(l)), [], 'no CROSSSLOT in any log')
+})
+
+t.test('a manual CLUSTER FAILOVER mid-rush: documented 503s only, nothing lost, sells out without a restart', async (t) => {
+  const QUANTITY = 150
+  const { coupons } = await couponsOnEveryPrimary(a.app, 1, { totalQuantity: QUANTITY })
+  const victim = coupons[0]!
+  const topology = await cluster.topology()
+  const replicaPort = [...topology].find(([, n]) => n.role === 'slave' && n.primaryPort === victim.primary)![0]
+  const replica = cluster.servers.find((s) => s.port === replicaPort)!
+
+  const calls = new Map<number, Call[]>(coupons.map(({ id }) => [id, []]))
+  const soldOut = new Set<number>()
+  let next = 0
+  let failedOver = false
+  const rush = Promise.all(Array.from({ length: 8 }, async (_, worker) => {
+    while (soldOut.size < coupons.length) {
+      const open = coupons.filter(({ id }) => !soldOut.has(id))
+      const { id } = open[next++ % open.length]!
+      const call = await issue(instances[worker % 2]!.base, id, `rush-${next}`, { timeoutMs: 10_000 })
+      calls.get(id)!.push(call)
+      if (call.code === 'SOLD_OUT') soldOut.add(id)
+    }
+  }))
+  await until(() => calls.get(victim.id)!.filter((c) => c.outcome === 'ok').length >= 30, 20_000, '30 issues on the victim shard before the failover')
+  t.equal(await replica.client.call('CLUSTER', 'FAILOVER'), 'OK', `CLUSTER FAILOVER accepted by the replica ${replicaPort} of ${victim.primary}`)
+  await until(async () => (await cluster.primaryOf(String(victim.id))) === replicaPort, 20_000, 'the replica to serve the victim coupon')
+  failedOver = true
+  await rush
+  t.ok(failedOver, 'the rush ran through the failover')
+
+  const allowed = new Set(['409 SOLD_OUT', '503 REDIS_RECONFIGURING', '503 REDIS_UNAVAILABLE'])
+  for (const { id } of coupons) {
+    const made = calls.get(id)!
+    const seen = [...new Set(made.filter((c) => c.outcome !== 'ok').map((c) => `${c.status} ${c.code}`))]
+    t.same(seen.filter((s) => !allowed.has(s)), [], `coupon ${id}: only documented refusals (${seen.join(', ')})`)
+    t.equal(made.filter((c) => c.outcome === 'timed-out' || c.outcome === 'conn-error').length, 0, `coupon ${id}: no call hung or was cut off`)
+    const ok = made.filter((c) => c.outcome === 'ok').length
+    const unknown = made.filter((c) => c.code === 'REDIS_UNAVAILABLE').length
+    t.ok(ok <= QUANTITY && ok + unknown >= QUANTITY, `coupon ${id}: ${ok} 201s (+${unknown} unknown) for ${QUANTITY} units`)
+    // Sold out means every unit is out: each one persisted, none twice, none lost in the failover.
+    await checkPersisted(t, id, made, QUANTITY)
+    const stock = await a.app.redis.get(a.app.keys.coupon(id).stock)
+    t.equal(Number(stock), 0, `coupon ${id}: the counter is at 0, never below`)
+  }
+  const consistency = await (await fetch(`${a.base}/admin/coupons/${victim.id}/consistency`, { headers: admin })).json() as { status: string, problems: string[] }
+  t.equal(consistency.status, 'consistent', `the failed-over coupon's books balance (${consistency.problems.join('; ')})`)
+  t.same(logs.filter((l) => /CROSSSLOT/.test(l)), [], 'no CROSSSLOT in any log')
+  await cluster.healthy()
+})
