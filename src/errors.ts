@@ -74,10 +74,11 @@ export type ScriptFailure = new (options: { cause: unknown }) => Error
 
 /**
  * Refusals of a Redis Cluster that mean "not run here": the slot moved or is moving (MOVED, ASK, TRYAGAIN),
- * the cluster cannot serve the slot (CLUSTERDOWN), or ioredis gave up following such redirections.
- * None of them ran the command.
+ * the cluster cannot serve the slot (CLUSTERDOWN), ioredis gave up following such redirections, or its
+ * auto-pipeline found its commands' slots on different nodes after the slot map changed (a failover) and
+ * refused the pipeline before sending it. None of them ran the command.
  */
-const CLUSTER_REFUSAL = /^(?:MOVED|ASK|TRYAGAIN|CLUSTERDOWN) |^Too many Cluster redirections/
+const CLUSTER_REFUSAL = /^(?:MOVED|ASK|TRYAGAIN|CLUSTERDOWN) |^Too many Cluster redirections|^All keys in the pipeline should belong to the same slots allocation group/
 
 /**
  * Any Redis failure that is not one of our codes becomes a 503 the client can act on. Two kinds, told

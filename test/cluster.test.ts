@@ -6,11 +6,11 @@
 import t, { type Test } from 'tap'
 import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
-import { buildApp } from '../../src/app.js'
-import { scratchPrefix } from '../../scripts/lib/infra.js'
-import { admin, createCoupon, testEnv } from '../helpers/env.js'
-import { throwawayCluster, until } from './helpers/procs.js'
-import { issue, rowsOf, type Call } from './helpers/invariants.js'
+import { buildApp } from '../src/app.js'
+import { scratchPrefix } from '../scripts/lib/infra.js'
+import { admin, createCoupon, testEnv } from './helpers/env.js'
+import { throwawayCluster, until } from './faults/helpers/procs.js'
+import { issue, rowsOf, type Call } from './faults/helpers/invariants.js'
 
 const cluster = await throwawayCluster(t)
 
@@ -180,6 +180,12 @@ t.test('a manual CLUSTER FAILOVER mid-rush: documented 503s only, nothing lost, 
   await rush
   t.ok(failedOver, 'the rush ran through the failover')
 
+  const answers = [...calls.values()].flat().reduce<Record<string, number>>((acc, c) => {
+    const key = c.outcome === 'ok' ? '201' : `${c.status ?? c.outcome} ${c.code ?? ''}`.trim()
+    acc[key] = (acc[key] ?? 0) + 1
+    return acc
+  }, {})
+  t.comment(`answers during the rush: ${JSON.stringify(answers)}`)
   const allowed = new Set(['409 SOLD_OUT', '503 REDIS_RECONFIGURING', '503 REDIS_UNAVAILABLE'])
   for (const { id } of coupons) {
     const made = calls.get(id)!
