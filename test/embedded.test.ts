@@ -45,6 +45,21 @@ t.test('configuration is validated with a message that says what is wrong', asyn
   }, 'REDIS_SENTINELS: host:port list, IPv6 in brackets')
   t.throws(() => loadConfig({ REDIS_URL: 'redis://cache:6380', REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_NAME: 'coupons' }),
     { name: 'ConfigError', message: /REDIS_URL and REDIS_SENTINELS are both set/ }, 'exactly one way to reach Redis')
+  t.same(loadConfig({ REDIS_CLUSTER_NODES: '10.0.0.5:7000, node-b:7001,[::1]:7002' }).redis, {
+    kind: 'cluster',
+    nodes: [{ host: '10.0.0.5', port: 7000 }, { host: 'node-b', port: 7001 }, { host: '::1', port: 7002 }]
+  }, 'REDIS_CLUSTER_NODES: host:port seeds')
+  t.throws(() => loadConfig({ REDIS_URL: 'redis://cache:6380', REDIS_CLUSTER_NODES: 'n:7000' }),
+    { name: 'ConfigError', message: /REDIS_URL and REDIS_CLUSTER_NODES are both set/ }, 'a URL and a cluster: refused, both named')
+  t.throws(() => loadConfig({ REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_NAME: 'coupons', REDIS_CLUSTER_NODES: 'n:7000' }),
+    { name: 'ConfigError', message: /REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set/ }, 'Sentinels and a cluster: refused, both named')
+  t.throws(() => loadConfig({ REDIS_URL: 'redis://c', REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_NAME: 'coupons', REDIS_CLUSTER_NODES: 'n:7000' }),
+    { name: 'ConfigError', message: /REDIS_URL and REDIS_SENTINELS and REDIS_CLUSTER_NODES are all set/ })
+  t.throws(() => loadConfig({ REDIS_CLUSTER_NODES: 'n:7000', REDIS_SENTINEL_NAME: 'coupons' }), /REDIS_SENTINEL_NAME is set without REDIS_SENTINELS/)
+  for (const bad of ['n', 'n:0', 'n:7000,', 'redis://n:7000']) {
+    t.throws(() => loadConfig({ REDIS_CLUSTER_NODES: bad }), { name: 'ConfigError', message: /REDIS_CLUSTER_NODES entry .* is not host:port/ }, `REDIS_CLUSTER_NODES=${bad}`)
+  }
+  t.equal(describeRedis(loadConfig({ REDIS_CLUSTER_NODES: 'n:7000,[::1]:7001' }).redis), 'Redis Cluster via n:7000,[::1]:7001')
   t.throws(() => loadConfig({ REDIS_SENTINELS: 's:26379' }), /REDIS_SENTINELS needs REDIS_SENTINEL_NAME/)
   t.throws(() => loadConfig({ REDIS_SENTINEL_NAME: 'coupons' }), /REDIS_SENTINEL_NAME is set without REDIS_SENTINELS/)
   for (const bad of ['s', 's:', 's:0', 's:65536', 's:26379,', 'a b:1', '::1:26379', 'redis://s:26379']) {
