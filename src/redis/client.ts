@@ -110,16 +110,31 @@ export async function * scanEveryPrimary (redis: RedisClient, pattern: string, t
 
 /**
  * A standalone connection for pub/sub. On a cluster a classic PUBLISH (the scripts' stock-returned
- * message) reaches every node, so one connection to any primary hears it; a plain connection (not the
+ * message) reaches every node, so one connection to any node hears it; a plain connection (not the
  * Cluster client's subscriber, which moves to another node silently) reports each loss of the
- * subscription with 'close', which the sold-out markers need.
+ * subscription with 'close', which the sold-out markers need. It starts on a primary and, when its node
+ * is lost, reconnects to the next node the cluster client knows (a dead node must not silence it for good).
  */
 export function dedicatedConnection (redis: RedisClient, options: RedisOptions): Redis {
   if (!redis.isCluster) return (redis as Redis).duplicate(options)
-  const [node] = primaries(redis)
-  if (!node) throw new Error('the Redis Cluster client knows no primary yet')
-  const { host, port } = node.options
-  return new Redis({ ...node.options, ...options, host, port })
+  const cluster = redis as Cluster
+  const [first] = primaries(cluster)
+  if (!first) throw new Error('the Redis Cluster client knows no primary yet')
+  let turn = 0
+  const connection: Redis = new Redis({
+    ...cluster.options.redisOptions,
+    ...options,
+    host: first.options.host,
+    port: first.options.port,
+    retryStrategy: (attempt) => {
+      const nodes = cluster.nodes('all')
+      const next = nodes[turn++ % Math.max(nodes.length, 1)]
+      // The connector reads host and port from these options at every (re)connect.
+      if (next) Object.assign(connection.options, { host: next.options.host, port: next.options.port })
+      return Math.min(50 * attempt, 1000)
+    }
+  })
+  return connection
 }
 
 /** Readiness: PING, and on a cluster CLUSTER INFO on every primary (cluster_state:ok); throws what is wrong. */
