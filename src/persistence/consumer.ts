@@ -374,7 +374,9 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
       return null
     }
     if (this.#cluster) {
-      const batch = await this.#readEachStream(streams)
+      // As below: while the cluster is out of reach the reads wait in the offline queue; a stop does not.
+      const reading = this.#readEachStream(streams)
+      const batch = signal ? await abandonOnAbort(reading, signal) : await reading
       if (batch) return batch
       // Poll instead of BLOCK (CLUSTER_POLL_MS); wake() and stop() cut the pause short.
       if (blockMs) await sleep(Math.min(blockMs, CLUSTER_POLL_MS), undefined, { signal: wakeUp() }).catch(() => {})
