@@ -221,11 +221,11 @@ export interface ThrowawayCluster {
  * resolves once the cluster is ok on every node and every replica finished its first sync
  * (master_link_status:up), so a test's faults never hit a half-built cluster.
  */
-export async function throwawayCluster (t: Teardown, { primaries = 3 } = {}): Promise<ThrowawayCluster> {
+export async function throwawayCluster (t: Teardown, { primaries = 3, args = [] as string[] } = {}): Promise<ThrowawayCluster> {
   const servers: ThrowawayRedis[] = []
   for (let i = 0; i < primaries * 2; i++) {
     // a short node timeout: a failover in a test should take seconds, not the default 15 s
-    servers.push(await throwawayRedis(t, { args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'] }))
+    servers.push(await throwawayRedis(t, { args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', ...args] }))
   }
   const create = spawnSync('redis-cli', ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-replicas', '1', '--cluster-yes'], { encoding: 'utf8' })
   if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`)

@@ -1,0 +1,84 @@
+// Issue throughput for many coupons at once: one Redis against a Redis Cluster of 3 primaries and 3
+// replicas (issue 10). Both targets are throwaway redis-servers on free loopback ports with the same
+// settings (AOF, appendfsync everysec), the service is the built one (`node dist/server.js`) in a child
+// process, and the load is the same: one autocannon per coupon, fresh userIds, stock that never runs out.
+// Afterwards: how long until Postgres holds every 201 (the consumer's lag at the end of the rush).
+//   npm run bench:cluster -- [--coupons 12] [--connections 96] [--seconds 10] [--targets single,cluster]
+import { parseArgs } from 'node:util'
+import { availableParallelism, loadavg } from 'node:os'
+import { loadConfig } from '../src/config.js'
+import { ADMIN_TOKEN, createScratchDatabase, scratchPrefix } from './lib/infra.js'
+import { startChildServer } from './lib/server.js'
+import { runCannon } from './lib/cannon.js'
+import { throwawayCluster, throwawayRedis } from '../test/faults/helpers/procs.js'
+
+const { values } = parseArgs({
+  options: {
+    coupons: { type: 'string', default: '12' },
+    connections: { type: 'string', default: '96' },
+    seconds: { type: 'string', default: '10' },
+    targets: { type: 'string', default: 'single,cluster' }
+  }
+})
+const coupons = Number(values.coupons)
+const connections = Number(values.connections)
+const seconds = Number(values.seconds)
+const SETTINGS = ['--appendfsync', 'everysec']
+
+async function measure (target: string) {
+  const teardowns: Array<() => unknown> = []
+  const t = { teardown: (fn: () => unknown) => { teardowns.push(fn) } }
+  try {
+    const redisEnv = target === 'cluster'
+      ? (await throwawayCluster(t, { args: SETTINGS })).env
+      : { REDIS_URL: (await throwawayRedis(t, { args: SETTINGS })).url }
+    const database = await createScratchDatabase('clusterbench')
+    teardowns.push(database.drop)
+    const config = loadConfig({ ...redisEnv, DATABASE_URL: database.url, REDIS_PREFIX: scratchPrefix('clusterbench'), ADMIN_TOKEN, LOG_LEVEL: 'warn' })
+    const server = await startChildServer('app', config)
+    teardowns.push(() => server.close())
+    const admin = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
+    const ids: number[] = []
+    for (let i = 0; i < coupons; i++) {
+      const created = await fetch(`${server.url}/coupons`, { method: 'POST', headers: admin, body: JSON.stringify({ name: `bench ${i}`, totalQuantity: 100_000_000 }) })
+      ids.push((await created.json() as { id: number }).id)
+    }
+    const load = loadavg()[0]!
+    const results = await Promise.all(ids.map((id, i) => runCannon({
+      url: server.url,
+      path: `/coupons/${id}/issues`,
+      connections: Math.max(1, Math.round(connections / coupons)),
+      duration: seconds,
+      userOf: (j) => `c${i}-u${j}`
+    })))
+    const ended = Math.max(...results.map((r) => r.endedAt))
+    const issued = results.reduce((n, r) => n + (r.statuses['201'] ?? 0), 0)
+    const others = results.reduce((n, r) => n + r.requests - (r.statuses['201'] ?? 0), 0)
+    const persisted = async () => {
+      const page = await (await fetch(`${server.url}/coupons?limit=200`, { headers: admin })).json() as { items: Array<{ persistedIssued: number }> }
+      return page.items.reduce((n, c) => n + c.persistedIssued, 0)
+    }
+    while (await persisted() < issued) await new Promise((resolve) => setTimeout(resolve, 100))
+    return {
+      target,
+      rps: Math.round(results.reduce((n, r) => n + r.requests, 0) / seconds),
+      p50: Math.max(...results.map((r) => r.latencyMs.p50)),
+      p99: Math.max(...results.map((r) => r.latencyMs.p99)),
+      issued,
+      notIssued: others,
+      errors: results.reduce((n, r) => n + r.errors + r.timeouts, 0),
+      persistedAfterMs: Date.now() - ended,
+      loadBefore: load.toFixed(2)
+    }
+  } finally {
+    for (const fn of teardowns.reverse()) await Promise.resolve(fn()).catch(() => {})
+  }
+}
+
+console.log(`${coupons} coupons, ${connections} connections, ${seconds} s, ${availableParallelism()} cores`)
+for (const target of String(values.targets).split(',')) {
+  const r = await measure(target)
+  console.log(`${r.target}: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.issued} issued, ${r.notIssued} not 201, ` +
+    `${r.errors} socket errors/timeouts; all persisted ${r.persistedAfterMs} ms after the last answer (load average before: ${r.loadBefore})`)
+}
+process.exit(0)
