@@ -25,7 +25,10 @@ const shared = {
   RECLAIM_MIN_IDLE_MS: '2000',
   RECLAIM_CRON: '* * * * * *',
   // long enough that only the stock-returned message (never the TTL) can end a marker within the test
-  SOLD_OUT_MARKER_TTL_MS: '60000'
+  SOLD_OUT_MARKER_TTL_MS: '60000',
+  // high enough never to refuse: every issue also runs the shared rate-limit script on the cluster
+  RATE_LIMIT_PER_IP: '1000000',
+  RATE_LIMIT_PER_USER: '1000'
 }
 const envA = await testEnv(t, { ...shared, CONSUMER_NAME: 'instance-a' })
 const envB = await testEnv(t, { ...shared, DATABASE_URL: envA.databaseUrl, CONSUMER_NAME: 'instance-b' })
@@ -118,6 +121,12 @@ t.test('race, cancel, sold-out markers, rebuild and the shop API on coupons spre
       return answer.outcome === 'ok'
     }, 5000, () => `coupon ${id}: instance A to see the returned unit (last answer ${answer?.status} ${answer?.code})`)
     calls.get(id!)!.push(answer!)
+  }
+
+  // The campaign statistics (a MULTI of one coupon's keys) on every shard.
+  for (const [, [id]] of byPrimary) {
+    const stats = await fetch(`${a.base}/admin/coupons/${id}/stats`, { headers: admin })
+    t.equal(stats.status, 200, `coupon ${id}: GET /admin/coupons/:id/stats`)
   }
 
   // The shop API across shards: what a user holds, everywhere.
