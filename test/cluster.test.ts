@@ -169,6 +169,25 @@ t.test('race, cancel, sold-out markers, rebuild and the shop API on coupons spre
   t.same(logs.filter((l) => /CROSSSLOT/.test(l)), [], 'no CROSSSLOT in any log')
 })
 
+t.test('steady issuing on every shard while the statistics are flushed: nothing but 201s', async (t) => {
+  // Each instance flushes its campaign statistics once a second (recordStats, a script whose key count
+  // comes first): batched by the auto-pipeline with the wrong node's commands, it used to take
+  // unrelated issues down with it (503 REDIS_RECONFIGURING without any failover).
+  const { coupons } = await couponsOnEveryPrimary(a.app, 1, { totalQuantity: 100_000 })
+  const answers: Record<string, number> = {}
+  const until = Date.now() + 2500
+  // many requests in flight, so that a flush shares the auto-pipeline's tick with issues
+  await Promise.all(Array.from({ length: 48 }, async (_, worker) => {
+    for (let i = 0; Date.now() < until; i++) {
+      const { id } = coupons[i % coupons.length]!
+      const call = await issue(instances[worker % 2]!.base, id, `steady-${worker}-${i}`)
+      const key = call.outcome === 'ok' ? '201' : `${call.status} ${call.code}`
+      answers[key] = (answers[key] ?? 0) + 1
+    }
+  }))
+  t.same(Object.keys(answers), ['201'], `only 201s (${JSON.stringify(answers)})`)
+})
+
 t.test('a manual CLUSTER FAILOVER mid-rush: documented 503s only, nothing lost, sells out without a restart', async (t) => {
   const QUANTITY = 150
   const { coupons } = await couponsOnEveryPrimary(a.app, 1, { totalQuantity: QUANTITY })

@@ -62,6 +62,11 @@ function createCluster (target: Extract<RedisTarget, { kind: 'cluster' }>, { com
     scaleReads: 'master',
     enableOfflineQueue: blocking,
     enableAutoPipelining: !blocking,
+    // The auto-pipeline groups a command by the slot of its first argument. recordStats takes its key
+    // count first (a variable number of keys), so it would join the pipeline of the wrong node, and
+    // ioredis refuses a pipeline whose keys sit on different nodes: every command batched with it
+    // (issues of unrelated coupons) would fail. Sent on its own, it is routed by its real first key.
+    autoPipeliningIgnoredCommands: ['recordStats'],
     retryDelayOnFailover: 0,
     retryDelayOnClusterDown: 100,
     retryDelayOnTryAgain: 100,
