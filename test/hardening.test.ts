@@ -7,6 +7,7 @@ import { eq } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
 import { persistEvents, recordFailedEvents } from '../src/db/queries/issues.js'
 import { computeCounters } from '../src/issuing/restore-counters.js'
+import { maintenanceTick } from '../src/persistence/maintenance.js'
 import { COMPLETE_MARKER } from '../src/redis/keys.js'
 import { updateCoupon } from '../src/redis/scripts.js'
 import { decodeEntry, fieldsToObject, isEvent, type IssueEvent, type RevokeEvent } from '../src/stream/events.js'
@@ -396,4 +397,30 @@ t.test('a consumer stopped and started again with no stream to read waits instea
   await consumer.stop()
   const cpuMs = (user + system) / 1000
   t.ok(cpuMs < 200, `an idle second costs little CPU (${cpuMs.toFixed(0)} ms), not a busy loop`)
+})
+
+t.test('a rebuild whose read-list SADD fails still answers; a maintenance tick puts the coupon on the list once Redis takes it', async (t) => {
+  // On a cluster the active set lives on one shard: while that shard is down, a rebuild on another one
+  // installs the counters but cannot list the coupon. Its issues must not wait for a restart to be read.
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const k = app.keys.coupon(coupon.id)
+  await app.redis.del(k.stock, k.holders, k.claims, k.meta, app.keys.activeCoupons)
+  // a wrong type makes SADD (and SMEMBERS) fail, as a shard that is down would
+  await app.redis.set(app.keys.activeCoupons, 'not a set')
+  t.equal((await issue(app, coupon.id, 'stranded-user')).statusCode, 201, 'the counters were rebuilt and the issue answered')
+  const consumer = testConsumer(t, app, 'stranded')
+  const handedBack: number[] = []
+  const options = {
+    strandedCoupons: () => app.couponStore.takeStranded(),
+    strandedAgain: (ids: number[]) => { handedBack.push(...ids); app.couponStore.strand(ids) }
+  }
+  await maintenanceTick(consumer, app.log, options)
+  t.same(handedBack, [coupon.id], 'the tick could not list it either: kept for the next one')
+  await app.redis.del(app.keys.activeCoupons)
+  await maintenanceTick(consumer, app.log, options)
+  t.ok(await app.redis.sismember(app.keys.activeCoupons, String(coupon.id)), 'the next tick put it on the read list')
+  t.same(app.couponStore.takeStranded(), [], 'and forgot it')
+  await consumer.drain()
+  t.equal((await rowsOf(app, coupon.id)).length, 1, 'its issue was persisted')
 })

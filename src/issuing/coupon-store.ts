@@ -98,7 +98,7 @@ export class CouponStore {
   /** One rebuild per coupon per process at a time; concurrent requests share its outcome. */
   readonly #restoring = new Map<number, Promise<boolean>>()
   readonly #couponKeys = new Map<number, CouponKeys>()
-  /** Coupons whose stream was reactivated but could not be put back on the read list (Redis failed). */
+  /** Coupons whose stream was reactivated, or counters rebuilt, but that could not be put on the read list (Redis failed). */
   readonly #stranded = new Set<number>()
   readonly soldOutMarkers: SoldOutMarkers
   readonly #serverGuard: ServerChangeGuard | undefined
@@ -224,6 +224,11 @@ export class CouponStore {
     const ids = [...this.#stranded]
     this.#stranded.clear()
     return ids
+  }
+
+  /** The maintenance tick could not put these back either (Redis still failing): keep them for the next one. */
+  strand (ids: number[]): void {
+    for (const id of ids) this.#stranded.add(id)
   }
 
   /** Installs the counters of a coupon just written to Postgres. */
@@ -370,7 +375,13 @@ export class CouponStore {
     if (missUntil !== undefined && missUntil > Date.now()) throw new errors.CouponNotFound(couponId)
     let restoring = this.#restoring.get(couponId)
     if (!restoring) {
-      restoring = restoreCounters({ redis: this.#redis, db: this.#db, keys: this.#keys, idempotencyTtlSeconds: this.#idempotencyTtlSeconds }, couponId)
+      restoring = restoreCounters({
+        redis: this.#redis,
+        db: this.#db,
+        keys: this.#keys,
+        idempotencyTtlSeconds: this.#idempotencyTtlSeconds,
+        stranded: (id) => this.#stranded.add(id)
+      }, couponId)
         .finally(() => this.#restoring.delete(couponId))
       this.#restoring.set(couponId, restoring)
     }

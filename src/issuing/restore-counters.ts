@@ -117,6 +117,12 @@ export interface RestoreDeps {
   db: Db
   keys: Keys
   idempotencyTtlSeconds: number
+  /**
+   * The counters were installed but the coupon could not be put on the consumer's read list (Redis
+   * failed right then; on a cluster the list's shard may be down while the coupon's is up): remember it
+   * for the maintenance tick instead of failing the request. Absent: the failure is thrown.
+   */
+  stranded?: (couponId: number) => void
 }
 
 const MAX_ATTEMPTS = 5
@@ -147,7 +153,7 @@ export async function restoreCounters (deps: RestoreDeps, couponId: number): Pro
   }
 }
 
-async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps, couponId: number): Promise<boolean> {
+async function rebuild ({ redis, db, keys, idempotencyTtlSeconds, stranded }: RestoreDeps, couponId: number): Promise<boolean> {
   const k = keys.coupon(couponId)
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     // The coupon row stays share-locked until the counters are installed: an admin change (which takes
@@ -189,7 +195,10 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds }: RestoreDeps,
     }).catch((err) => { throw databaseFailure(err) })
     if (code === null) return false
     if (code !== RestoreCode.STREAM_MOVED) {
-      await redis.sadd(keys.activeCoupons, String(couponId))
+      await redis.sadd(keys.activeCoupons, String(couponId)).catch((err) => {
+        if (!stranded) throw err
+        stranded(couponId)
+      })
       return true
     }
   }

@@ -111,15 +111,24 @@ export class StreamMaintenance {
 export interface MaintenanceOptions {
   /** coupons whose stream this process reactivated but could not put back on the read list */
   strandedCoupons?: () => number[]
+  /** hands coupons back that strandedCoupons() gave out when the tick could not put them back either */
+  strandedAgain?: (couponIds: number[]) => void
   /** idempotency records older than this are pruned */
   idempotencyTtlMs?: number
 }
 
 /** One maintenance pass: what the cron runs, and what tests and the fuzzer call directly. */
-export async function maintenanceTick (consumer: IssueEventConsumer, log: FastifyBaseLogger, { strandedCoupons = () => [], idempotencyTtlMs }: MaintenanceOptions = {}): Promise<void> {
+export async function maintenanceTick (consumer: IssueEventConsumer, log: FastifyBaseLogger, { strandedCoupons = () => [], strandedAgain = () => {}, idempotencyTtlMs }: MaintenanceOptions = {}): Promise<void> {
   const { maintenance } = consumer
-  // A reactivated stream whose SADD failed in this process: look for every such stream once.
-  if (strandedCoupons().length > 0) await maintenance.discoverStreams().catch((err) => { log.error({ err }, 'looking for unread streams failed') })
+  // A reactivated stream whose SADD failed in this process: look for every such stream once. When that
+  // fails too (on a cluster, the active set's shard may still be down), try again at the next tick.
+  const stranded = strandedCoupons()
+  if (stranded.length > 0) {
+    await maintenance.discoverStreams().catch((err) => {
+      strandedAgain(stranded)
+      log.error({ err }, 'looking for unread streams failed')
+    })
+  }
   // While our own writes fail, a reclaim cannot write either; it would only claim entries again
   // (our own batch in hand included) and push their delivery count past MAX_DELIVERIES, so that good
   // entries get parked as poison once the database is back.

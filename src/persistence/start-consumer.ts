@@ -19,6 +19,7 @@ export interface StartConsumerOptions {
   keys: Keys
   log: FastifyBaseLogger
   strandedCoupons?: MaintenanceOptions['strandedCoupons']
+  strandedAgain?: MaintenanceOptions['strandedAgain']
 }
 
 export interface RunningConsumer {
@@ -30,7 +31,7 @@ export interface RunningConsumer {
 }
 
 /** Connects the blocking connection and wires the consumer and its maintenance; start() runs the loop. */
-export async function startConsumer ({ config, redis, db, keys, log, strandedCoupons }: StartConsumerOptions): Promise<RunningConsumer> {
+export async function startConsumer ({ config, redis, db, keys, log, strandedCoupons, strandedAgain }: StartConsumerOptions): Promise<RunningConsumer> {
   const blockingRedis = createRedis({ target: config.redis, blocking: true, name: 'couponrush-consumer' })
   blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   await connectRedis(blockingRedis)
@@ -50,6 +51,7 @@ export async function startConsumer ({ config, redis, db, keys, log, strandedCou
   const flushTimer = setInterval(() => { lagStats.flush().catch(() => {}) }, 1000).unref()
   const schedule = scheduleMaintenance(consumer, config.consumer.reclaimCron, log, {
     strandedCoupons,
+    strandedAgain,
     idempotencyTtlMs: config.idempotencyTtlSeconds * 1000
   })
   return {

@@ -21,7 +21,8 @@ export default fp(async function consumerPlugin (fastify, { config }: { config: 
     db: fastify.db,
     keys: fastify.keys,
     log: fastify.log.child({ component: 'consumer' }),
-    strandedCoupons: () => fastify.couponStore.takeStranded()
+    strandedCoupons: () => fastify.couponStore.takeStranded(),
+    strandedAgain: (ids) => fastify.couponStore.strand(ids)
   })
   fastify.decorate('consumer', running.consumer)
   fastify.addHook('onReady', async () => { running.start() })
