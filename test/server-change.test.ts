@@ -6,6 +6,7 @@ import { once } from 'node:events'
 import { copyFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
+import type { Redis } from 'ioredis'
 import { inParallel, uniquePrefix, waitFor } from './helpers/env.js'
 import { checkServer, serverRunId } from '../src/issuing/server-change.js'
 import { AdoptCode, adoptServer } from '../src/redis/scripts.js'
@@ -73,13 +74,13 @@ t.test('the same server after a reconnect, a first start, a record that changes 
 
   // No record yet: recorded, nothing dropped.
   await redis.client.del(app.keys.serverRunId)
-  t.same(await checkServer(app.redis, app.keys), { outcome: 'first', runId: await serverRunId(redis.client) })
+  t.same(await checkServer(app.redis as Redis, app.keys), { outcome: 'first', runId: await serverRunId(redis.client) })
   t.equal(await redis.client.hget(k.meta, 'probe'), '1', 'a first sight drops nothing')
-  t.equal((await checkServer(app.redis, app.keys)).outcome, 'same')
+  t.equal((await checkServer(app.redis as Redis, app.keys)).outcome, 'same')
 
   // A record of another server: adopted, the counters dropped (stream and idempotency records kept).
   await redis.client.set(app.keys.serverRunId, 'f'.repeat(40))
-  const adopted = await checkServer(app.redis, app.keys)
+  const adopted = await checkServer(app.redis as Redis, app.keys)
   t.match(adopted, { outcome: 'adopted', previousRunId: 'f'.repeat(40), coupons: 1 })
   t.equal(await redis.client.exists(k.meta, k.stock, k.holders, k.claims), 0, 'counters dropped')
   t.equal(await redis.client.exists(k.events), 1, 'the stream is kept')

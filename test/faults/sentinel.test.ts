@@ -11,6 +11,7 @@
 // counters and rebuilds them from Postgres: no unit sold twice), the books balance, and issuing works
 // against the new master.
 import t, { type Test } from 'tap'
+import type { Redis } from 'ioredis'
 import { throwawaySentinelSet, until } from './helpers/procs.js'
 import { inProcessScenario } from './helpers/inprocess.js'
 import { issue, load, rowsOf, settled, type Call } from './helpers/invariants.js'
@@ -117,7 +118,7 @@ async function failoverUnderLoad (t: Test, { waitReplicas }: { waitReplicas: num
   // from the old master before it went: the counters the new master inherited forgot them, so the app
   // dropped those counters when it met the new server (src/issuing/server-change.ts) and they were rebuilt
   // from Postgres plus the stream. Only the unpersisted ones are gone (asynchronous replication, README).
-  t.equal(await app.redis.get(app.keys.serverRunId), await serverRunId(app.redis), 'the app adopted the new master (its run_id recorded)')
+  t.equal(await app.redis.get(app.keys.serverRunId), await serverRunId(app.redis as Redis), 'the app adopted the new master (its run_id recorded)')
   t.same([...rowsByUser.keys()].filter((u) => !known.has(u)), [], 'every persisted user is counted by the new master: no unit can be sold twice')
   const lost = ok.filter((c) => !known.has(c.userId))
   // With WAIT a 201 means a replica had the write, and Sentinel promotes the most advanced replica.
