@@ -260,11 +260,16 @@ export async function throwawayCluster (t: Teardown, { primaries = 3, args = [] 
       throw new Error('no cluster node answers CLUSTER NODES')
     },
     async primaryOf (hashTag) {
-      const slot = Number(await servers[0]!.client.call('CLUSTER', 'KEYSLOT', `{${hashTag}}`))
-      for (const [port, node] of await self.topology()) {
-        if (node.role === 'master' && node.slots.some(([from, to]) => slot >= from && slot <= to)) return port
+      const slot = Number(await self.servers.find((s) => s.client.status === 'ready')!.client.call('CLUSTER', 'KEYSLOT', `{${hashTag}}`))
+      // During a failover the node asked may briefly name no primary for the slot: ask again.
+      const deadline = Date.now() + 10_000
+      for (;;) {
+        for (const [port, node] of await self.topology()) {
+          if (node.role === 'master' && node.slots.some(([from, to]) => slot >= from && slot <= to)) return port
+        }
+        if (Date.now() > deadline) throw new Error(`no primary serves slot ${slot}`)
+        await pollPause(100)
       }
-      throw new Error(`no primary serves slot ${slot}`)
     },
     async healthy (timeoutMs = 30_000) {
       await until(async () => {
