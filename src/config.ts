@@ -237,6 +237,12 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   if (raw.ADMIN_TOKEN !== '' && raw.ADMIN_TOKEN.length < 12) {
     throw new ConfigError('Invalid configuration: ADMIN_TOKEN must be at least 12 characters long')
   }
+  const redis = redisTarget(raw)
+  if (redis.kind === 'cluster' && raw.REDIS_WAIT_REPLICAS > 0) {
+    // The replication fence waits on one server's connection; a cluster's shards each need their own.
+    throw new ConfigError('Invalid configuration: REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER_NODES yet; ' +
+      'set REDIS_WAIT_REPLICAS=0 (README, Scaling out: Redis Cluster)')
+  }
   const adminToken = raw.ADMIN_TOKEN !== '' ? raw.ADMIN_TOKEN : randomBytes(18).toString('base64url')
   return {
     nodeEnv: raw.NODE_ENV,
@@ -244,7 +250,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     host: raw.HOST,
     logLevel: raw.LOG_LEVEL,
     logRequests: raw.LOG_REQUESTS,
-    redis: redisTarget(raw),
+    redis,
     redisPrefix: raw.REDIS_PREFIX,
     databaseUrl: raw.DATABASE_URL,
     dataDir: raw.DATA_DIR,

@@ -3,6 +3,7 @@
 // unknown, settled by a retry with the same Idempotency-Key), not a stalled service. A primary and one
 // replica of our own (REPLICAOF), the app in this process.
 import t, { type Test } from 'tap'
+import type { Redis } from 'ioredis'
 import { admin, createCoupon, inParallel, uniquePrefix, waitFor } from './helpers/env.js'
 import { redisDurabilityRisks } from '../src/redis/client.js'
 import { ReplicationFence, ReplicationNotConfirmed } from '../src/redis/replication-fence.js'
@@ -91,7 +92,7 @@ t.test('the fence: concurrent callers share fences; a caller never joins a fence
   const { primary, replica } = await primaryWithReplica(t)
   const prefix = uniquePrefix(t, primary.url)
   const { app } = await inProcessScenario(t, { REDIS_URL: primary.url, REDIS_PREFIX: prefix, CONSUMER_ENABLED: 'false' }, 10)
-  const connection = app.redis.duplicate()
+  const connection = (app.redis as Redis).duplicate()
   t.teardown(() => connection.disconnect())
   await connection.connect()
   const key = `${prefix}test-fence`

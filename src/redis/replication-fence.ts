@@ -117,6 +117,8 @@ export async function createReplicationFence ({ target, replicas, timeoutMs, com
   target: RedisTarget, replicas: number, timeoutMs: number, commandTimeoutMs: number, key: string, name: string, onError: (err: Error) => void
 }): Promise<ReplicationFence | null> {
   if (replicas === 0) return null
+  // One connection, one server: the fence cannot speak for a cluster's shards (loadConfig refuses the pair).
+  if (target.kind === 'cluster') throw new Error('REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER_NODES yet')
   // The command timeout must outlast WAIT's own timeout, or the connection would give up first.
   const redis = createRedis({ target, commandTimeoutMs: timeoutMs + commandTimeoutMs, name })
   redis.on('error', onError)
