@@ -514,7 +514,15 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
  * those are counted for coupon.sold_out (persist-batch.ts). A Redis failure answers "all of them":
  * a wasted count, never a missed event.
  */
-async function maybeSoldOut (redis: Redis, keys: Keys, couponIds: number[]): Promise<number[]> {
+async function maybeSoldOut (redis: RedisClient, keys: Keys, couponIds: number[]): Promise<number[]> {
+  if (redis.isCluster) {
+    // A cluster refuses one pipeline over several nodes' keys; single GETs are auto-pipelined per node.
+    const replies = await Promise.allSettled(couponIds.map((id) => redis.get(keys.coupon(id).stock)))
+    return couponIds.filter((_, i) => {
+      const reply = replies[i]!
+      return reply.status === 'rejected' || reply.value === null || !(Number(reply.value) > 0)
+    })
+  }
   try {
     const pipeline = redis.pipeline()
     for (const id of couponIds) pipeline.get(keys.coupon(id).stock)
