@@ -171,7 +171,7 @@ t.test('race, cancel, sold-out markers, rebuild and the shop API on coupons spre
   t.same(logs.filter((l) => /CROSSSLOT/.test(l)), [], 'no CROSSSLOT in any log')
 })
 
-t.test('steady issuing on every shard while the statistics are flushed: nothing but 201s', async (t) => {
+t.test('steady issuing on every shard while the statistics are flushed: nothing but 201s; codes redeemed on every shard', async (t) => {
   // Each instance flushes its campaign statistics once a second (recordStats, a script whose key count
   // comes first): batched by the auto-pipeline with the wrong node's commands, it used to take
   // unrelated issues down with it (503 REDIS_RECONFIGURING without any failover).
@@ -188,6 +188,19 @@ t.test('steady issuing on every shard while the statistics are flushed: nothing 
     }
   }))
   t.same(Object.keys(answers), ['201'], `only 201s (${JSON.stringify(answers)})`)
+
+  // Redeemable codes on every shard: look one up, redeem it, roll it back (each a script on the coupon's slot).
+  const json = { 'content-type': 'application/json' }
+  for (const { id } of coupons) {
+    const issued = await (await fetch(`${a.base}/coupons/${id}/issues`, { method: 'POST', headers: json, body: JSON.stringify({ userId: `code-user-${id}` }) })).json() as { code: string }
+    const found = await fetch(`${b.base}/codes/${issued.code}`)
+    t.equal(found.status, 200, `coupon ${id}: GET /codes/:code`)
+    t.equal((await found.json() as { couponId: number }).couponId, id, `coupon ${id}: the code names its coupon`)
+    const redeemed = await fetch(`${b.base}/codes/${issued.code}/redemptions`, { method: 'POST', headers: json, body: JSON.stringify({ orderId: `order-${id}` }) })
+    t.equal(redeemed.status, 201, `coupon ${id}: redeemed`)
+    const rolledBack = await fetch(`${a.base}/codes/${issued.code}/redemptions/order-${id}`, { method: 'DELETE' })
+    t.equal(rolledBack.status, 200, `coupon ${id}: rolled back`)
+  }
 })
 
 t.test('a manual CLUSTER FAILOVER mid-rush: documented 503s only, nothing lost, sells out without a restart', async (t) => {
