@@ -114,4 +114,9 @@ t.test('the fence: concurrent callers share fences; a caller never joins a fence
   await t.rejects(fence.sync(), ReplicationNotConfirmed, 'no replica confirms: refused, not hung')
   t.match(await redisDurabilityRisks(primary.client, { waitReplicas: 2 }), [/REDIS_WAIT_REPLICAS=2 but the master has 1 connected replica/],
     'the startup check says when fewer replicas are connected than WAIT needs')
+  t.notOk((await redisDurabilityRisks(primary.client, { waitReplicas: 1 })).some((risk) => /REDIS_WAIT_REPLICAS/.test(risk)), 'and nothing when it waits for each one')
+  const secondReplica = await throwawayRedis(t, { appendonly: false, args: ['--replicaof', '127.0.0.1', String(primary.port)] })
+  await waitFor(async () => /master_link_status:up/.test(await secondReplica.client.info('replication')), { what: 'the second replica\'s first sync' })
+  t.match(await redisDurabilityRisks(primary.client, { waitReplicas: 1 }), [/REDIS_WAIT_REPLICAS=1 but the master has 2 connected replicas: a failover may promote one that did not acknowledge/],
+    'and when a failover could promote a replica it does not wait for')
 })

@@ -11,7 +11,7 @@ import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { ackAndTrim } from '../redis/scripts.js'
-import type { ReplicationFence } from '../redis/replication-fence.js'
+import { EntriesNotOnServer, type ReplicationFence } from '../redis/replication-fence.js'
 import { countPerCoupon, largestStreamShare, mergeBatches, ReadSize, toBatch, type Batch, type StreamReply } from './batch.js'
 import { StreamMaintenance } from './maintenance.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
@@ -305,6 +305,16 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
           // Bounded: when the group cannot be recreated (stream no longer active) do not spin.
           if (this.#failures > 0) await backoff(err, 'consumer group still missing')
           else this.#failures++
+          continue
+        }
+        if (err instanceof EntriesNotOnServer && inHand) {
+          // Read from a master a failover replaced: the new one may never have had some of these entries
+          // (never confirmed, so never answered), so retrying would spin forever. Drop the batch unacked:
+          // those of its entries the new master has are pending there and get reclaimed, the others are
+          // read afresh.
+          log.warn({ err: (err as Error).message, entries: inHand.events.length + inHand.poison.length },
+            'the batch in hand is not on the current Redis server (failover): dropped, to be reclaimed or read again there')
+          inHand = null
           continue
         }
         if (signal.aborted && inHand) {

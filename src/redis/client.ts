@@ -211,6 +211,9 @@ async function nodeDurabilityRisks (redis: Redis, { waitReplicas = 0 }: { waitRe
     const connected = Number(/^connected_slaves:(\d+)\r?$/m.exec(await redis.info('replication'))?.[1] ?? 0)
     if (connected < waitReplicas) {
       risks.push(`REDIS_WAIT_REPLICAS=${waitReplicas} but the master has ${connected} connected replica(s): every issue will answer 503 REPLICATION_TIMEOUT until enough replicas connect`)
+    } else if (connected > waitReplicas) {
+      // A failover may promote a replica that never acknowledged: what the fence vouched for is then lost.
+      risks.push(`REDIS_WAIT_REPLICAS=${waitReplicas} but the master has ${connected} connected replicas: a failover may promote one that did not acknowledge, losing answered issues; wait for every replica that can be promoted (README, Scaling out)`)
     }
   }
   const [, policy] = await redis.config('GET', 'maxmemory-policy') as [string, string]

@@ -23,6 +23,14 @@ export class ReplicationNotConfirmed extends Error {
   override name = 'ReplicationNotConfirmed'
 }
 
+/**
+ * Entries a consumer read are not on the server that fenced: read from a master that has since been
+ * replaced (a failover). Retrying cannot help; the batch must be dropped and read again from this server.
+ */
+export class EntriesNotOnServer extends ReplicationNotConfirmed {
+  override name = 'EntriesNotOnServer'
+}
+
 export interface ReplicationFenceOptions {
   /** the fence's own connection: nothing else may use it (WAIT blocks it) */
   redis: Redis
@@ -92,7 +100,7 @@ export class ReplicationFence {
     const found = await Promise.all([...lastEntryOfStream].map(([stream, id]) => redis.xrange(stream, id, id)))
     if (connection !== this.#connection || this.#runId !== runId) throw new ReplicationNotConfirmed('the fence connection changed server')
     const missing = found.filter((entries) => entries.length === 0).length
-    if (missing > 0) throw new ReplicationNotConfirmed(`${missing} stream(s) of the batch are not on the server that confirmed replication`)
+    if (missing > 0) throw new EntriesNotOnServer(`${missing} stream(s) of the batch are not on the server that confirmed replication`)
   }
 
   async #fence (): Promise<string> {
