@@ -147,11 +147,16 @@ export interface Config {
   webhooks: {
     /** WEBHOOKS_ENABLED: this instance runs the delivery loop */
     enabled: boolean
+    /** deliveries in flight at most, per instance */
     concurrency: number
+    /** one request's time limit (connect, send, response headers) */
     timeoutMs: number
+    /** how often due deliveries are looked for while nothing is in flight */
     pollMs: number
+    /** first retry delay; doubles per attempt up to backoffMaxMs, with ±25 % jitter */
     backoffBaseMs: number
     backoffMaxMs: number
+    /** after this long since the first attempt (or a redeliver), a failed attempt marks the delivery failed */
     retryForMs: number
   }
   redisCommandTimeoutMs: number

@@ -33,41 +33,36 @@
 // from Redis TIME. Anything else is an UndecodableEntry (poison): parked in failed_issue_events with
 // its fields as a field/value object, never guessed at.
 
-export interface IssueEvent {
-  type: 'issue'
+/** What every decoded entry carries: where it is, whose it is, when it happened. */
+interface EntryEvent {
   streamKey: string
+  /** the stream entry id */
   id: string
   couponId: number
   userId: string
-  claim: number
   /** ms since epoch, from Redis TIME inside the script */
   at: number
+}
+
+export interface IssueEvent extends EntryEvent {
+  type: 'issue'
+  claim: number
   /** the Idempotency-Key of the request, carried so a counter rebuild can still replay it */
   idempotencyKey?: string
 }
 
-export interface RevokeEvent {
+export interface RevokeEvent extends EntryEvent {
   type: 'revoke'
-  streamKey: string
-  id: string
-  couponId: number
-  userId: string
   units: number
-  at: number
   /** the user's claims numbered up to this one are revoked (absent on entries written before it existed) */
   upToClaim?: number
   idempotencyKey?: string
 }
 
 /** A redemption of one unit by an order ('redeem'), or its rollback ('rollback'). */
-export interface RedemptionEvent {
+export interface RedemptionEvent extends EntryEvent {
   type: 'redeem' | 'rollback'
-  streamKey: string
-  id: string
-  couponId: number
-  userId: string
   claim: number
-  at: number
   orderId: string
 }
 

@@ -6,24 +6,15 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger } from 'fastify'
+import type { Config } from '../config.js'
 import type { Db } from '../db/client.js'
 import { leaseDeliveries, markAttemptFailed, markDelivered, releaseLease, type LeasedDelivery } from '../db/queries/webhooks.js'
 import { sign } from './signature.js'
 
-export interface DeliveryLoopOptions {
+/** The WEBHOOK_* settings (described in src/config.ts) plus what the loop works with. */
+export interface DeliveryLoopOptions extends Omit<Config['webhooks'], 'enabled'> {
   db: Db
   log: FastifyBaseLogger
-  /** deliveries in flight at most, per instance */
-  concurrency: number
-  /** one request's time limit (connect, send, response headers) */
-  timeoutMs: number
-  /** how often due deliveries are looked for while nothing is in flight */
-  pollMs: number
-  /** first retry delay; doubles per attempt up to backoffMaxMs, with ±25 % jitter */
-  backoffBaseMs: number
-  backoffMaxMs: number
-  /** after this long since the first attempt (or a redeliver), a failed attempt marks the delivery failed */
-  retryForMs: number
   /** tests: a fixed random for the jitter */
   random?: () => number
 }
