@@ -60,7 +60,11 @@ t.test('a receiver that fails three times (500, hang past the timeout, closed so
   }, { what: 'the delivery marked delivered' })
   t.match(delivered.items[0], { eventId: attempts[0]!.id, eventType: 'issue.created', status: 'delivered', attempts: 4, lastStatus: 200, lastError: null, nextAttemptAt: null })
   t.equal(receiver.received.length, 4, 'nothing sent after the 2xx')
-  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  // The count follows the recorded answer (the row is committed a moment before the counter moves): polled.
+  const metrics = await waitFor(async () => {
+    const body = (await app.inject({ method: 'GET', url: '/metrics' })).body
+    return /couponrush_webhook_attempts_total\{outcome="delivered"\} 1/.test(body) ? body : null
+  }, { what: 'the delivered attempt counted' })
   t.match(metrics, /couponrush_webhook_attempts_total\{outcome="failed"\} 3/)
   t.match(metrics, /couponrush_webhook_attempts_total\{outcome="delivered"\} 1/)
   t.match(metrics, /couponrush_webhook_deliveries_pending 0/)
