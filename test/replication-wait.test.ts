@@ -2,6 +2,7 @@
 // replicated entries, and a replica that stops answering turns into fast 503 REPLICATION_TIMEOUTs (outcome
 // unknown, settled by a retry with the same Idempotency-Key), not a stalled service. A primary and one
 // replica of our own (REPLICAOF), the app in this process.
+import { once } from 'node:events'
 import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { admin, createCoupon, inParallel, uniquePrefix, waitFor } from './helpers/env.js'
@@ -61,8 +62,8 @@ t.test('WAIT on: answers and commits only what a replica has; a frozen replica m
   t.equal(cancel.json().code, 'REPLICATION_TIMEOUT', 'a cancel waits for the replica too')
   t.equal((await redeem()).json().code, 'REPLICATION_TIMEOUT', 'a redemption waits for the replica too')
   const rowsWhileFrozen = (await rowsOf(app.env.databaseUrl, coupon.id)).length
-  // The consumer may not commit the frozen user's entry: give it a few fence timeouts to try.
-  await new Promise((resolve) => setTimeout(resolve, 3 * WAIT_TIMEOUT_MS))
+  // The consumer tries to commit the frozen user's entry and is refused: two refusals, then look.
+  for (let refusals = 0; refusals < 2; refusals++) await once(app.consumer!, 'backoff')
   const rowsNow = await rowsOf(app.env.databaseUrl, coupon.id)
   t.equal(rowsNow.length, rowsWhileFrozen, 'nothing is committed to Postgres the replica does not have')
   t.notOk(rowsNow.some((r) => r.user_id === 'frozen-1'))
