@@ -33,6 +33,12 @@ export function createRedis ({ target, commandTimeoutMs, blocking = false, name 
     enableOfflineQueue: blocking,
     maxRetriesPerRequest: blocking ? null : 1,
     enableAutoPipelining: !blocking,
+    // A command in flight when the connection closed may have run (the reply was lost, not the write).
+    // ioredis would send it again after reconnecting, and an issue without an Idempotency-Key would run
+    // twice (a second unit for perUserLimit > 1). Left unsent, it ends at commandTimeout as
+    // REDIS_UNAVAILABLE: outcome unknown, a keyed retry tells. The blocking connection's reads are
+    // safe to repeat and have no timeout, so it keeps the resend.
+    autoResendUnfulfilledCommands: blocking,
     commandTimeout: blocking ? undefined : commandTimeoutMs,
     retryStrategy: (attempt) => Math.min(50 * attempt, 1000)
   }
