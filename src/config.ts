@@ -1,6 +1,7 @@
 // The one place that reads process.env. Everything else receives a Config.
 import { randomBytes } from 'node:crypto'
 import { envSchema } from 'env-schema'
+import cron from 'node-cron'
 
 /** Where Redis is looked for when REDIS_URL is empty (server.ts starts a local redis-server there if nothing listens). */
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379'
@@ -61,6 +62,10 @@ const schema = {
     // Write the event outbox (webhooks, GET /admin/events) with every persisted fact. Off by default: it
     // about doubles the consumer's time per batch (docs/benchmarks.md), a cost only users of events should pay.
     EVENTS_ENABLED: { type: 'boolean', default: false },
+    // Days the outbox keeps events and settled webhook deliveries (src/events/retention.ts); 0 = forever.
+    // Pending deliveries and their events stay whatever their age.
+    EVENTS_RETENTION_DAYS: { type: 'integer', minimum: 0, maximum: 36500, default: 30 },
+    EVENTS_PRUNE_CRON: { type: 'string', default: '0 17 * * * *' },
     WEBHOOKS_ENABLED: { type: 'boolean', default: true },
     WEBHOOK_CONCURRENCY: { type: 'integer', minimum: 1, maximum: 1000, default: 8 },
     WEBHOOK_TIMEOUT_MS: { type: 'integer', minimum: 1, default: 10000 },
@@ -144,6 +149,8 @@ export interface Config {
   soldOutMarkerTtlMs: number
   /** EVENTS_ENABLED: persisted facts are announced in the event outbox (webhooks, the event feed) */
   eventsEnabled: boolean
+  /** EVENTS_RETENTION_DAYS (0 = keep forever) and EVENTS_PRUNE_CRON ('' = never prune) */
+  eventRetention: { days: number, cron: string }
   webhooks: {
     /** WEBHOOKS_ENABLED: this instance runs the delivery loop */
     enabled: boolean
@@ -242,6 +249,15 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   if (raw.ADMIN_TOKEN !== '' && raw.ADMIN_TOKEN.length < 12) {
     throw new ConfigError('Invalid configuration: ADMIN_TOKEN must be at least 12 characters long')
   }
+  // Checked here, so a typo stops the start with the setting's name rather than failing when the job is scheduled.
+  // RECLAIM_CRON cannot be empty: without the reclaim, entries of a dead consumer would stay pending forever.
+  for (const [setting, mayBeOff] of [['RECLAIM_CRON', false], ['CONSISTENCY_CRON', true], ['EVENTS_PRUNE_CRON', true]] as const) {
+    if (mayBeOff && raw[setting] === '') continue
+    if (!cron.validate(raw[setting])) {
+      throw new ConfigError(`Invalid configuration: ${setting} "${raw[setting]}" is not a cron expression (node-cron, seconds first optional, e.g. '0 17 * * * *')` +
+        (mayBeOff ? '; empty turns the job off' : ''))
+    }
+  }
   const redis = redisTarget(raw)
   if (redis.kind === 'cluster' && raw.REDIS_WAIT_REPLICAS > 0) {
     // The replication fence waits on one server's connection; a cluster's shards each need their own.
@@ -281,6 +297,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
     soldOutMarkerTtlMs: raw.SOLD_OUT_MARKER_TTL_MS,
     eventsEnabled: raw.EVENTS_ENABLED,
+    eventRetention: { days: raw.EVENTS_RETENTION_DAYS, cron: raw.EVENTS_PRUNE_CRON },
     webhooks: {
       enabled: raw.WEBHOOKS_ENABLED,
       concurrency: raw.WEBHOOK_CONCURRENCY,

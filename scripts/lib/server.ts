@@ -92,6 +92,8 @@ export function configEnv (config: Config): Record<string, string> {
     CONSISTENCY_WATCH_MAX_HOLDERS: String(config.consistencyWatchMaxHolders),
     REDIS_COMMAND_TIMEOUT_MS: String(config.redisCommandTimeoutMs),
     EVENTS_ENABLED: String(config.eventsEnabled),
+    EVENTS_RETENTION_DAYS: String(config.eventRetention.days),
+    EVENTS_PRUNE_CRON: config.eventRetention.cron,
     REDIS_WAIT_REPLICAS: String(config.redisWait.replicas),
     REDIS_WAIT_TIMEOUT_MS: String(config.redisWait.timeoutMs),
     SHUTDOWN_TIMEOUT_MS: String(config.shutdownTimeoutMs),

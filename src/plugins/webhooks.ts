@@ -1,7 +1,8 @@
 // Runs the webhook delivery loop in this process (WEBHOOKS_ENABLED; several instances share the work
-// through leases, see src/db/queries/webhooks.ts).
+// through leases, see src/db/queries/webhooks.ts), and the outbox's pruning (EVENTS_RETENTION_DAYS).
 import fp from 'fastify-plugin'
 import { DeliveryLoop } from '../webhooks/delivery-loop.js'
+import { scheduleEventPruning } from '../events/retention.js'
 import type { Config } from '../config.js'
 
 declare module 'fastify' {
@@ -14,6 +15,13 @@ declare module 'fastify' {
 
 export default fp(async function webhooksPlugin (fastify, { config }: { config: Config }) {
   fastify.decorate('eventsEnabled', config.eventsEnabled)
+  // Prunes whatever the outbox holds, also when events were switched off after a while.
+  const { days, cron } = config.eventRetention
+  if (days > 0 && cron !== '') {
+    let pruning: ReturnType<typeof scheduleEventPruning> | null = null
+    fastify.addHook('onReady', async () => { pruning = scheduleEventPruning(fastify.db, fastify.log.child({ component: 'events' }), { cronExpression: cron, retentionDays: days }) })
+    fastify.addHook('onClose', async () => { await pruning?.destroy() })
+  }
   if (!config.webhooks.enabled) {
     fastify.decorate('deliveryLoop', null)
     return
