@@ -206,3 +206,42 @@ t.test('a cancel or a change that Redis refuses answers its own 503 code and cha
   await app.redis.del(k.discarded)
   t.equal((await app.inject({ method: 'PATCH', url, headers: admin, payload: { totalQuantity: 8 } })).statusCode, 200, 'rebuilt and applied once the key is repaired')
 })
+
+t.test('POST /coupons with an Idempotency-Key: a retry after a 503 that came after the commit finds the campaign instead of making a second', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const create = (body: Record<string, unknown>, key?: string) => app.inject({
+    method: 'POST', url: '/coupons', headers: { ...admin, ...(key ? { 'idempotency-key': key } : {}) }, payload: { name: 'launch', totalQuantity: 50, ...body }
+  })
+  // The first campaign of this fresh database gets id 1; a key of the wrong type where its stock goes makes
+  // the counters fail to build after the row committed.
+  const stockKey = `${app.env.prefix}coupon:{1}:stock`
+  await app.redis.hset(stockKey, 'not', 'a counter')
+  const failed = await create({ metadata: { b: 1, a: 2 } }, 'launch-2026')
+  t.equal(failed.statusCode, 503, 'the first attempt fails after its row committed')
+  t.ok(failed.json().code, 'with a code')
+  await app.redis.del(stockKey)
+
+  const retried = await create({ metadata: { a: 2, b: 1 } }, 'launch-2026')
+  t.equal(retried.statusCode, 201, 'the retry with the same key (and the same body, keys in another order) answers 201')
+  t.equal(retried.headers['idempotent-replayed'], 'true', 'as a replay')
+  t.equal(retried.json().id, 1, 'of the campaign the first attempt created')
+  t.equal(retried.json().remaining, 50, 'whose counters the retry built')
+  t.notOk('creationKey' in retried.json(), 'the key is not shown')
+  t.equal((await app.inject({ method: 'POST', url: '/coupons/1/issues', payload: { userId: 'first-buyer' } })).statusCode, 201, 'the campaign issues')
+
+  const list = (await app.inject({ method: 'GET', url: '/coupons', headers: admin })).json()
+  t.equal((list.items ?? list).length, 1, 'one campaign, not two')
+
+  const reused = await create({ totalQuantity: 51 }, 'launch-2026')
+  t.equal(reused.statusCode, 422, 'the same key with another body is refused')
+  t.equal(reused.json().code, 'IDEMPOTENCY_KEY_REUSED')
+
+  const twins = await Promise.all(Array.from({ length: 8 }, () => create({ name: 'twins' }, 'twins-1')))
+  t.same(twins.map((r) => r.statusCode), Array(8).fill(201), 'eight concurrent creations with one key all answer 201')
+  t.equal(new Set(twins.map((r) => r.json().id)).size, 1, 'with one campaign')
+  t.equal(twins.filter((r) => r.headers['idempotent-replayed'] !== 'true').length, 1, 'created once, replayed seven times')
+
+  const unkeyed = await Promise.all([create({ name: 'plain' }), create({ name: 'plain' })])
+  t.not(unkeyed[0]!.json().id, unkeyed[1]!.json().id, 'without a key every request creates a campaign, as before')
+  t.equal((await create({}, 'x'.repeat(256))).statusCode, 400, 'an overlong key is a 400')
+})

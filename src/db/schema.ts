@@ -34,9 +34,16 @@ export const coupons = pgTable('coupons', {
   validFor: text('valid_for'),
   /** or one moment after which no code of the campaign is redeemable */
   validUntil: moment('valid_until'),
+  /**
+   * The Idempotency-Key the campaign was created with, and a digest of that request's body: a retried
+   * POST /coupons (its 503 may come after the row committed) finds the campaign instead of making a second.
+   */
+  creationKey: text('creation_key'),
+  creationRequest: text('creation_request'),
   createdAt: moment('created_at').notNull().defaultNow(),
   updatedAt: moment('updated_at').notNull().defaultNow()
 }, (t) => [
+  uniqueIndex('coupons_creation_key').on(t.creationKey),
   check('coupons_total_quantity_positive', sql`${t.totalQuantity} > 0`),
   check('coupons_per_user_limit_positive', sql`${t.perUserLimit} > 0`),
   check('coupons_window_ordered', sql`${t.endsAt} IS NULL OR ${t.endsAt} > ${t.startsAt}`),

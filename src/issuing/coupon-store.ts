@@ -231,11 +231,14 @@ export class CouponStore {
     for (const id of ids) this.#stranded.add(id)
   }
 
-  /** Installs the counters of a coupon just written to Postgres. */
-  async load (coupon: Coupon): Promise<void> {
+  /**
+   * Installs the counters of a coupon just written to Postgres, unless they are there already (a replayed
+   * creation whose first attempt got that far); returns the units left.
+   */
+  async load (coupon: Coupon): Promise<number> {
     // A request for this id a moment ago may have cached it as unknown.
     this.#unknownCoupons.delete(coupon.id)
-    await this.#restore(coupon.id)
+    return await this.remaining(coupon.id)
   }
 
   /**

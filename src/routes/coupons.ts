@@ -1,15 +1,16 @@
 // Coupon administration and reads. Creating writes Postgres first, then loads the counters into Redis.
+import { createHash } from 'node:crypto'
 import type { FastifyPluginAsync } from 'fastify'
-import { findCoupon, insertCoupon, listCoupons, type Coupon } from '../db/queries/coupons.js'
-import { CouponNotFound, InvalidMetadataKey, InvalidValidity, InvalidWindow } from '../errors.js'
+import { findCoupon, findCouponByCreationKey, insertCoupon, listCoupons, type Coupon } from '../db/queries/coupons.js'
+import { CouponNotFound, IdempotencyKeyReused, InvalidMetadataKey, InvalidValidity, InvalidWindow } from '../errors.js'
 import { parseValidFor } from '../issuing/validity.js'
 import type { Discount } from '../db/schema.js'
 import { CODE_PREFIX_PATTERN, DEFAULT_CODE_LENGTH, MAX_CODE_LENGTH, MIN_CODE_LENGTH } from '../issuing/codes.js'
-import { couponBody, couponParams, dateTime, discount, errors, METADATA_KEY, metadata, pageOf } from './schemas.js'
+import { couponBody, couponParams, dateTime, discount, errors, idempotencyHeaders, METADATA_KEY, metadata, pageOf } from './schemas.js'
 
 /** What a route shows of a coupon: never the code secret (it would let anyone compute every code). */
 function view<C extends Coupon> (coupon: C, remaining?: number) {
-  const { codeSecret: _secret, codePrefix, codeLength, ...shown } = coupon
+  const { codeSecret: _secret, creationKey: _key, creationRequest: _request, codePrefix, codeLength, ...shown } = coupon
   return { ...shown, codes: { prefix: codePrefix, length: codeLength }, ...(remaining === undefined ? {} : { remaining }) }
 }
 
@@ -43,6 +44,16 @@ const newCoupon = {
 
 type Metadata = Record<string, string | number | boolean | null>
 
+/** JSON with object keys sorted at every level: the same request body gives the same text, whatever its key order. */
+function canonicalJson (value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(',')}}`
+  }
+  return JSON.stringify(value)
+}
+const requestDigest = (body: unknown) => createHash('sha256').update(canonicalJson(body)).digest('hex')
+
 function checkMetadataKeys (metadata: Metadata | null | undefined): void {
   const bad = metadata ? Object.keys(metadata).find((key) => !METADATA_KEY.test(key)) : undefined
   if (bad !== undefined) throw new InvalidMetadataKey(JSON.stringify(bad))
@@ -69,13 +80,16 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
   fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata, codes?: { prefix?: string, length?: number }, validFor?: string, validUntil?: string } }>('/coupons', {
     onRequest: fastify.requireAdmin,
     schema: {
-      summary: 'Create a coupon campaign (admin)',
+      summary: 'Create a coupon campaign (admin); with an Idempotency-Key a retry answers the campaign the first request created',
       tags: ['coupons'],
       security: [{ bearer: [] }],
+      headers: idempotencyHeaders,
       body: newCoupon,
-      response: { 201: couponBody, ...adminErrors, ...errors({ 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE'] }) }
+      response: { 201: couponBody, ...adminErrors, ...errors({ 422: ['IDEMPOTENCY_KEY_REUSED'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE'] }) }
     }
   }, async (request, reply) => {
+    const key = request.headers['idempotency-key'] as string | undefined
+    const creation = key === undefined ? undefined : { key, request: requestDigest(request.body) }
     const { startsAt, endsAt, codes, validFor, validUntil, ...rest } = request.body
     checkMetadataKeys(rest.metadata)
     if ((validFor !== undefined && parseValidFor(validFor) === null) || (validFor !== undefined && validUntil !== undefined)) {
@@ -91,8 +105,18 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       codePrefix: codes?.prefix,
       codeLength: codes?.length,
       validFor: validFor ?? null,
-      validUntil: validUntil === undefined ? null : new Date(validUntil)
+      validUntil: validUntil === undefined ? null : new Date(validUntil),
+      creation
     })
+    if (coupon === undefined) {
+      // Created before with this key: the first answer may have been a 503 after the row committed.
+      const created = await findCouponByCreationKey(db, creation!.key)
+      if (created === undefined) throw new Error(`coupon with Idempotency-Key ${creation!.key} neither inserted nor found`)
+      if (created.creationRequest !== creation!.request) throw new IdempotencyKeyReused()
+      // Builds the counters when the first request failed before it did.
+      const remaining = await couponStore.load(created)
+      return reply.status(201).header('idempotent-replayed', 'true').send(view(created, remaining))
+    }
     await couponStore.load(coupon)
     await fastify.consumer?.wake()
     return reply.status(201).send(view(coupon, coupon.totalQuantity))

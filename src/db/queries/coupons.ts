@@ -17,9 +17,17 @@ export interface NewCoupon {
   codeLength?: number
   validFor?: string | null
   validUntil?: Date | null
+  /** POST /coupons' Idempotency-Key and the digest of its body (routes/coupons.ts) */
+  creation?: { key: string, request: string }
 }
 
-export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
+/**
+ * Inserts the campaign; with `input.creation`, undefined when a campaign with that key exists already
+ * (a concurrent twin waits for the first insert to commit or abort, then gets undefined or inserts).
+ */
+export async function insertCoupon (db: Db, input: NewCoupon & { creation: NonNullable<NewCoupon['creation']> }): Promise<Coupon | undefined>
+export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon>
+export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon | undefined> {
   const [row] = await db.insert(coupons).values({
     name: input.name,
     totalQuantity: input.totalQuantity,
@@ -32,9 +40,17 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
     codePrefix: input.codePrefix ?? '',
     codeLength: input.codeLength ?? DEFAULT_CODE_LENGTH,
     validFor: input.validFor ?? null,
-    validUntil: input.validUntil ?? null
-  }).returning()
-  return row!
+    validUntil: input.validUntil ?? null,
+    creationKey: input.creation?.key ?? null,
+    creationRequest: input.creation?.request ?? null
+  }).onConflictDoNothing({ target: coupons.creationKey }).returning()
+  return row
+}
+
+/** The campaign created with this Idempotency-Key, if any. */
+export async function findCouponByCreationKey (db: Db, key: string): Promise<Coupon | undefined> {
+  const [row] = await db.select().from(coupons).where(eq(coupons.creationKey, key))
+  return row
 }
 
 /**
