@@ -17,7 +17,7 @@
   KEYS[5] events      stream issue/revoke events for the consumer group; this one appends
                       e1 = "i|userId|claim|atMs|idempotencyKey" (format: src/stream/events.ts)
   KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
-  KEYS[7] stats       hash   issued +1, firstIssuedAt and soldOutAt (first time stock reaches 0) on ISSUED;
+  KEYS[7] stats       hash   issued +1, firstIssuedAt (with the first unit) and soldOutAt (first time stock reaches 0) on ISSUED;
                              best effort (a wrong type there fails nothing)
   KEYS[8] codes       hash   mac -> "userId|claim|issuedAtMs" of every unit ever handed out (revoked ones too); field '#'
                              marks it complete. A mac already taken (another user and claim gave the same
@@ -114,8 +114,9 @@ redis.call('HSET', claims, userId, claim)
 redis.call('HSET', codes, mac, userId .. '|' .. claim .. '|' .. now)
 local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
-redis.pcall('HINCRBY', stats, 'issued', 1)
-redis.pcall('HSETNX', stats, 'firstIssuedAt', now)
+-- 'issued' only ever grows (nothing else writes it), so its first unit is the first issue: one call per
+-- issue instead of an HSETNX of firstIssuedAt on every one (a pcall error reply is a table, never 1).
+if redis.pcall('HINCRBY', stats, 'issued', 1) == 1 then redis.pcall('HSETNX', stats, 'firstIssuedAt', now) end
 if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
 local reply = finish(0, now, claim, entry, reactivated)
