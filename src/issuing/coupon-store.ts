@@ -142,7 +142,7 @@ export class CouponStore {
     const reply = await this.#runWithRestore(couponId, () => {
       connection = this.#connection()
       return scripts.issue(this.#redis, k, {
-        couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
+        userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
       })
     })
     if (reply.code !== IssueCode.ISSUED) {

@@ -94,7 +94,6 @@ const outcome = <C extends number>([code, at, count, entryId, replayed, reactiva
   ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1, unitCode: unitCode ?? '', expiresAt: expiresAt ?? 0 })
 
 export interface IssueArgs {
-  couponId: number
   userId: string
   /** '' = none */
   idempotencyKey: string
@@ -103,9 +102,12 @@ export interface IssueArgs {
   backlogCap: number
 }
 
-export async function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
-  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes,
-    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
+/** The hot path: the key and its TTL are sent only when there is a key (see issue.lua's ARGV). */
+export function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
+  const reply = a.idempotencyKey === ''
+    ? redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, a.userId, a.backlogCap)
+    : redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, a.userId, a.backlogCap, a.idempotencyKey, a.idempotencyTtlSeconds)
+  return reply.then(outcome<IssueCode>)
 }
 
 export interface RevokeArgs {

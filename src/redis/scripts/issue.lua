@@ -24,11 +24,11 @@
                              characters) makes the script skip to the next claim number, so each code names
                              one unit and still follows from (secret, user, claim).
 
-  ARGV[1] couponId (unused: the entry names no coupon, the stream key does)
-  ARGV[2] userId (USER_ID_PATTERN: never contains '|' or '#')
-  ARGV[3] idempotency key given ('' = none; never contains '|')
-  ARGV[4] idempotency ttl, seconds
-  ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
+  ARGV[1] userId (USER_ID_PATTERN: never contains '|' or '#')
+  ARGV[2] backlog cap: shed load when the stream holds this many entries (0 = no cap)
+  ARGV[3] idempotency key given (absent or '' = none; never contains '|')
+  ARGV[4] idempotency ttl, seconds (only with a key)
+  Only what the script uses: every argument is built by the client and parsed by Redis on each issue.
 
   Returns { code, at, claim, entryId, replayed, reactivated [, unitCode, expiresAt] }
     code 0 ISSUED                  at = issuedAt ms; claim, entryId set; unitCode = the unit's redeemable code
@@ -54,7 +54,7 @@
 -- @include codes.lua
 
 local meta, stock, holders, claims, events, idem, stats, codes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local userId, idemKey = ARGV[2], ARGV[3]
+local userId, idemKey = ARGV[1], ARGV[3] or ''
 local field = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
@@ -104,7 +104,7 @@ for _ = 1, 4 do
 end
 if not mac then return { 9, 0, 0, '', 0, 0 } end
 local backlog = redis.call('XLEN', events)
-local cap = tonumber(ARGV[5])
+local cap = tonumber(ARGV[2])
 if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
 
 -- All checks passed and every key has the right type: from here on nothing can fail halfway.
