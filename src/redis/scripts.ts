@@ -33,7 +33,7 @@ type RawOutcome = [code: number, at: number, count: number, entryId: string, rep
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
-    issue (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
+    issue (...keysThenArgs: Arg[]): Result<string, Context>
     revoke (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
     lookupCode (...keysThenArgs: Arg[]): Result<RawLookup, Context>
     redeem (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
@@ -107,7 +107,22 @@ export function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise
   const reply = a.idempotencyKey === ''
     ? redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, a.userId, a.backlogCap)
     : redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, a.userId, a.backlogCap, a.idempotencyKey, a.idempotencyTtlSeconds)
-  return reply.then(outcome<IssueCode>)
+  return reply.then(unpackOutcome)
+}
+
+/** issue.lua's reply, "code|at|claim|entryId|replayed|reactivated[|unitCode|expiresAt]", as an Outcome. */
+function unpackOutcome (reply: string): Outcome<IssueCode> {
+  const [code, at, count, entryId, replayed, reactivated, unitCode, expiresAt] = reply.split('|')
+  return {
+    code: Number(code) as IssueCode,
+    at: Number(at),
+    count: Number(count),
+    entryId: entryId!,
+    replayed: replayed === '1',
+    reactivated: reactivated === '1',
+    unitCode: unitCode ?? '',
+    expiresAt: expiresAt === undefined ? 0 : Number(expiresAt)
+  }
 }
 
 export interface RevokeArgs {
