@@ -9,6 +9,8 @@
 //   split    the winning run on a service with its consumer off plus `npm run consume` as its own
 //            process (own key prefix); CPU µs/req counts the web process only, the consumer's is shown apart
 //   consumer the stream -> Postgres loop against a raw unnest INSERT loop on the same table
+//   issue0, nopersist0  with --base DIR: issue and nopersist on the built service of another checkout (the
+//            "before" tree of a change), in the same rounds, so a change is compared with its parent in one run
 //   replicated, wait  (only when named in --only) the winning run against a Redis primary with one replica,
 //            both started for the run: REDIS_WAIT_REPLICAS=0 and =1 (src/redis/replication-fence.ts), to
 //            show what waiting for the replica costs
@@ -45,6 +47,8 @@ const { values: f } = parseArgs({
     'cpu-prof': { type: 'string' },
     // V8/Node flags for every server of the run (baselines too, so the ratios stay fair), space-separated
     'node-flags': { type: 'string', default: '' },
+    // another checkout (built: npm run build there) whose service also runs issue and nopersist, as issue0 / nopersist0
+    base: { type: 'string' },
     json: { type: 'boolean', default: false }
   }
 })
@@ -55,19 +59,22 @@ const warmup = Number(f.warmup)
 const only = new Set(f.only.split(','))
 const say = f.json ? () => {} : (s: string) => console.error(s)
 
-type Target = 'a' | 'b' | 'issue' | 'soldout' | 'nopersist' | 'split' | 'replicated' | 'wait'
-const TARGETS: Target[] = (['a', 'b', 'issue', 'soldout', 'nopersist', 'split', 'replicated', 'wait'] as const).filter((t) => only.has(t))
+type Target = 'a' | 'b' | 'issue' | 'issue0' | 'soldout' | 'nopersist' | 'nopersist0' | 'split' | 'replicated' | 'wait'
+if (f.base) for (const t of ['issue', 'nopersist']) if (only.has(t)) only.add(`${t}0`)
+const TARGETS: Target[] = (['a', 'b', 'issue', 'issue0', 'soldout', 'nopersist', 'nopersist0', 'split', 'replicated', 'wait'] as const).filter((t) => only.has(t))
 const LABELS: Record<Target, string> = {
   a: 'A bare route',
   b: 'B + 1 Redis call',
   issue: 'issue (winning)',
+  issue0: 'issue (winning), --base',
   soldout: 'issue (sold out)',
   nopersist: 'issue, consumer off',
+  nopersist0: 'consumer off, --base',
   split: 'issue, consumer process',
   replicated: 'issue, replica, no WAIT',
   wait: 'issue, REDIS_WAIT_REPLICAS=1'
 }
-const WINNING: Target[] = ['issue', 'split', 'replicated', 'wait']
+const WINNING: Target[] = ['issue', 'issue0', 'split', 'replicated', 'wait']
 
 /** A Redis primary and one replica of it on free ports, for the WAIT targets; gone at close(). */
 async function replicaPair () {
@@ -163,6 +170,11 @@ try {
         : null,
       split: only.has('split')
         ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}sp:`, consumer: { ...config.consumer, enabled: false } }, child)
+        : null,
+      // --base: the other checkout's service, each on a prefix of its own (same database, other coupons)
+      base: only.has('issue0') ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}b0:` }, { ...child, root: f.base }) : null,
+      baseNoConsumer: only.has('nopersist0')
+        ? await startChildServer('app', { ...config, redisPrefix: `${config.redisPrefix}b0nc:`, consumer: { ...config.consumer, enabled: false }, backlogCap: 0 }, { ...child, root: f.base })
         : null
     }
     const pair = only.has('replicated') || only.has('wait') ? await replicaPair() : null
@@ -194,6 +206,8 @@ try {
       const soldOut = await create(100)
       const unpersisted = await create(10_000_000, servers.noConsumer)
       const splitCoupon = await create(10_000_000, servers.split)
+      const baseWinning = await create(10_000_000, servers.base)
+      const baseUnpersisted = await create(10_000_000, servers.baseNoConsumer)
       const replicatedCoupon = await create(10_000_000, replicated.replicated)
       const waitCoupon = await create(10_000_000, replicated.wait)
       // The consumer process discovers a new coupon's stream within a second.
@@ -202,6 +216,8 @@ try {
         a: () => servers.a!,
         b: () => servers.b!,
         issue: () => servers.app!,
+        issue0: () => servers.base!,
+        nopersist0: () => servers.baseNoConsumer!,
         soldout: () => servers.app!,
         nopersist: () => servers.noConsumer!,
         split: () => servers.split!,
@@ -212,6 +228,8 @@ try {
         a: () => [servers.a!.url, '/coupons/1/issues'],
         b: () => [servers.b!.url, '/coupons/1/issues'],
         issue: () => [servers.app!.url, `/coupons/${winning}/issues`],
+        issue0: () => [servers.base!.url, `/coupons/${baseWinning}/issues`],
+        nopersist0: () => [servers.baseNoConsumer!.url, `/coupons/${baseUnpersisted}/issues`],
         soldout: () => [servers.app!.url, `/coupons/${soldOut}/issues`],
         nopersist: () => [servers.noConsumer!.url, `/coupons/${unpersisted}/issues`],
         split: () => [servers.split!.url, `/coupons/${splitCoupon}/issues`],
@@ -221,6 +239,7 @@ try {
       // Where each winning target's issues live: its Redis, its key prefix, its coupon.
       const winningStore: Partial<Record<Target, [Redis, ReturnType<typeof createKeys>, number]>> = {
         issue: [redis, keys, winning],
+        issue0: [redis, createKeys(`${scratch.prefix}b0:`), baseWinning],
         split: [redis, createKeys(`${scratch.prefix}sp:`), splitCoupon],
         ...(pair ? { replicated: [pair.client, createKeys(`${scratch.prefix}rp:`), replicatedCoupon], wait: [pair.client, createKeys(`${scratch.prefix}wt:`), waitCoupon] } : {})
       }
@@ -303,6 +322,11 @@ const ratios = {
   issueOverB: ratio(http.issue?.rps, http.b?.rps),
   /** the issue target: winning requests answered and persisted per second, against B */
   issueWithCatchUpOverB: ratio(http.issue?.rpsWithCatchUp, http.b?.rps),
+  /** --base: the same two for the other checkout's service, and its consumer-off run */
+  baseIssueWithCatchUpOverB: ratio(http.issue0?.rpsWithCatchUp, http.b?.rps),
+  baseNoPersistOverB: ratio(http.nopersist0?.rps, http.b?.rps),
+  cpuBOverBaseIssue: ratio(http.b?.cpuUsPerRequest, http.issue0?.cpuUsPerRequest),
+  cpuBOverBaseNoPersist: ratio(http.b?.cpuUsPerRequest, http.nopersist0?.cpuUsPerRequest),
   issueOverA: ratio(http.issue?.rps, http.a?.rps),
   soldoutOverB: ratio(http.soldout?.rps, http.b?.rps),
   soldoutOverIssue: ratio(http.soldout?.rps, http.issue?.rps),
@@ -338,7 +362,7 @@ const spread = {
 const report = {
   date: started.toISOString(),
   machine: machine(),
-  settings: { connections, durationS: duration, rounds, warmupS: warmup, rows: Number(f.rows), logLevel: config.logLevel },
+  settings: { connections, durationS: duration, rounds, warmupS: warmup, rows: Number(f.rows), logLevel: config.logLevel, base: f.base ?? null },
   http,
   consumer,
   ratios,
@@ -391,6 +415,12 @@ if (f.json) {
     ['', 'all rounds', 'median round', 'target', 'per round'],
     ['issue incl. catch-up / B', r2(ratios.issueWithCatchUpOverB), r2(spread.issueWithCatchUpOverB.length ? median(spread.issueWithCatchUpOverB) : null), 'target >= 0.80', spread.issueWithCatchUpOverB.map(r2).join(' / ')],
     ['issue / B', r2(ratios.issueOverB), r2(spread.issueOverB.length ? median(spread.issueOverB) : null), '', spread.issueOverB.map(r2).join(' / ')],
+    ...(f.base
+      ? [['--base: issue incl. catch-up / B', r2(ratios.baseIssueWithCatchUpOverB), '', '', withCatchUp(http.issue0, http.b).map(r2).join(' / ')],
+          ['--base: consumer off / B', r2(ratios.baseNoPersistOverB), '', '', perRound(http.nopersist0, http.b).map(r2).join(' / ')],
+          ['--base: CPU/req: B / issue', r2(ratios.cpuBOverBaseIssue), '', '', ''],
+          ['--base: CPU/req: B / consumer off', r2(ratios.cpuBOverBaseNoPersist), '', '', '']]
+      : []),
     ['sold out / B', r2(ratios.soldoutOverB), r2(spread.soldoutOverB.length ? median(spread.soldoutOverB) : null), 'target >= 1.00', spread.soldoutOverB.map(r2).join(' / ')],
     ['sold out / issue', r2(ratios.soldoutOverIssue), r2(spread.soldoutOverIssue.length ? median(spread.soldoutOverIssue) : null), 'target >= 1.00', spread.soldoutOverIssue.map(r2).join(' / ')],
     ['issue / A', r2(ratios.issueOverA), '', '', ''],

@@ -94,3 +94,23 @@ t.test('the same server after a reconnect, a first start, a record that changes 
   const third = await issue(base, coupon.id, 'second')
   t.equal(third.code, 'ALREADY_ISSUED', 'rebuilt from Postgres and the stream: the holder is still known')
 })
+
+t.test('a script cache emptied under the app (SCRIPT FLUSH; a restart or failover empties it too): issue.lua is sent again in full', async (t) => {
+  const redis = await throwawayRedis(t, { appendonly: false })
+  const prefix = uniquePrefix(t, redis.url)
+  const { base, coupon, check } = await inProcessScenario(t, { REDIS_URL: redis.url, REDIS_PREFIX: prefix, RECLAIM_MIN_IDLE_MS: '60000' }, 10)
+  const calls: Call[] = [await issue(base, coupon.id, 'before')]
+  const evals = async () => Number(/cmdstat_eval:calls=(\d+)/.exec(await redis.client.info('commandstats'))?.[1] ?? 0)
+  const evalsBefore = await evals()
+  await redis.client.script('FLUSH')
+  // At once: each of them meets NOSCRIPT, none may be lost or run twice.
+  const after = await inParallel(4, 4, (i) => issue(base, coupon.id, `after-${i}`, i === 0 ? { idempotencyKey: 'flushed-key' } : {}))
+  t.same(after.map((c) => c.outcome), ['ok', 'ok', 'ok', 'ok'], 'every issue after the flush goes through')
+  t.ok(await evals() > evalsBefore, 'by sending the script in full (EVAL)')
+  calls.push(...after)
+  const replay = await issue(base, coupon.id, 'after-0', { idempotencyKey: 'flushed-key' })
+  t.equal(replay.outcome, 'ok', 'the keyed one replays')
+  calls.push(await issue(base, coupon.id, 'before'))
+  t.equal(calls.at(-1)!.code, 'ALREADY_ISSUED', 'an earlier holder is still known')
+  await check(t, calls)
+})

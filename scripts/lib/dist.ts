@@ -17,12 +17,15 @@ function newestMtime (dir: string): number {
   return newest
 }
 
-/** Absolute path of a compiled entry point, e.g. distEntry('server.js'), 'cli/consume.js'. */
-export function distEntry (relative: string): string {
-  const entry = join(ROOT, 'dist', relative)
-  const stamp = join(ROOT, 'dist', '.built')
+/**
+ * Absolute path of a compiled entry point, e.g. distEntry('server.js'), 'cli/consume.js'; of this checkout,
+ * or of another one (`root`, e.g. the "before" tree of `npm run bench -- --base`).
+ */
+export function distEntry (relative: string, root = ROOT): string {
+  const entry = join(root, 'dist', relative)
+  const stamp = join(root, 'dist', '.built')
   if (!existsSync(entry) || !existsSync(stamp)) throw new Error(`${entry} is missing: run \`npm run build\` first`)
-  const sources = Math.max(newestMtime(join(ROOT, 'src')), ...['tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(ROOT, f)).mtimeMs))
+  const sources = Math.max(newestMtime(join(root, 'src')), ...['tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(root, f)).mtimeMs))
   if (sources > statSync(stamp).mtimeMs) throw new Error('dist/ is older than src/: run `npm run build` first')
   return entry
 }

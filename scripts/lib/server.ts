@@ -41,6 +41,8 @@ export interface ChildOptions {
   cpuProfDir?: string
   /** extra V8/Node flags for the child (e.g. --max-semi-space-size=32), the same for every target of a run */
   nodeFlags?: string[]
+  /** the built service: start this checkout's dist/ instead of our own (bench --base) */
+  root?: string
 }
 
 /** REDIS_URL, REDIS_SENTINELS + REDIS_SENTINEL_NAME or REDIS_CLUSTER_NODES, as loadConfig reads them back into config.redis. */
@@ -124,9 +126,9 @@ function procRss (pid: number): number {
 }
 
 /** `node dist/server.js` with the config as its environment, ready once /health answers. */
-async function startBuiltServer (config: Config, { cpuProfDir, nodeFlags = [] }: ChildOptions): Promise<RunningServer> {
+async function startBuiltServer (config: Config, { cpuProfDir, nodeFlags = [], root }: ChildOptions): Promise<RunningServer> {
   const port = await freePort()
-  const args = [...nodeFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : []), distEntry('server.js')]
+  const args = [...nodeFlags, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : []), distEntry('server.js', root)]
   // stdout is discarded (the service logs there, as it would in production); stderr shows crashes.
   const child = spawn(process.execPath, args, {
     env: childEnv(configEnv({ ...config, port, host: '127.0.0.1' })),

@@ -139,12 +139,23 @@ export class CouponStore {
     const ticket = markers.ticket()
     const k = this.#keysOf(couponId)
     let connection = 0
-    const reply = await this.#runWithRestore(couponId, () => {
+    const run = () => {
       connection = this.#connection()
       return scripts.issue(this.#redis, k, {
-        couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
+        userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
       })
-    })
+    }
+    // The common case in one await (a checked server, counters present); anything else through the
+    // rebuild loop, which goes on from this first reply.
+    let reply: scripts.Outcome<IssueCode> | undefined
+    if (this.#serverGuard?.stale !== true) {
+      try {
+        reply = await run()
+      } catch (err) {
+        throw redisFailure(err, errors.IssueScriptFailed)
+      }
+    }
+    if (reply === undefined || reply.code === NEEDS_RESTORE) reply = await this.#runWithRestore(couponId, run, errors.IssueScriptFailed, reply)
     if (reply.code !== IssueCode.ISSUED) {
       // For SOLD_OUT the script returns endsAt in `at` and its clock in `count` (see issue.lua).
       if (reply.code === IssueCode.SOLD_OUT && unkeyed && !reply.replayed) markers.markSoldOut(couponId, ticket, reply.at, reply.count)
@@ -394,12 +405,13 @@ export class CouponStore {
     throw new errors.CouponNotFound(couponId)
   }
 
-  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>, scriptFailed: errors.ScriptFailure = errors.IssueScriptFailed): Promise<R> {
+  /** `first`: a NEEDS_RESTORE reply the caller already got from `run` (its first attempt). */
+  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>, scriptFailed: errors.ScriptFailure = errors.IssueScriptFailed, first?: R): Promise<R> {
     try {
       // Counters of another server (a promoted replica, a restart from disk) are dropped before any use.
-      if (this.#serverGuard?.stale) await this.#serverGuard.check()
+      if (first === undefined && this.#serverGuard?.stale) await this.#serverGuard.check()
       for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
-        const reply = await run()
+        const reply = attempt === 0 && first !== undefined ? first : await run()
         if ((typeof reply === 'number' ? reply : reply.code) !== NEEDS_RESTORE) return reply
         await this.#restore(couponId)
       }

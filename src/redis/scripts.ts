@@ -1,6 +1,7 @@
 // The Lua scripts as typed functions: one wrapper per script, taking named arguments and returning a
 // typed reply whose code is named here, next to the script loader (as BullMQ keeps its error codes).
 // The file name and the command name are the same (issue.lua <-> issue). Nothing else calls a script.
+import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Result } from 'ioredis'
 import type { RedisClient } from './client.js'
@@ -10,9 +11,11 @@ const read = (path: string) => readFileSync(new URL(`./scripts/${path}`, import.
 // `-- @include x.lua` lines are replaced by scripts/includes/x.lua, so scripts share helpers (as BullMQ does).
 const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include (\S+)$/gm, (_, file: string) => read(`includes/${file}`))
 
-/** Script name -> number of keys; null = the caller passes the count first (a variable number of keys). */
+/**
+ * Script name -> number of keys; null = the caller passes the count first (a variable number of keys).
+ * issue.lua is not among them: see sendIssue.
+ */
 const SCRIPTS = {
-  issue: 8,
   revoke: 9,
   restoreCounters: 10,
   lookupCode: 4,
@@ -33,7 +36,6 @@ type RawOutcome = [code: number, at: number, count: number, entryId: string, rep
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
-    issue (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
     revoke (...keysThenArgs: Arg[]): Result<RawOutcome, Context>
     lookupCode (...keysThenArgs: Arg[]): Result<RawLookup, Context>
     redeem (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
@@ -94,7 +96,6 @@ const outcome = <C extends number>([code, at, count, entryId, replayed, reactiva
   ({ code: code as C, at, count, entryId, replayed: replayed === 1, reactivated: reactivated === 1, unitCode: unitCode ?? '', expiresAt: expiresAt ?? 0 })
 
 export interface IssueArgs {
-  couponId: number
   userId: string
   /** '' = none */
   idempotencyKey: string
@@ -103,9 +104,43 @@ export interface IssueArgs {
   backlogCap: number
 }
 
-export async function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
-  return outcome(await redis.issue(k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes,
-    a.couponId, a.userId, a.idempotencyKey, a.idempotencyTtlSeconds, a.backlogCap))
+const ISSUE_SOURCE = scriptSource('issue')
+const ISSUE_SHA = createHash('sha1').update(ISSUE_SOURCE).digest('hex')
+
+/**
+ * issue.lua as a plain EVALSHA rather than a command defined on the client: ioredis wraps every call of a
+ * defined script in a command subclass, a per-socket "loaded yet?" check and a NOSCRIPT handler, about
+ * 0.9 µs of client CPU per call (docs/benchmarks.md). Redis answers NOSCRIPT when its script cache lacks
+ * the script (a restart, a failover, SCRIPT FLUSH): the script did not run, so it is sent once more in
+ * full (EVAL, which caches it for the next EVALSHA), as ioredis does.
+ */
+function sendIssue (redis: RedisClient, keysThenArgs: Arg[]): Promise<string> {
+  return (redis.evalsha(ISSUE_SHA, 8, ...keysThenArgs) as Promise<string>).catch((err: Error) => {
+    if (!err.message.includes('NOSCRIPT')) throw err
+    return redis.eval(ISSUE_SOURCE, 8, ...keysThenArgs) as Promise<string>
+  })
+}
+
+/** The hot path: the key and its TTL are sent only when there is a key (see issue.lua's ARGV). */
+export function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
+  const keysThenArgs: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, a.userId, a.backlogCap]
+  if (a.idempotencyKey !== '') keysThenArgs.push(a.idempotencyKey, a.idempotencyTtlSeconds)
+  return sendIssue(redis, keysThenArgs).then(unpackOutcome)
+}
+
+/** issue.lua's reply, "code|at|claim|entryId|replayed|reactivated[|unitCode|expiresAt]", as an Outcome. */
+function unpackOutcome (reply: string): Outcome<IssueCode> {
+  const [code, at, count, entryId, replayed, reactivated, unitCode, expiresAt] = reply.split('|')
+  return {
+    code: Number(code) as IssueCode,
+    at: Number(at),
+    count: Number(count),
+    entryId: entryId!,
+    replayed: replayed === '1',
+    reactivated: reactivated === '1',
+    unitCode: unitCode ?? '',
+    expiresAt: expiresAt === undefined ? 0 : Number(expiresAt)
+  }
 }
 
 export interface RevokeArgs {

@@ -3,7 +3,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import { issuesOfUser } from '../db/queries/issues.js'
 import { findCoupon } from '../db/queries/coupons.js'
 import { CouponNotFound, IssueNotFound } from '../errors.js'
-import type { Holding } from '../issuing/coupon-store.js'
+import type { Holding, Issued } from '../issuing/coupon-store.js'
 import { couponParams, couponUserParams, dateTime, errors, idempotencyHeaders, userId } from './schemas.js'
 
 interface IssueRoute {
@@ -44,6 +44,15 @@ const holdingBody = {
 } as const
 
 const JSON_TYPE = 'application/json; charset=utf-8'
+
+/**
+ * The 201 body, written here instead of by the response serializer: the same fields in the order of
+ * `issuedBody` (which still documents it), without a pass over the schema per winning request.
+ */
+function issuedJson ({ couponId, userId, issuedAt, claim, code, expiresAt }: Issued): string {
+  return `{"couponId":${couponId},"userId":${JSON.stringify(userId)},"issuedAt":"${issuedAt.toISOString()}","claim":${claim},` +
+    `"code":${JSON.stringify(code)},"expiresAt":${expiresAt === null ? 'null' : `"${expiresAt.toISOString()}"`}}`
+}
 
 type PersistedView = Awaited<ReturnType<typeof issuesOfUser>>[number]
 
@@ -111,7 +120,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     countIssueOutcome(issued.replayed ? 'replayed' : 'issued')
     if (!issued.replayed) campaignStats.countIssued(issued.couponId, issued.issuedAt.getTime())
     if (issued.replayed) reply.header('idempotent-replayed', 'true')
-    return reply.status(201).send(issued)
+    return reply.status(201).type(JSON_TYPE).send(issuedJson(issued))
   })
 
   fastify.delete<IssueRoute & { Params: { userId: string }, Querystring: { force?: boolean } }>('/coupons/:couponId/issues/:userId', {

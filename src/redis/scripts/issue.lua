@@ -17,20 +17,23 @@
   KEYS[5] events      stream issue/revoke events for the consumer group; this one appends
                       e1 = "i|userId|claim|atMs|idempotencyKey" (format: src/stream/events.ts)
   KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
-  KEYS[7] stats       hash   issued +1, firstIssuedAt and soldOutAt (first time stock reaches 0) on ISSUED;
+  KEYS[7] stats       hash   issued +1, firstIssuedAt (with the first unit) and soldOutAt (first time stock reaches 0) on ISSUED;
                              best effort (a wrong type there fails nothing)
   KEYS[8] codes       hash   mac -> "userId|claim|issuedAtMs" of every unit ever handed out (revoked ones too); field '#'
                              marks it complete. A mac already taken (another user and claim gave the same
                              characters) makes the script skip to the next claim number, so each code names
                              one unit and still follows from (secret, user, claim).
 
-  ARGV[1] couponId (unused: the entry names no coupon, the stream key does)
-  ARGV[2] userId (USER_ID_PATTERN: never contains '|' or '#')
-  ARGV[3] idempotency key given ('' = none; never contains '|')
-  ARGV[4] idempotency ttl, seconds
-  ARGV[5] backlog cap: shed load when the stream holds this many entries (0 = no cap)
+  ARGV[1] userId (USER_ID_PATTERN: never contains '|' or '#')
+  ARGV[2] backlog cap: shed load when the stream holds this many entries (0 = no cap)
+  ARGV[3] idempotency key given (absent or '' = none; never contains '|')
+  ARGV[4] idempotency ttl, seconds (only with a key)
+  Only what the script uses: every argument is built by the client and parsed by Redis on each issue.
 
-  Returns { code, at, claim, entryId, replayed, reactivated [, unitCode, expiresAt] }
+  Returns "code|at|claim|entryId|replayed|reactivated[|unitCode|expiresAt]", the values of
+  { code, at, claim, entryId, replayed, reactivated [, unitCode, expiresAt] } as one string (none of them
+  contains '|'): an array reply of eight values costs the client about 1.8 µs more per call to read
+  (docs/benchmarks.md). src/redis/scripts.ts unpacks it.
     code 0 ISSUED                  at = issuedAt ms; claim, entryId set; unitCode = the unit's redeemable code
                                    (prefix .. mac .. tail), recomputed for a replay; expiresAt ms (0 = never)
     code 1 NEEDS_RESTORE           counters (or the idempotency hash, for a keyed call) missing: rebuild, call again
@@ -53,15 +56,20 @@
 -- @include outcomes.lua
 -- @include codes.lua
 
+-- Every reply leaves as one string (see the header).
+local function packed (reply)
+  return table.concat(reply, '|')
+end
+
 local meta, stock, holders, claims, events, idem, stats, codes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local userId, idemKey = ARGV[2], ARGV[3]
+local userId, idemKey = ARGV[1], ARGV[3] or ''
 local field = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
 local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
-if not m[1] or not m[6] or not left or not holding[2] then return { 1, 0, 0, '', 0, 0 } end
+if not m[1] or not m[6] or not left or not holding[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
 local secret, prefix, length, tail = m[6], m[7] or '', tonumber(m[8]), m[9] or ''
 local validFor, validUntil = tonumber(m[10] or ''), tonumber(m[11] or '')
 local function expiry (issuedAt)
@@ -75,37 +83,37 @@ if replay then
     replay[7] = prefix .. codeMac(secret, userId, replay[3], length) .. tail
     replay[8] = expiry(replay[2])
   end
-  return replay
+  return packed(replay)
 end
 local function finish (code, at, claim, entry, reactivated)
   return rememberOutcome(idem, field, userId, now, code, at, claim, entry, reactivated or 0)
 end
 
-if m[5] then return { 8, 0, 0, '', 0, 0 } end
+if m[5] then return packed({ 8, 0, 0, '', 0, 0 }) end
 local startsAt, endsAt = tonumber(m[2]), tonumber(m[3])
-if startsAt and now < startsAt then return { 4, startsAt, 0, '', 0, 0 } end
-if endsAt and now >= endsAt then return { 5, endsAt, 0, '', 0, 0 } end
+if startsAt and now < startsAt then return packed({ 4, startsAt, 0, '', 0, 0 }) end
+if endsAt and now >= endsAt then return packed({ 5, endsAt, 0, '', 0, 0 }) end
 
 local held = tonumber(holding[1]) or 0
-if held >= tonumber(m[1]) then return finish(2, tonumber(m[1]), 0, '') end
-if left <= 0 then return finish(3, endsAt or 0, now, '') end
+if held >= tonumber(m[1]) then return packed(finish(2, tonumber(m[1]), 0, '')) end
+if left <= 0 then return packed(finish(3, endsAt or 0, now, '')) end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
-if not claimed[2] then return { 1, 0, 0, '', 0, 0 } end
+if not claimed[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
 local claim = tonumber(claimed[1]) or 0
 local mac
 for _ = 1, 4 do
   claim = claim + 1
   mac = codeMac(secret, userId, claim, length)
   local taken = redis.call('HMGET', codes, mac, '#')
-  if not taken[2] then return { 1, 0, 0, '', 0, 0 } end
+  if not taken[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
   if not taken[1] then break end
   mac = nil
 end
-if not mac then return { 9, 0, 0, '', 0, 0 } end
+if not mac then return packed({ 9, 0, 0, '', 0, 0 }) end
 local backlog = redis.call('XLEN', events)
-local cap = tonumber(ARGV[5])
-if cap > 0 and backlog >= cap then return { 6, 0, 0, '', 0, 0 } end
+local cap = tonumber(ARGV[2])
+if cap > 0 and backlog >= cap then return packed({ 6, 0, 0, '', 0, 0 }) end
 
 -- All checks passed and every key has the right type: from here on nothing can fail halfway.
 redis.call('DECR', stock)
@@ -114,11 +122,12 @@ redis.call('HSET', claims, userId, claim)
 redis.call('HSET', codes, mac, userId .. '|' .. claim .. '|' .. now)
 local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
-redis.pcall('HINCRBY', stats, 'issued', 1)
-redis.pcall('HSETNX', stats, 'firstIssuedAt', now)
+-- 'issued' only ever grows (nothing else writes it), so its first unit is the first issue: one call per
+-- issue instead of an HSETNX of firstIssuedAt on every one (a pcall error reply is a table, never 1).
+if redis.pcall('HINCRBY', stats, 'issued', 1) == 1 then redis.pcall('HSETNX', stats, 'firstIssuedAt', now) end
 if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
 local reply = finish(0, now, claim, entry, reactivated)
 reply[7] = prefix .. mac .. tail
 reply[8] = expiry(now)
-return reply
+return packed(reply)
