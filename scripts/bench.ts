@@ -15,7 +15,7 @@
 //            both started for the run: REDIS_WAIT_REPLICAS=0 and =1 (src/redis/replication-fence.ts), to
 //            show what waiting for the replica costs
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -110,7 +110,21 @@ async function replicaPair () {
   }
 }
 
+/**
+ * CPU time every process on the machine spent, µs (/proc/stat: user, nice, system, irq, softirq, steal;
+ * 100 ticks a second), minus this process's (the load generator and the bench's own polling). So it
+ * counts the service, its consumer, Redis and Postgres together: on a machine where they share the cores,
+ * requests/s of two targets cannot differ by more than their machine CPU per request does.
+ */
+function othersCpuMicros (): number {
+  const [, user, nice, system, , , irq, softirq, steal] = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!.trim().split(/\s+/).map(Number)
+  const own = process.cpuUsage()
+  return (user! + nice! + system! + irq! + softirq! + steal!) * 10_000 - (own.user + own.system)
+}
+
 interface Slice {
+  /** every process but the bench's own (service, consumer, Redis, Postgres) per request, µs, up to Postgres complete for winning runs */
+  machineCpuUsPerRequest: number
   rps: number
   /** server process CPU (user + system) per request, µs: far less disturbed by other load than req/s */
   cpuUsPerRequest: number
@@ -131,6 +145,8 @@ interface HttpRun {
   rps: number
   /** total server CPU / total requests over every round, µs */
   cpuUsPerRequest: number
+  /** the same for the CPU of every process but the bench's own (Slice.machineCpuUsPerRequest) */
+  machineCpuUsPerRequest: number
   /**
    * winning runs only: total requests / (total seconds + the time Postgres needed after each slice's last
    * response to hold every issue) — the rate at which issues are answered AND persisted
@@ -262,12 +278,14 @@ try {
           const store = winningStore[target]
           const sampler = store ? sampleBacklog(store[0], store[1].coupon(store[2]).events) : null
           const cpu0 = await serverOf[target]().cpuMicros()
+          const machineCpu0 = othersCpuMicros()
           const consumerCpu0 = target === 'split' ? await consumerProcess!.cpuMicros() : 0
           const r = await runCannon({ url, path, connections, duration, userOf: (i) => `r${round}${target}-${i}`, progress: !f.json })
           // For the winning run this includes the consumer persisting the slice, which is part of its cost.
           const lag = sampler ? await persisted(r.endedAt, target) : undefined
+          const machineCpu = othersCpuMicros() - machineCpu0
           const cpu = await serverOf[target]().cpuMicros() - cpu0
-          const slice: Slice = { rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
+          const slice: Slice = { machineCpuUsPerRequest: machineCpu / r.requests, rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
           if (sampler) {
             slice.persistenceLagMs = lag
             slice.maxBacklog = sampler.stop().max
@@ -288,7 +306,8 @@ try {
         http[target] = {
           rps: requests / seconds,
           ...(catchUpS === null ? {} : { rpsWithCatchUp: requests / (seconds + catchUpS) }),
-          cpuUsPerRequest: list.reduce((n, s) => n + s.cpuUsPerRequest * s.requests, 0) / list.reduce((n, s) => n + s.requests, 0),
+          cpuUsPerRequest: list.reduce((n, s) => n + s.cpuUsPerRequest * s.requests, 0) / requests,
+          machineCpuUsPerRequest: list.reduce((n, s) => n + s.machineCpuUsPerRequest * s.requests, 0) / requests,
           latencyMs: { p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), max: Math.max(...list.map((s) => s.latencyMs.max)), mean: pick('mean') },
           statuses,
           errors: list.reduce((n, s) => n + s.errors + s.timeouts, 0),
@@ -336,6 +355,12 @@ const ratios = {
   consumerOverRaw: ratio(consumer?.consumer, ceiling),
   /** CPU-cost ratios: B's server CPU per request / the issue endpoint's (1.0 = the issue path costs no more) */
   cpuBOverIssue: ratio(http.b?.cpuUsPerRequest, http.issue?.cpuUsPerRequest),
+  /**
+   * B's machine CPU per request / the winning issue's (until persisted): when every process shares the
+   * cores and they are saturated, "issue incl. catch-up / B" cannot exceed this
+   */
+  machineCpuBOverIssue: ratio(http.b?.machineCpuUsPerRequest, http.issue?.machineCpuUsPerRequest),
+  machineCpuBOverSoldout: ratio(http.b?.machineCpuUsPerRequest, http.soldout?.machineCpuUsPerRequest),
   cpuBOverSoldout: ratio(http.b?.cpuUsPerRequest, http.soldout?.cpuUsPerRequest),
   cpuBOverNoPersist: ratio(http.b?.cpuUsPerRequest, http.nopersist?.cpuUsPerRequest),
   cpuAOverB: ratio(http.a?.cpuUsPerRequest, http.b?.cpuUsPerRequest),
@@ -377,11 +402,12 @@ if (f.json) {
   console.log(`\ncouponrush bench, ${report.date}\n${report.machine}`)
   console.log(`${connections} connections, ${warmup} s warm-up, then ${rounds} rounds x ${duration} s per target in rotating order; LOG_LEVEL ${config.logLevel}`)
   console.log('req/s = all requests / all seconds over the rounds; incl. catch-up = all requests / (all seconds + the time Postgres took after each slice to hold every issue);')
-  console.log('CPU µs/req = server process CPU / requests; latency = median over the rounds (max = overall)\n')
+  console.log('CPU µs/req = server process CPU / requests; machine CPU µs/req = CPU of every process but the bench\'s own (service, consumer, Redis,')
+  console.log('Postgres; for winning targets until Postgres is complete) / requests; latency = median over the rounds (max = overall)\n')
   console.log(table([
-    ['target', 'req/s', 'incl. catch-up', 'per round', 'CPU µs/req', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
+    ['target', 'req/s', 'incl. catch-up', 'per round', 'CPU µs/req', 'machine CPU µs/req', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
     ...(Object.entries(http) as [Target, HttpRun][]).map(([k, v]) => [LABELS[k], int(v.rps), v.rpsWithCatchUp === undefined ? '' : int(v.rpsWithCatchUp),
-      v.slices.map((s) => int(s.rps)).join(' / '), int(v.cpuUsPerRequest),
+      v.slices.map((s) => int(s.rps)).join(' / '), int(v.cpuUsPerRequest), int(v.machineCpuUsPerRequest),
       ms(v.latencyMs.p50), ms(v.latencyMs.p90), ms(v.latencyMs.p99), ms(v.latencyMs.max),
       int(Object.entries(v.statuses).filter(([s]) => !s.startsWith('2')).reduce((n, [, c]) => n + c, 0)), int(v.errors)])
   ]))
@@ -428,6 +454,8 @@ if (f.json) {
     ['consumer off / B', r2(ratios.noPersistOverB), '', '', ''],
     ['issue / consumer off', r2(ratios.issueOverNoPersist), '', '', ''],
     ['CPU/req: B / issue', r2(ratios.cpuBOverIssue), '', '>= 0.95 if server-bound', ''],
+    ['machine CPU/req: B / issue (persisted)', r2(ratios.machineCpuBOverIssue), '', 'ceiling of issue / B on shared cores', ''],
+    ['machine CPU/req: B / sold out', r2(ratios.machineCpuBOverSoldout), '', '', ''],
     ['CPU/req: B / sold out', r2(ratios.cpuBOverSoldout), '', '>= 0.95 if server-bound', ''],
     ['CPU/req: B / consumer off', r2(ratios.cpuBOverNoPersist), '', '', ''],
     ['CPU/req: A / B', r2(ratios.cpuAOverB), '', '', ''],
