@@ -11,7 +11,7 @@ import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { ackAndTrim } from '../redis/scripts.js'
-import { EntriesNotOnServer, type ReplicationFence } from '../redis/replication-fence.js'
+import { EntriesNotOnServer, type Replication } from '../redis/replication-fence.js'
 import { countPerCoupon, largestStreamShare, mergeBatches, ReadSize, toBatch, type Batch, type StreamReply } from './batch.js'
 import { StreamMaintenance } from './maintenance.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
@@ -33,7 +33,7 @@ export interface ConsumerOptions {
   maxDeliveries: number
   name?: string
   /** REDIS_WAIT_REPLICAS: a batch is committed only once the replicas have its entries; null/absent = off */
-  replicationFence?: ReplicationFence | null
+  replicationFence?: Replication | null
   /** EVENTS_ENABLED: announce persisted facts in the event outbox; absent = false */
   announceEvents?: boolean
 }
