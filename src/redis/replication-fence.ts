@@ -38,6 +38,18 @@ export class EntriesNotOnServer extends ReplicationNotConfirmed {
   override name = 'EntriesNotOnServer'
 }
 
+/**
+ * Redis Cluster: a batch's entries were confirmed on some primaries and not on others (a replica down, a
+ * failover). The entries of `confirmed` streams may be committed; those of `unconfirmed` may not, for
+ * the reason in `failure` (an EntriesNotOnServer when the primary serving the stream now lacks them).
+ */
+export class StreamsNotConfirmed extends ReplicationNotConfirmed {
+  override name = 'StreamsNotConfirmed'
+  constructor (readonly confirmed: Set<string>, readonly unconfirmed: Set<string>, readonly failure: unknown) {
+    super(`${unconfirmed.size} stream(s) of the batch not confirmed: ${(failure as Error)?.message ?? failure}`, { cause: failure })
+  }
+}
+
 export interface ReplicationFenceOptions {
   /** the fence's own connection: nothing else may use it (WAIT blocks it) */
   redis: Redis
@@ -244,30 +256,49 @@ export class ShardFences implements Replication {
   /**
    * Per primary serving the streams now (the slot map): prove on its fence's connection that the last
    * entry of each stream is there (a node that does not serve the slot refuses the read), then fence.
-   * A stream's entries reach a replica in order, so the last one stands for all.
+   * A stream's entries reach a replica in order, so the last one stands for all. Each primary on its own:
+   * when some do not confirm, StreamsNotConfirmed says which streams did, so the consumer commits those.
    */
   async confirmEntries (lastEntryOfStream: Map<string, string>): Promise<void> {
     const byNode = new Map<string, Array<[string, string]>>()
+    const unconfirmed = new Set<string>()
+    let failure: unknown = null
     for (const [stream, id] of lastEntryOfStream) {
       const node = this.#cluster.slots[keySlot(stream)]?.[0]
-      if (node === undefined) throw new ReplicationNotConfirmed(`no known primary serves ${stream}`)
-      byNode.set(node, [...(byNode.get(node) ?? []), [stream, id]])
+      if (node === undefined) {
+        unconfirmed.add(stream)
+        failure ??= new ReplicationNotConfirmed(`no known primary serves ${stream}`)
+      } else {
+        byNode.set(node, [...(byNode.get(node) ?? []), [stream, id]])
+      }
     }
-    let missing = 0
+    const confirmed = new Set<string>()
     await Promise.all([...byNode].map(async ([node, entries]) => {
-      const fence = await this.fenceOf(node)
-      await fence.proveThenSync(async (redis) => {
-        let found: Array<Array<unknown>>
-        try {
-          found = await Promise.all(entries.map(([stream, id]) => redis.xrange(stream, id, id)))
-        } catch (err) {
-          this.#cluster.refreshSlotsCache()
-          throw new ReplicationNotConfirmed(`${node} did not answer for the batch's streams: ${(err as Error).message}`, { cause: err })
-        }
-        missing += found.filter((replies) => replies.length === 0).length
-      })
+      try {
+        await this.#confirmOnNode(node, entries)
+        for (const [stream] of entries) confirmed.add(stream)
+      } catch (err) {
+        for (const [stream] of entries) unconfirmed.add(stream)
+        failure ??= err
+      }
     }))
-    if (missing > 0) throw new EntriesNotOnServer(`${missing} stream(s) of the batch are not on the primary that confirmed replication`)
+    if (unconfirmed.size > 0) throw new StreamsNotConfirmed(confirmed, unconfirmed, failure)
+  }
+
+  async #confirmOnNode (node: string, entries: Array<[stream: string, id: string]>): Promise<void> {
+    let missing = 0
+    const fence = await this.fenceOf(node)
+    await fence.proveThenSync(async (redis) => {
+      let found: Array<Array<unknown>>
+      try {
+        found = await Promise.all(entries.map(([stream, id]) => redis.xrange(stream, id, id)))
+      } catch (err) {
+        this.#cluster.refreshSlotsCache()
+        throw new ReplicationNotConfirmed(`${node} did not answer for the batch's streams: ${(err as Error).message}`, { cause: err })
+      }
+      missing = found.filter((replies) => replies.length === 0).length
+    })
+    if (missing > 0) throw new EntriesNotOnServer(`${missing} stream(s) of the batch are not on the primary (${node}) that confirmed replication`)
   }
 
   async close (): Promise<void> {
