@@ -7,6 +7,7 @@
 // - REDIS_WAIT_REPLICAS=1: kill -9 of a primary mid-rush loses no answered 201 and oversells nothing;
 //   every 503 is settled by a retry with its Idempotency-Key; the other shards keep issuing.
 // - a frozen replica with WAIT on: its shard answers 503 REPLICATION_TIMEOUT fast, the others 201.
+// - slot migration between healthy primaries drops nothing (the guard tells it from a failover).
 import { once } from 'node:events'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
@@ -323,4 +324,58 @@ t.test('REDIS_WAIT_REPLICAS=1, a frozen replica: its shard answers 503 REPLICATI
   await until(async () => (await rowsOf(databaseUrl, frozen.id)).filter((r) => r.user_id.startsWith('frozen-')).length === 5, 20_000, 'the frozen users persisted once the replica is back')
   const rows = new Map((await rowsOf(databaseUrl, frozen.id)).map((r) => [r.user_id, r.created_at.toISOString()]))
   t.same(retried.filter((c) => rows.get(c.userId) !== c.issuedAt).map((c) => c.userId), [], 'each with the issuedAt its retry announced')
+})
+
+/** Moves one slot, keys and all, from one primary to another, as `redis-cli --cluster reshard` does. */
+async function migrateSlot (slot: number, from: ThrowawayRedis, to: ThrowawayRedis) {
+  const [fromId, toId] = await Promise.all([from.client.call('CLUSTER', 'MYID'), to.client.call('CLUSTER', 'MYID')]) as [string, string]
+  await to.client.call('CLUSTER', 'SETSLOT', slot, 'IMPORTING', fromId)
+  await from.client.call('CLUSTER', 'SETSLOT', slot, 'MIGRATING', toId)
+  for (;;) {
+    const keys = await from.client.call('CLUSTER', 'GETKEYSINSLOT', slot, 100) as string[]
+    if (keys.length === 0) break
+    await from.client.call('MIGRATE', '127.0.0.1', to.port, '', 0, 5000, 'KEYS', ...keys)
+  }
+  for (const server of [to, from]) await server.client.call('CLUSTER', 'SETSLOT', slot, 'NODE', toId)
+  await until(async () => {
+    const topology = await cluster.topology()
+    return topology.get(to.port)?.slots.some(([a, b]) => slot >= a && slot <= b) === true
+  }, 10_000, `slot ${slot} to be served by ${to.port}`)
+}
+
+t.test('slot migration between healthy primaries: the moved coupon keeps its counters, and so does every coupon of the primary that took the other\'s record with its lowest slot', async (t) => {
+  const { app, base } = await startApp(t)
+  const topology = await cluster.topology()
+  const lowestOf = (port: number) => Math.min(...topology.get(port)!.slots.map(([a]) => a))
+  const primaries = [...topology].filter(([, n]) => n.role === 'master').map(([port]) => port).sort((a, b) => lowestOf(a) - lowestOf(b))
+  // From the primary with the lowest slot to another: that slot (and the record in it) becomes the other's lowest.
+  const [source, target] = [primaries[0]!, primaries[1]!]
+  const moving = await couponOnAShard(app, 10, { on: source })
+  const staying = await couponOnAShard(app, 10, { on: target })
+  for (const { id } of [moving, staying]) {
+    t.equal((await issue(base, id, 'holder')).status, 201, `coupon ${id}: a unit out, its primary checked`)
+    await app.redis.hset(app.keys.coupon(id).meta, 'probe', '1')
+  }
+  const from = serverAt(source)
+  const to = serverAt(target)
+  const lowest = lowestOf(source)
+  t.equal(await from.client.get(app.keys.shardServerRunId(lowest)), await serverRunId(from.client), 'the source primary\'s record is in its lowest slot')
+
+  const movingSlot = Number(await from.client.call('CLUSTER', 'KEYSLOT', app.keys.coupon(moving.id).stock))
+  await migrateSlot(movingSlot, from, to)
+  if (lowest !== movingSlot) await migrateSlot(lowest, from, to)
+
+  // The app meets the new map (a refused MOVED first, nothing ran: asked again), checks the target for the
+  // slots it gained, finds the source's record in its new lowest slot, and keeps everything.
+  let answer: Call | undefined
+  await until(async () => {
+    answer = await issue(base, moving.id, 'holder')
+    return answer.status !== 503
+  }, 10_000, () => `the moved coupon to answer (last ${answer?.status} ${answer?.code})`)
+  t.equal(answer!.code, 'ALREADY_ISSUED', 'the moved coupon still knows its holder')
+  t.equal((await issue(base, moving.id, 'newcomer')).status, 201, 'and goes on issuing')
+  for (const { id } of [moving, staying]) t.equal(await app.redis.hget(app.keys.coupon(id).meta, 'probe'), '1', `coupon ${id}: counters kept, not dropped`)
+  t.equal(await to.client.get(app.keys.shardServerRunId(lowest)), await serverRunId(to.client), 'the target recorded itself in its new lowest slot')
+  t.equal((await issue(base, staying.id, 'holder')).code, 'ALREADY_ISSUED', 'the target\'s own coupon still knows its holder')
+  t.equal((await issue(base, staying.id, 'newcomer')).status, 201, 'and goes on issuing')
 })
