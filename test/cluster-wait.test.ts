@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
 import { CouponStore } from '../src/issuing/coupon-store.js'
-import { ownSlots, serverRunId } from '../src/redis/client.js'
+import { ownSlots, redisDurabilityRisks, serverRunId } from '../src/redis/client.js'
 import { scratchPrefix } from '../scripts/lib/infra.js'
 import { admin, testEnv, waitFor } from './helpers/env.js'
 import { throwawayCluster, until, type ThrowawayRedis } from './faults/helpers/procs.js'
@@ -293,6 +293,9 @@ t.test('REDIS_WAIT_REPLICAS=1, a frozen replica: its shard answers 503 REPLICATI
   const frozen = await couponOnAShard(app, 100)
   const other = await couponOnAShard(app, 100, { avoid: [frozen.primary] })
   for (const { id } of [frozen, other]) t.equal((await issue(base, id, 'warm-up')).status, 201, `coupon ${id}: issuing works with the replicas confirming`)
+  t.same(await redisDurabilityRisks(app.redis, { waitReplicas: 1 }), [], 'the startup check: each primary has the one replica WAIT needs')
+  const short = await redisDurabilityRisks(app.redis, { waitReplicas: 2 })
+  t.equal(short.filter((risk) => /^127\.0\.0\.1:\d+: REDIS_WAIT_REPLICAS=2 but the master has 1 connected replica/.test(risk)).length, 3, 'and names each primary that has fewer than it asks for')
   const replica = await replicaOf(frozen.primary)
   t.teardown(() => replica.signal('SIGCONT'))
   replica.signal('SIGSTOP')
