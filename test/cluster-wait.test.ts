@@ -16,7 +16,7 @@ import { CouponStore } from '../src/issuing/coupon-store.js'
 import { ownSlots, redisDurabilityRisks, serverRunId } from '../src/redis/client.js'
 import { scratchPrefix } from '../scripts/lib/infra.js'
 import { admin, testEnv, waitFor } from './helpers/env.js'
-import { throwawayCluster, until, type ThrowawayRedis } from './faults/helpers/procs.js'
+import { clusterCoupon, throwawayCluster, until, type ThrowawayRedis } from './faults/helpers/procs.js'
 import { issue, rowsOf, type Call } from './faults/helpers/invariants.js'
 
 const WAIT_TIMEOUT_MS = 300
@@ -45,15 +45,8 @@ async function startApp (t: Test, env: Record<string, string> = {}) {
 /** Creates coupons until one lands on a primary not in `avoid` (and on `on`, when given): its id and primary port. */
 async function couponOnAShard (app: FastifyInstance, totalQuantity: number, { on, avoid = [] }: { on?: number, avoid?: number[] } = {}) {
   for (let tries = 0; tries < 200; tries++) {
-    const created = await app.inject({ method: 'POST', url: '/coupons', headers: admin, payload: { name: 'cluster coupon', totalQuantity } })
-    if (created.statusCode === 503) {
-      await new Promise((resolve) => setTimeout(resolve, 100))
-      continue
-    }
-    if (created.statusCode !== 201) throw new Error(`coupon not created: ${created.statusCode} ${created.body}`)
-    const { id } = created.json() as { id: number }
-    const primary = await cluster.primaryOf(String(id))
-    if ((on === undefined || primary === on) && !avoid.includes(primary)) return { id, primary }
+    const coupon = await clusterCoupon(cluster, app, { totalQuantity })
+    if ((on === undefined || coupon.primary === on) && !avoid.includes(coupon.primary)) return coupon
   }
   throw new Error('no coupon landed on the wanted shard')
 }
