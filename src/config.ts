@@ -259,11 +259,6 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     }
   }
   const redis = redisTarget(raw)
-  if (redis.kind === 'cluster' && raw.REDIS_WAIT_REPLICAS > 0) {
-    // The replication fence waits on one server's connection; a cluster's shards each need their own.
-    throw new ConfigError('Invalid configuration: REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER_NODES yet; ' +
-      'set REDIS_WAIT_REPLICAS=0 (README, Scaling out: Redis Cluster)')
-  }
   const adminToken = raw.ADMIN_TOKEN !== '' ? raw.ADMIN_TOKEN : randomBytes(18).toString('base64url')
   return {
     nodeEnv: raw.NODE_ENV,

@@ -9,7 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
 import { scratchPrefix } from '../scripts/lib/infra.js'
 import { admin, testEnv } from './helpers/env.js'
-import { throwawayCluster, until } from './faults/helpers/procs.js'
+import { clusterCoupon, throwawayCluster, until } from './faults/helpers/procs.js'
 import { issue, rowsOf, type Call } from './faults/helpers/invariants.js'
 
 // Full coverage off (an operator's choice, README): with Redis's default, one shard down with no replica
@@ -49,16 +49,7 @@ async function couponsOnEveryPrimary (app: FastifyInstance, perPrimary: number, 
   const byPrimary = new Map<number, number[]>()
   const coupons: Array<{ id: number, primary: number }> = []
   while (byPrimary.size < 3 || [...byPrimary.values()].some((ids) => ids.length < perPrimary)) {
-    // Right after a failover the first commands may meet the old slot map: 503 REDIS_RECONFIGURING
-    // (the row may exist already, its counters are built on first use; this loop just makes another).
-    const created = await app.inject({ method: 'POST', url: '/coupons', headers: admin, payload: { name: 'cluster coupon', ...body } })
-    if (created.statusCode === 503) {
-      await new Promise((resolve) => setTimeout(resolve, 100))
-      continue
-    }
-    if (created.statusCode !== 201) throw new Error(`coupon not created: ${created.statusCode} ${created.body}`)
-    const { id } = created.json() as { id: number }
-    const primary = await cluster.primaryOf(String(id))
+    const { id, primary } = await clusterCoupon(cluster, app, body)
     if ((byPrimary.get(primary)?.length ?? 0) >= perPrimary) continue
     byPrimary.set(primary, [...(byPrimary.get(primary) ?? []), id])
     coupons.push({ id, primary })

@@ -60,8 +60,7 @@ t.test('configuration is validated with a message that says what is wrong', asyn
     t.throws(() => loadConfig({ REDIS_CLUSTER_NODES: bad }), { name: 'ConfigError', message: /REDIS_CLUSTER_NODES entry .* is not host:port/ }, `REDIS_CLUSTER_NODES=${bad}`)
   }
   t.equal(describeRedis(loadConfig({ REDIS_CLUSTER_NODES: 'n:7000,[::1]:7001' }).redis), 'Redis Cluster via n:7000,[::1]:7001')
-  t.throws(() => loadConfig({ REDIS_CLUSTER_NODES: 'n:7000', REDIS_WAIT_REPLICAS: '1' }),
-    { name: 'ConfigError', message: /REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER_NODES/ }, 'no replication fence on a cluster yet: refused, not ignored')
+  t.equal(loadConfig({ REDIS_CLUSTER_NODES: 'n:7000', REDIS_WAIT_REPLICAS: '1' }).redisWait.replicas, 1, 'a replication fence per primary on a cluster')
   t.throws(() => loadConfig({ REDIS_SENTINELS: 's:26379' }), /REDIS_SENTINELS needs REDIS_SENTINEL_NAME/)
   t.throws(() => loadConfig({ REDIS_SENTINEL_NAME: 'coupons' }), /REDIS_SENTINEL_NAME is set without REDIS_SENTINELS/)
   for (const bad of ['s', 's:', 's:0', 's:65536', 's:26379,', 'a b:1', '::1:26379', 'redis://s:26379']) {

@@ -10,8 +10,9 @@ import { DiscardCode, IssueCode, NEEDS_RESTORE, RedemptionCode, RevokeCode, Upda
 import * as errors from '../errors.js'
 import { databaseFailure, redisFailure } from '../errors.js'
 import { restoreCounters } from './restore-counters.js'
-import type { ServerChangeGuard } from './server-change.js'
-import type { ReplicationFence } from '../redis/replication-fence.js'
+import { ClusterServerGuard, type CounterRoute, type ServerChangeGuard } from './server-change.js'
+import type { Replication } from '../redis/replication-fence.js'
+import { keySlot } from '../redis/slots.js'
 import { issueRefusal, redemptionRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
 import { parseCode } from './codes.js'
 import { SoldOutMarkers } from './sold-out-markers.js'
@@ -74,10 +75,13 @@ export interface CouponStoreOptions {
   idempotencyTtlSeconds: number
   /** the sold-out short-circuit; absent = off */
   soldOutMarkers?: SoldOutMarkers
-  /** checks, after every reconnect, that Redis is still the server the counters belong to; absent = never */
-  serverGuard?: ServerChangeGuard
+  /**
+   * checks, after every reconnect, that Redis is still the server the counters belong to (on a cluster,
+   * per primary, and the scripts then run on the primary's own connection); absent = never
+   */
+  serverGuard?: ServerChangeGuard | ClusterServerGuard
   /** REDIS_WAIT_REPLICAS: answer only once replicas have the write (needs serverGuard); absent = off */
-  replicationFence?: ReplicationFence | null
+  replicationFence?: Replication | null
 }
 
 const RESTORE_ATTEMPTS = 3
@@ -101,8 +105,8 @@ export class CouponStore {
   /** Coupons whose stream was reactivated, or counters rebuilt, but that could not be put on the read list (Redis failed). */
   readonly #stranded = new Set<number>()
   readonly soldOutMarkers: SoldOutMarkers
-  readonly #serverGuard: ServerChangeGuard | undefined
-  readonly #fence: ReplicationFence | null
+  readonly #serverGuard: ServerChangeGuard | ClusterServerGuard | undefined
+  readonly #fence: Replication | null
 
   constructor ({ redis, db, keys, backlogCap, idempotencyTtlSeconds, soldOutMarkers = new SoldOutMarkers({ ttlMs: 0 }), serverGuard, replicationFence = null }: CouponStoreOptions) {
     if (replicationFence && !serverGuard) throw new Error('a replication fence needs the server guard (it compares the servers)')
@@ -138,24 +142,9 @@ export class CouponStore {
     if (unkeyed && markers.soldOut(couponId)) return { refusal: soldOutFromMemory(couponId) }
     const ticket = markers.ticket()
     const k = this.#keysOf(couponId)
-    let connection = 0
-    const run = () => {
-      connection = this.#connection()
-      return scripts.issue(this.#redis, k, {
-        userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
-      })
-    }
-    // The common case in one await (a checked server, counters present); anything else through the
-    // rebuild loop, which goes on from this first reply.
-    let reply: scripts.Outcome<IssueCode> | undefined
-    if (this.#serverGuard?.stale !== true) {
-      try {
-        reply = await run()
-      } catch (err) {
-        throw redisFailure(err, errors.IssueScriptFailed)
-      }
-    }
-    if (reply === undefined || reply.code === NEEDS_RESTORE) reply = await this.#runWithRestore(couponId, run, errors.IssueScriptFailed, reply)
+    const [reply, route] = await this.#runWithRestore(couponId, (redis) => scripts.issue(redis, k, {
+      userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, backlogCap: this.#backlogCap
+    }))
     if (reply.code !== IssueCode.ISSUED) {
       // For SOLD_OUT the script returns endsAt in `at` and its clock in `count` (see issue.lua).
       if (reply.code === IssueCode.SOLD_OUT && unkeyed && !reply.replayed) markers.markSoldOut(couponId, ticket, reply.at, reply.count)
@@ -164,7 +153,7 @@ export class CouponStore {
       return { refusal }
     }
     // A replay too: the first answer may have been REPLICATION_TIMEOUT.
-    if (this.#fence) await this.#confirmReplicated(connection)
+    if (this.#fence) await this.#confirmReplicated(route)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { issued: { couponId, userId, issuedAt: new Date(reply.at), claim: reply.count, code: reply.unitCode, expiresAt: reply.expiresAt > 0 ? new Date(reply.expiresAt) : null, entryId: reply.entryId, replayed: reply.replayed } }
   }
@@ -175,14 +164,11 @@ export class CouponStore {
    */
   async revoke (couponId: number, userId: string, idempotencyKey = '', force = false): Promise<Revoked> {
     const k = this.#keysOf(couponId)
-    let connection = 0
-    const reply = await this.#runWithRestore(couponId, () => {
-      connection = this.#connection()
-      return scripts.revoke(this.#redis, k, { couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, force })
-    }, errors.CancelScriptFailed)
+    const [reply, route] = await this.#runWithRestore(couponId, (redis) =>
+      scripts.revoke(redis, k, { couponId, userId, idempotencyKey, idempotencyTtlSeconds: this.#idempotencyTtlSeconds, force }), errors.CancelScriptFailed)
     if (reply.code !== RevokeCode.REVOKED) throw revokeRefusal(reply, couponId, userId)
     this.#stockMayHaveReturned(couponId)
-    if (this.#fence) await this.#confirmReplicated(connection)
+    if (this.#fence) await this.#confirmReplicated(route)
     if (reply.reactivated) await this.#reactivate(couponId)
     return { couponId, userId, revokedAt: new Date(reply.at), units: reply.count, replayed: reply.replayed }
   }
@@ -194,7 +180,7 @@ export class CouponStore {
   async lookupCode (code: string): Promise<FoundCode> {
     const parsed = parseCode(code)
     if (!parsed) throw new errors.CodeNotFound()
-    const reply = await this.#runWithRestore(parsed.couponId, () => scripts.lookupCode(this.#redis, this.#keysOf(parsed.couponId), parsed.head), errors.RedeemScriptFailed)
+    const [reply] = await this.#runWithRestore(parsed.couponId, (redis) => scripts.lookupCode(redis, this.#keysOf(parsed.couponId), parsed.head), errors.RedeemScriptFailed)
       .catch(notFoundForUnknownCoupon)
     if (!reply.unit) throw new errors.CodeNotFound()
     return { couponId: parsed.couponId, code: code.toUpperCase(), unit: reply.unit }
@@ -204,15 +190,12 @@ export class CouponStore {
   async redeemOrRollback (action: 'redeem' | 'rollback', code: string, orderId: string): Promise<Redeemed> {
     const parsed = parseCode(code)
     if (!parsed) throw new errors.CodeNotFound()
-    let connection = 0
-    const reply = await this.#runWithRestore(parsed.couponId, () => {
-      connection = this.#connection()
-      return scripts.redeemOrRollback(this.#redis, this.#keysOf(parsed.couponId), action, parsed.head, orderId)
-    }, errors.RedeemScriptFailed)
+    const [reply, route] = await this.#runWithRestore(parsed.couponId, (redis) =>
+      scripts.redeemOrRollback(redis, this.#keysOf(parsed.couponId), action, parsed.head, orderId), errors.RedeemScriptFailed)
       .catch(notFoundForUnknownCoupon)
     if (reply.code !== RedemptionCode.DONE) throw redemptionRefusal(reply, orderId)
     // A replay too: a redemption a failover lost would let the code be redeemed for another order.
-    if (this.#fence) await this.#confirmReplicated(connection)
+    if (this.#fence) await this.#confirmReplicated(route)
     if (reply.reactivated) await this.#reactivate(parsed.couponId)
     return { couponId: parsed.couponId, code: code.toUpperCase(), orderId, userId: reply.userId, claim: reply.claim, at: new Date(reply.at), replayed: reply.replayed }
   }
@@ -261,7 +244,7 @@ export class CouponStore {
    */
   async change (couponId: number, changes: CouponChanges): Promise<{ coupon: Coupon, remaining: number }> {
     const k = this.#keysOf(couponId)
-    let connection = 0
+    let route: CounterRoute | undefined
     for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
       // Outside the transaction: a rebuild takes the row in share mode and would wait for us.
       await this.#ensureCounters(couponId).catch((err) => { throw asCallersFailure(err, errors.UpdateScriptFailed) })
@@ -273,9 +256,12 @@ export class CouponStore {
         const endsAt = changes.endsAt === undefined ? current.endsAt : changes.endsAt
         const paused = changes.paused ?? current.paused
         if (endsAt && endsAt.getTime() <= startsAt.getTime()) throw new errors.InvalidWindow()
-        connection = this.#connection()
-        const { code, issued } = await scripts.updateCoupon(this.#redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null, paused })
-          .catch((err) => { throw redisFailure(err, errors.UpdateScriptFailed) })
+        const to = route = await Promise.resolve(this.#route(couponId)).catch((err) => { throw redisFailure(err, errors.UpdateScriptFailed) })
+        const { code, issued } = await scripts.updateCoupon(to.redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null, paused })
+          .catch((err) => {
+            this.#refused(to, couponId, err)
+            throw redisFailure(err, errors.UpdateScriptFailed)
+          })
         if (code === UpdateCode.NEEDS_RESTORE) return null
         if (code === UpdateCode.STOCK_BELOW_ISSUED) throw new errors.StockBelowIssued(total, issued)
         // Discount and metadata live in Postgres only; they ride along under the same lock.
@@ -288,7 +274,7 @@ export class CouponStore {
         this.#stockMayHaveReturned(couponId)
         // After the commit: Postgres holds the change either way, and a rebuild on a promoted replica
         // would take it from there; the wait only tells the caller the live counters have it too.
-        if (this.#fence) await this.#confirmReplicated(connection)
+        if (this.#fence) await this.#confirmReplicated(route!)
         return result
       }
     }
@@ -334,36 +320,44 @@ export class CouponStore {
 
   /** Gives a parked issue's unit back to stock (unless a cancel did already); idempotent. */
   async discardParkedIssue (couponId: number, entry: scripts.DiscardArgs): Promise<'returned' | 'not-held'> {
-    let connection = 0
-    const code = await this.#runWithRestore(couponId, () => {
-      connection = this.#connection()
-      return scripts.discardIssue(this.#redis, this.#keysOf(couponId), entry)
-    })
+    const [code, route] = await this.#runWithRestore(couponId, (redis) => scripts.discardIssue(redis, this.#keysOf(couponId), entry))
     if (code !== DiscardCode.RETURNED) return 'not-held'
     this.#stockMayHaveReturned(couponId)
-    if (this.#fence) await this.#confirmReplicated(connection)
+    if (this.#fence) await this.#confirmReplicated(route)
     return 'returned'
   }
 
-  /** Which connection (generation) a script is about to be sent on; see #confirmReplicated. */
-  #connection (): number {
-    return this.#serverGuard?.connection ?? 0
+  /**
+   * Where the coupon's scripts go now, once its counters may be used there: the one Redis, or on a
+   * cluster the own connection of the primary serving its slot (ClusterServerGuard); without a guard,
+   * the client as it is.
+   */
+  #route (couponId: number): CounterRoute | Promise<CounterRoute> {
+    const guard = this.#serverGuard
+    if (!guard) return { redis: this.#redis, watch: null, connection: 0, node: null }
+    if (guard instanceof ClusterServerGuard) return guard.route(keySlot(this.#keysOf(couponId).stock))
+    return guard.route()
+  }
+
+  /** A script on the route failed: on a cluster, a MOVED means the slot map is behind (the guard refreshes it). */
+  #refused (route: CounterRoute, couponId: number, err: unknown): void {
+    if (this.#serverGuard instanceof ClusterServerGuard) this.#serverGuard.refused(route, keySlot(this.#keysOf(couponId).stock), err)
   }
 
   /**
-   * REDIS_WAIT_REPLICAS: returns once the replicas have what the script wrote on `connection`. Refuses
+   * REDIS_WAIT_REPLICAS: returns once the replicas have what the script wrote on the route. Refuses
    * (REPLICATION_TIMEOUT, outcome unknown) when they did not confirm in time, or when the fence confirmed
    * on another server than the one the script ran on (a failover between the two).
    */
-  async #confirmReplicated (connection: number): Promise<void> {
-    const guard = this.#serverGuard!
+  async #confirmReplicated (route: CounterRoute): Promise<void> {
+    const watch = route.watch!
     let fencedOn: string
     try {
-      fencedOn = await this.#fence!.sync()
+      fencedOn = await this.#fence!.confirmWrites(route.node)
     } catch (err) {
       throw new errors.ReplicationTimeout({ cause: err })
     }
-    if (guard.connection !== connection || guard.runId !== fencedOn) {
+    if (watch.connection !== route.connection || watch.runId !== fencedOn) {
       throw new errors.ReplicationTimeout({ cause: new Error('the write and the fence reached different servers') })
     }
   }
@@ -379,7 +373,12 @@ export class CouponStore {
 
   async #ensureCounters (couponId: number): Promise<void> {
     const k = this.#keysOf(couponId)
-    if (this.#serverGuard?.stale) await this.#serverGuard.check().catch((err) => { throw redisFailure(err) })
+    // Counters of another server (a promoted replica, a restart from disk) are dropped before any use.
+    try {
+      await this.#route(couponId)
+    } catch (err) {
+      throw redisFailure(err)
+    }
     const present = await this.#redis.exists(k.stock).catch((err) => { throw redisFailure(err) })
     if (present === 0) await this.#restore(couponId)
   }
@@ -405,17 +404,19 @@ export class CouponStore {
     throw new errors.CouponNotFound(couponId)
   }
 
-  /** `first`: a NEEDS_RESTORE reply the caller already got from `run` (its first attempt). */
-  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: () => Promise<R>, scriptFailed: errors.ScriptFailure = errors.IssueScriptFailed, first?: R): Promise<R> {
+  /** Runs the script on the coupon's route, rebuilding the counters when it finds them missing; the reply and the route it ran on. */
+  async #runWithRestore<R extends { code: number } | number> (couponId: number, run: (redis: RedisClient) => Promise<R>, scriptFailed: errors.ScriptFailure = errors.IssueScriptFailed): Promise<[R, CounterRoute]> {
+    let route: CounterRoute | undefined
     try {
-      // Counters of another server (a promoted replica, a restart from disk) are dropped before any use.
-      if (first === undefined && this.#serverGuard?.stale) await this.#serverGuard.check()
       for (let attempt = 0; attempt < RESTORE_ATTEMPTS; attempt++) {
-        const reply = attempt === 0 && first !== undefined ? first : await run()
-        if ((typeof reply === 'number' ? reply : reply.code) !== NEEDS_RESTORE) return reply
+        // Counters of another server (a promoted replica, a restart from disk) are dropped before any use.
+        route = await this.#route(couponId)
+        const reply = await run(route.redis)
+        if ((typeof reply === 'number' ? reply : reply.code) !== NEEDS_RESTORE) return [reply, route]
         await this.#restore(couponId)
       }
     } catch (err) {
+      if (route) this.#refused(route, couponId, err)
       throw asCallersFailure(err, scriptFailed)
     }
     throw new errors.Restoring(couponId)

@@ -55,6 +55,15 @@ export function mergeBatches (a: Batch, b: Batch): Batch {
   return { ids, events: [...a.events, ...b.events], poison: [...a.poison, ...b.poison] }
 }
 
+/** The part of the batch that came from these streams (Redis Cluster: the streams whose primary confirmed replication). */
+export function pickStreams (batch: Batch, streams: Set<string>): Batch {
+  return {
+    ids: new Map([...batch.ids].filter(([stream]) => streams.has(stream))),
+    events: batch.events.filter((event) => streams.has(event.streamKey)),
+    poison: batch.poison.filter((entry) => streams.has(entry.streamKey))
+  }
+}
+
 /** Entries of the batch's largest stream: COUNT applies per stream, so this says whether a read came back full. */
 export function largestStreamShare (batch: Batch): number {
   let entries = 0

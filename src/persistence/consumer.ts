@@ -11,8 +11,8 @@ import { pingDatabase, type Db } from '../db/client.js'
 import type { FailedEntry } from '../db/queries/issues.js'
 import { CONSUMER_GROUP, type Keys } from '../redis/keys.js'
 import { ackAndTrim } from '../redis/scripts.js'
-import { EntriesNotOnServer, type ReplicationFence } from '../redis/replication-fence.js'
-import { countPerCoupon, largestStreamShare, mergeBatches, ReadSize, toBatch, type Batch, type StreamReply } from './batch.js'
+import { EntriesNotOnServer, StreamsNotConfirmed, type Replication } from '../redis/replication-fence.js'
+import { countPerCoupon, largestStreamShare, mergeBatches, pickStreams, ReadSize, toBatch, type Batch, type StreamReply } from './batch.js'
 import { StreamMaintenance } from './maintenance.js'
 import { PersistBatch, type BatchOutcome } from './persist-batch.js'
 
@@ -33,7 +33,7 @@ export interface ConsumerOptions {
   maxDeliveries: number
   name?: string
   /** REDIS_WAIT_REPLICAS: a batch is committed only once the replicas have its entries; null/absent = off */
-  replicationFence?: ReplicationFence | null
+  replicationFence?: Replication | null
   /** EVENTS_ENABLED: announce persisted facts in the event outbox; absent = false */
   announceEvents?: boolean
 }
@@ -64,6 +64,23 @@ const MAX_BACKOFF_MS = 5000
 const CLUSTER_POLL_MS = 100
 /** Redis Cluster: per-stream reads in flight at once (pipelined per node by the client). */
 const CLUSTER_READ_WIDTH = 64
+/**
+ * Redis Cluster with REDIS_WAIT_REPLICAS: after a batch was committed except for the streams of a primary
+ * whose replicas did not confirm, the pause before trying those again. Short and fixed (no growing
+ * backoff): the other primaries' coupons are committed in every round.
+ */
+const PARTLY_COMMITTED_PAUSE_MS = 200
+
+/**
+ * Redis Cluster with REDIS_WAIT_REPLICAS: a batch was committed for the streams whose primary confirmed
+ * replication (`committed`, to acknowledge), not for `unconfirmed` (their entries stay pending on us).
+ */
+class PartlyCommitted extends Error {
+  override name = 'PartlyCommitted'
+  constructor (readonly committed: Batch | null, readonly unconfirmed: Set<string>, readonly failure: unknown) {
+    super(`committed ${committed?.ids.size ?? 0} stream(s), not ${unconfirmed.size}: ${(failure as Error)?.message ?? failure}`, { cause: failure })
+  }
+}
 function abandonOnAbort<T> (promise: Promise<T>, signal: AbortSignal): Promise<T | null> {
   if (signal.aborted) return promise
   return new Promise((resolve, reject) => {
@@ -292,6 +309,23 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
           ackInBackground(inHand)
           inHand = next
           this.#failures = 0
+        } else if (persisted.reason instanceof PartlyCommitted) {
+          // Redis Cluster: some primaries' replicas did not confirm (a replica down, a failover). Their
+          // streams' entries stay pending on us and the next reads return them first (own pending), so
+          // the batch in hand is what was read meanwhile; the other primaries' coupons went through.
+          const partly = persisted.reason
+          if (partly.committed) ackInBackground(partly.committed)
+          for (const stream of partly.unconfirmed) this.#ownPendingByStream.set(stream, '0')
+          inHand = next
+          if (!partly.committed) {
+            await backoff(partly.failure, 'no primary confirmed the replication of the batch\'s entries; they are read again')
+            continue
+          }
+          this.#failures = 0
+          log.warn({ err: partly.failure, streams: partly.unconfirmed.size }, 'entries of some streams not confirmed by their primary\'s replicas; the rest was committed')
+          this.emit('backoff', { error: partly.failure, retryInMs: PARTLY_COMMITTED_PAUSE_MS, what: 'some streams not confirmed by their replicas' })
+          await sleep(PARTLY_COMMITTED_PAUSE_MS, undefined, { signal }).catch(() => {})
+          continue
         } else if (next) {
           inHand = mergeBatches(inHand, next)
         }
@@ -329,7 +363,15 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
   }
 
   async #persistAndAck (batch: Batch): Promise<BatchOutcome> {
-    const outcome = await this.#persist(batch)
+    let outcome: BatchOutcome
+    try {
+      outcome = await this.#persist(batch)
+    } catch (err) {
+      if (!(err instanceof PartlyCommitted)) throw err
+      // The rest stays pending on us, for the next reclaim or drain.
+      if (err.committed) await this.#ack(err.committed)
+      throw err.failure
+    }
     await this.#ack(batch)
     return outcome
   }
@@ -339,8 +381,20 @@ export class IssueEventConsumer extends EventEmitter<ConsumerEvents> {
     // Committed entries a failover then loses from Redis would be rows the new master's counters do not
     // count; with a fence nothing is committed before the replicas have it (a refusal: retried later).
     if (this.#o.replicationFence) {
-      await this.#o.replicationFence.confirmEntries(new Map([...batch.ids].map(([stream, ids]) => [stream, ids[ids.length - 1]!])))
+      try {
+        await this.#o.replicationFence.confirmEntries(new Map([...batch.ids].map(([stream, ids]) => [stream, ids[ids.length - 1]!])))
+      } catch (err) {
+        // Redis Cluster: commit what the confirming primaries hold, and say what was left out.
+        if (!(err instanceof StreamsNotConfirmed)) throw err
+        const committed = err.confirmed.size > 0 ? pickStreams(batch, err.confirmed) : null
+        if (committed) await this.#commit(committed)
+        throw new PartlyCommitted(committed, err.unconfirmed, err.failure)
+      }
     }
+    return await this.#commit(batch)
+  }
+
+  async #commit (batch: Batch): Promise<BatchOutcome> {
     const outcome = await this.#persister.persist(batch.events, batch.poison)
     this.stats.batches++
     this.stats.inserted += outcome.inserted

@@ -5,7 +5,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import type { Db } from '../db/client.js'
 import { connectRedis, createRedis } from '../redis/client.js'
-import { createReplicationFence } from '../redis/replication-fence.js'
+import { createReplication } from '../redis/replication-fence.js'
 import type { Keys } from '../redis/keys.js'
 import { CampaignStats } from '../issuing/campaign-stats.js'
 import { IssueEventConsumer } from './consumer.js'
@@ -36,11 +36,12 @@ export async function startConsumer ({ config, redis, db, keys, log, strandedCou
   blockingRedis.on('error', (err) => log.warn({ err: err.message }, 'consumer redis connection error'))
   await connectRedis(blockingRedis)
   // REDIS_WAIT_REPLICAS: nothing is committed to Postgres before the replicas have it (its own connection).
-  const replicationFence = await createReplicationFence({
+  const replicationFence = await createReplication({
     target: config.redis,
+    redis,
+    keys,
     ...config.redisWait,
     commandTimeoutMs: config.redisCommandTimeoutMs,
-    key: keys.replicationFence,
     name: 'couponrush-consumer-fence',
     onError: (err) => log.warn({ err: err.message }, 'consumer replication fence connection error')
   })

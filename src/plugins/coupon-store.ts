@@ -3,9 +3,9 @@ import { CouponStore } from '../issuing/coupon-store.js'
 import { CampaignStats } from '../issuing/campaign-stats.js'
 import { followStockReturns, SoldOutMarkers } from '../issuing/sold-out-markers.js'
 import { databaseId } from '../db/queries/coupons.js'
-import { ServerChangeGuard } from '../issuing/server-change.js'
-import { createReplicationFence } from '../redis/replication-fence.js'
-import type { Redis } from 'ioredis'
+import { ClusterServerGuard, ServerChangeGuard } from '../issuing/server-change.js'
+import { createReplication } from '../redis/replication-fence.js'
+import type { Cluster, Redis } from 'ioredis'
 import type { Config } from '../config.js'
 
 /** How often this instance adds what it counted to the shared statistics. */
@@ -27,17 +27,22 @@ export default fp(async function couponStorePlugin (fastify, { config }: { confi
     throw new Error(`Redis keys under REDIS_PREFIX "${config.redisPrefix}" belong to another database (${bound}, this one is ${id}). ` +
       'Use a different REDIS_PREFIX for this database, or delete those keys if that database is gone.')
   }
-  // Before the first request: records this server, or drops counters inherited from another one.
-  // One Redis (or a Sentinel-managed master) only: on a cluster every shard is a server of its own, and
-  // adoptServer.lua drops every coupon's counters in one script (CROSSSLOT there). Not covered yet on a
-  // cluster (README, Scaling out: Redis Cluster).
-  const serverGuard = fastify.redis.isCluster ? undefined : new ServerChangeGuard(fastify.redis as Redis, fastify.keys, fastify.log)
-  await serverGuard?.check()
-  const replicationFence = await createReplicationFence({
+  // Before the first request: records this server, or drops counters inherited from another one. On a
+  // cluster every primary is a server of its own, checked on its first use (and again after a reconnect,
+  // a failover, a slot it did not serve), and the coupon scripts run on the primary's own connection.
+  let serverGuard: ServerChangeGuard | ClusterServerGuard
+  if (fastify.redis.isCluster) {
+    serverGuard = new ClusterServerGuard(fastify.redis as Cluster, fastify.keys, fastify.log)
+  } else {
+    serverGuard = new ServerChangeGuard(fastify.redis as Redis, fastify.keys, fastify.log)
+    await serverGuard.check()
+  }
+  const replicationFence = await createReplication({
     target: config.redis,
+    redis: fastify.redis,
+    keys: fastify.keys,
     ...config.redisWait,
     commandTimeoutMs: config.redisCommandTimeoutMs,
-    key: fastify.keys.replicationFence,
     name: 'couponrush-fence',
     onError: (err) => fastify.log.warn({ err: err.message }, 'replication fence connection error')
   })

@@ -31,9 +31,10 @@ export default fp(async function redisPlugin (fastify, { config }: { config: Con
     fastify.log.warn('REDIS DURABILITY: with Sentinel, a failover can lose answered issues the old master had neither ' +
       'replicated nor persisted to Postgres; REDIS_WAIT_REPLICAS=1 closes that window (README, Scaling out)')
   }
-  if (config.redis.kind === 'cluster') {
-    // The server-change guard (one run_id for one server) does not cover a cluster's shards yet.
-    fastify.log.warn('REDIS DURABILITY: with Redis Cluster, a primary that crashes can lose answered issues it had not replicated, ' +
-      'and its promoted replica may count fewer units than Postgres holds: run `npm run reconcile` after such a failover (README, Scaling out)')
+  if (config.redis.kind === 'cluster' && config.redisWait.replicas === 0) {
+    // As with Sentinel: persisted issues a promoted replica forgot are not at risk (the server-change guard
+    // runs per primary, src/issuing/server-change.ts); unreplicated, unpersisted answers are.
+    fastify.log.warn('REDIS DURABILITY: with Redis Cluster, a primary that crashes can lose answered issues it had neither ' +
+      'replicated nor persisted to Postgres; REDIS_WAIT_REPLICAS=<replicas per primary> closes that window (README, Scaling out)')
   }
 }, { name: 'redis' })

@@ -80,16 +80,46 @@ function createCluster (target: Extract<RedisTarget, { kind: 'cluster' }>, { com
     // refused command at about a second before the caller gets its 503.
     maxRedirections: 10,
     slotsRefreshTimeout: 2000,
+    // The server-change guard (src/issuing/server-change.ts) learns from each refresh which slots a node
+    // no longer serves, so a node that is demoted and promoted again is checked again before use. A
+    // failover takes at least cluster-node-timeout, so a refresh every second sees the demotion.
+    slotsRefreshInterval: blocking ? undefined : 1000,
     clusterRetryStrategy: (attempt) => Math.min(100 * attempt, 1000),
     redisOptions: {
       connectionName: name,
       maxRetriesPerRequest: blocking ? null : 1,
-      commandTimeout: blocking ? undefined : commandTimeoutMs
+      commandTimeout: blocking ? undefined : commandTimeoutMs,
+      // For what the service sends on a node's own connection (the coupon scripts, see server-change.ts);
+      // what the Cluster client routes bypasses it.
+      enableAutoPipelining: !blocking
     }
   }
   const cluster = new Cluster(target.nodes, options)
   defineScripts(cluster)
+  // The coupon scripts also run on a primary's own connection (never redirected: see server-change.ts).
+  cluster.on('+node', (node: Redis) => defineScripts(node))
   return cluster
+}
+
+/** host:port of a node connection, as the Cluster client's slot map names it. */
+export function nodeKey (node: Redis): string {
+  return `${node.options.host}:${node.options.port}`
+}
+
+/**
+ * What a cluster node says about itself (CLUSTER NODES, its `myself` line): whether it is a primary, and
+ * the slots it serves (ranges, ascending; a slot it is migrating away is still its own until the end).
+ */
+export async function ownSlots (node: Redis): Promise<{ primary: boolean, ranges: Array<[number, number]> }> {
+  const text = await node.call('CLUSTER', 'NODES') as string
+  const mine = text.split('\n').map((line) => line.trim().split(' ')).find((fields) => fields[2]?.split(',').includes('myself'))
+  if (!mine) throw new Error('CLUSTER NODES names no `myself` line')
+  const primary = mine[2]!.split(',').includes('master')
+  const ranges = mine.slice(8).filter((range) => !range.startsWith('[')).map((range) => {
+    const [from, to] = range.split('-').map(Number)
+    return [from!, to ?? from!] as [number, number]
+  }).sort(([a], [b]) => a - b)
+  return { primary, ranges }
 }
 
 /** The primaries of a cluster (their node connections, shared with requests), or the one Redis. */
@@ -134,6 +164,7 @@ export function dedicatedConnection (redis: RedisClient, options: RedisOptions):
   let turn = 0
   const connection: Redis = new Redis({
     ...cluster.options.redisOptions,
+    enableAutoPipelining: false,
     ...options,
     host: first.options.host,
     port: first.options.port,
@@ -206,8 +237,11 @@ export async function redisDurabilityRisks (redis: RedisClient, { waitReplicas =
   if (!redis.isCluster) return await nodeDurabilityRisks(redis as Redis, { waitReplicas })
   const nodes = everyNode(redis)
   if (nodes.length === 0) return ['the Redis Cluster client knows no node: nothing could be checked']
+  // Replicas are asked too (a replica becomes a primary with its own settings); the replica count that
+  // REDIS_WAIT_REPLICAS needs is each primary's.
+  const asPrimary = new Set(primaries(redis))
   const perNode = await Promise.all(nodes.map(async (node) =>
-    (await nodeDurabilityRisks(node, {})).map((risk) => `${node.options.host}:${node.options.port}: ${risk}`)))
+    (await nodeDurabilityRisks(node, { waitReplicas: asPrimary.has(node) ? waitReplicas : 0 })).map((risk) => `${nodeKey(node)}: ${risk}`)))
   return perNode.flat()
 }
 

@@ -1,4 +1,6 @@
 // The one source of truth for Redis key names.
+import { tagForSlot } from './slots.js'
+
 // Every key of one coupon carries the hash tag `{<couponId>}`, so a script touches one slot
 // and the design moves to Redis Cluster unchanged.
 
@@ -80,6 +82,13 @@ export function createKeys (prefix: string) {
     serverRunId: `${prefix}server-run-id`,
     /** string: a counter the replication fence writes so WAIT has an offset to wait for (src/redis/replication-fence.ts) */
     replicationFence: `${prefix}replication-fence`,
+    /**
+     * Redis Cluster, one per primary: string, run_id of the server the counters of that primary's coupons were
+     * last checked against, in a slot the primary serves (its lowest; src/issuing/server-change.ts)
+     */
+    shardServerRunId: (slot: number) => `${prefix}server-run-id:{${tagForSlot(slot)}}`,
+    /** Redis Cluster, one per primary: the replication fence's counter, in a slot the primary serves (its lowest) */
+    shardReplicationFence: (slot: number) => `${prefix}replication-fence:{${tagForSlot(slot)}}`,
     /** SCAN pattern matching every coupon's meta hash under this prefix */
     couponMetaPattern: `${prefix.replace(/[*?[\]\\]/g, '\\$&')}coupon:*:meta`,
     /** set of coupon ids whose event streams the consumer reads */

@@ -15,9 +15,16 @@
 // A fence only vouches for the server it ran on. It reports that server's run_id, and a caller checks
 // that its own write went to the same one (src/issuing/server-change.ts tracks the request connection's
 // server): during a failover the two connections can briefly reach different masters.
-import type { Redis } from 'ioredis'
-import type { RedisTarget } from '../config.js'
-import { connectRedis, createRedis, serverRunId } from './client.js'
+//
+// Redis Cluster (ShardFences): replication is one ordered stream per primary, so each primary gets a
+// fence of its own (its own connection, a counter in a slot it serves, group commit per primary). A
+// request waits for the fence of the primary its script ran on; the consumer, for each stream, for the
+// fence of the primary serving it now, after proving on that fence's connection that the entries are there.
+import type { Cluster, Redis } from 'ioredis'
+import { formatAddress, type RedisTarget } from '../config.js'
+import { connectRedis, createRedis, ownSlots, serverRunId, type RedisClient } from './client.js'
+import type { Keys } from './keys.js'
+import { keySlot } from './slots.js'
 
 export class ReplicationNotConfirmed extends Error {
   override name = 'ReplicationNotConfirmed'
@@ -31,28 +38,68 @@ export class EntriesNotOnServer extends ReplicationNotConfirmed {
   override name = 'EntriesNotOnServer'
 }
 
+/**
+ * Redis Cluster: a batch's entries were confirmed on some primaries and not on others (a replica down, a
+ * failover). The entries of `confirmed` streams may be committed; those of `unconfirmed` may not, for
+ * the reason in `failure` (an EntriesNotOnServer when the primary serving the stream now lacks them).
+ */
+export class StreamsNotConfirmed extends ReplicationNotConfirmed {
+  override name = 'StreamsNotConfirmed'
+  constructor (readonly confirmed: Set<string>, readonly unconfirmed: Set<string>, readonly failure: unknown) {
+    super(`${unconfirmed.size} stream(s) of the batch not confirmed: ${(failure as Error)?.message ?? failure}`, { cause: failure })
+  }
+}
+
 export interface ReplicationFenceOptions {
   /** the fence's own connection: nothing else may use it (WAIT blocks it) */
   redis: Redis
-  /** keys.replicationFence */
-  key: string
+  /**
+   * keys.replicationFence; on a cluster a function that finds a key in a slot the node serves, asked
+   * again after the node refused the fence's write (its slots changed)
+   */
+  key: string | (() => Promise<string>)
   replicas: number
   timeoutMs: number
 }
 
-export class ReplicationFence {
+/**
+ * REDIS_WAIT_REPLICAS as the store and the consumer use it: one fence on one Redis, one per primary on a cluster.
+ */
+export interface Replication {
+  readonly replicas: number
+  /**
+   * Resolves with the run_id of the server `node` names (null: the one Redis) once every write executed
+   * on it before this call has the replicas; rejects with ReplicationNotConfirmed otherwise.
+   */
+  confirmWrites (node: string | null): Promise<string>
+  /**
+   * For the consumer, before it commits entries it read (the last entry of each stream): resolves once
+   * the replicas of the server that holds them have them; EntriesNotOnServer when that server does not
+   * have them (read from a master a failover replaced).
+   */
+  confirmEntries (lastEntryOfStream: Map<string, string>): Promise<void>
+  close (): Promise<void>
+}
+
+export class ReplicationFence implements Replication {
   readonly #o: ReplicationFenceOptions
   #runId: string | null = null
   #connection = 0
   #inFlight: Promise<string> | null = null
   #next: Promise<string> | null = null
+  #key: string | null
 
   constructor (options: ReplicationFenceOptions) {
     this.#o = options
+    this.#key = typeof options.key === 'string' ? options.key : null
     options.redis.on('close', () => {
       this.#connection++
       this.#runId = null
     })
+  }
+
+  confirmWrites (): Promise<string> {
+    return this.sync()
   }
 
   get replicas (): number {
@@ -103,11 +150,31 @@ export class ReplicationFence {
     if (missing > 0) throw new EntriesNotOnServer(`${missing} stream(s) of the batch are not on the server that confirmed replication`)
   }
 
+  /**
+   * Runs `prove` on the fence's connection, then waits for a fence sent after it, on the same server:
+   * whatever `prove` found there then has the replicas. Resolves with that server's run_id.
+   */
+  async proveThenSync (prove: (redis: Redis) => Promise<void>): Promise<string> {
+    const connection = this.#connection
+    await prove(this.#o.redis)
+    const runId = await this.sync()
+    if (connection !== this.#connection) throw new ReplicationNotConfirmed('the fence connection changed server')
+    return runId
+  }
+
   async #fence (): Promise<string> {
-    const { redis, key, replicas, timeoutMs } = this.#o
+    const { redis, replicas, timeoutMs } = this.#o
     const connection = this.#connection
     const runId = this.#runId ?? await serverRunId(redis)
-    await redis.incr(key)
+    const key = this.#key ??= await (this.#o.key as () => Promise<string>)()
+    try {
+      await redis.incr(key)
+    } catch (err) {
+      // A cluster node that no longer serves the key's slot (MOVED: demoted, or the slot moved): the
+      // next fence looks for a key again. This one vouches for nothing.
+      if (typeof this.#o.key !== 'string') this.#key = null
+      throw new ReplicationNotConfirmed(`the fence's write was refused: ${(err as Error).message}`, { cause: err })
+    }
     const acknowledged = Number(await redis.call('WAIT', replicas, timeoutMs))
     if (connection !== this.#connection) throw new ReplicationNotConfirmed('the fence connection changed server while it waited')
     this.#runId = runId
@@ -120,16 +187,141 @@ export class ReplicationFence {
 
 const noop = () => {}
 
-/** The fence with its own connection when REDIS_WAIT_REPLICAS > 0; null when off. */
-export async function createReplicationFence ({ target, replicas, timeoutMs, commandTimeoutMs, key, name, onError }: {
-  target: RedisTarget, replicas: number, timeoutMs: number, commandTimeoutMs: number, key: string, name: string, onError: (err: Error) => void
-}): Promise<ReplicationFence | null> {
-  if (replicas === 0) return null
-  // One connection, one server: the fence cannot speak for a cluster's shards (loadConfig refuses the pair).
-  if (target.kind === 'cluster') throw new Error('REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER_NODES yet')
-  // The command timeout must outlast WAIT's own timeout, or the connection would give up first.
+interface FenceConnectionOptions {
+  replicas: number
+  timeoutMs: number
+  commandTimeoutMs: number
+  name: string
+  onError: (err: Error) => void
+}
+
+/** A connected connection of the fence's own; its command timeout outlasts WAIT's, or it would give up first. */
+async function fenceConnection (target: Exclude<RedisTarget, { kind: 'cluster' }>, { timeoutMs, commandTimeoutMs, name, onError }: FenceConnectionOptions): Promise<Redis> {
   const redis = createRedis({ target, commandTimeoutMs: timeoutMs + commandTimeoutMs, name })
   redis.on('error', onError)
   await connectRedis(redis)
-  return new ReplicationFence({ redis, key, replicas, timeoutMs })
+  return redis
+}
+
+/**
+ * Redis Cluster: one ReplicationFence per primary, made on first use, each with its own connection to
+ * that primary and a counter in the lowest slot it serves (asked of the node itself).
+ */
+export class ShardFences implements Replication {
+  readonly #cluster: Cluster
+  readonly #keys: Keys
+  readonly #o: FenceConnectionOptions
+  readonly #fences = new Map<string, Promise<ReplicationFence>>()
+  #closed = false
+
+  constructor (cluster: Cluster, keys: Keys, options: FenceConnectionOptions) {
+    this.#cluster = cluster
+    this.#keys = keys
+    this.#o = options
+  }
+
+  get replicas (): number {
+    return this.#o.replicas
+  }
+
+  /** The fence of the node at host:port (made on first use; a failed connect is tried again next time). */
+  fenceOf (node: string): Promise<ReplicationFence> {
+    if (this.#closed) return Promise.reject(new ReplicationNotConfirmed('the replication fences are closed'))
+    let fence = this.#fences.get(node)
+    if (!fence) {
+      const colon = node.lastIndexOf(':')
+      const address = formatAddress({ host: node.slice(0, colon), port: Number(node.slice(colon + 1)) })
+      fence = fenceConnection({ kind: 'url', url: `redis://${address}`, defaulted: false }, this.#o).then((redis) =>
+        new ReplicationFence({
+          redis,
+          replicas: this.#o.replicas,
+          timeoutMs: this.#o.timeoutMs,
+          key: async () => {
+            const { primary, ranges } = await ownSlots(redis)
+            if (!primary || ranges.length === 0) throw new ReplicationNotConfirmed(`${node} serves no slot`)
+            return this.#keys.shardReplicationFence(ranges[0]![0])
+          }
+        }))
+      fence.catch(() => { if (this.#fences.get(node) === fence) this.#fences.delete(node) })
+      this.#fences.set(node, fence)
+    }
+    return fence
+  }
+
+  async confirmWrites (node: string | null): Promise<string> {
+    if (node === null) throw new ReplicationNotConfirmed('a cluster write must name the primary it ran on')
+    return await (await this.fenceOf(node)).sync()
+  }
+
+  /**
+   * Per primary serving the streams now (the slot map): prove on its fence's connection that the last
+   * entry of each stream is there (a node that does not serve the slot refuses the read), then fence.
+   * A stream's entries reach a replica in order, so the last one stands for all. Each primary on its own:
+   * when some do not confirm, StreamsNotConfirmed says which streams did, so the consumer commits those.
+   */
+  async confirmEntries (lastEntryOfStream: Map<string, string>): Promise<void> {
+    const byNode = new Map<string, Array<[string, string]>>()
+    const unconfirmed = new Set<string>()
+    let failure: unknown = null
+    for (const [stream, id] of lastEntryOfStream) {
+      const node = this.#cluster.slots[keySlot(stream)]?.[0]
+      if (node === undefined) {
+        unconfirmed.add(stream)
+        failure ??= new ReplicationNotConfirmed(`no known primary serves ${stream}`)
+      } else {
+        byNode.set(node, [...(byNode.get(node) ?? []), [stream, id]])
+      }
+    }
+    const confirmed = new Set<string>()
+    await Promise.all([...byNode].map(async ([node, entries]) => {
+      try {
+        await this.#confirmOnNode(node, entries)
+        for (const [stream] of entries) confirmed.add(stream)
+      } catch (err) {
+        for (const [stream] of entries) unconfirmed.add(stream)
+        failure ??= err
+      }
+    }))
+    if (unconfirmed.size > 0) throw new StreamsNotConfirmed(confirmed, unconfirmed, failure)
+  }
+
+  async #confirmOnNode (node: string, entries: Array<[stream: string, id: string]>): Promise<void> {
+    let missing = 0
+    const fence = await this.fenceOf(node)
+    await fence.proveThenSync(async (redis) => {
+      let found: Array<Array<unknown>>
+      try {
+        found = await Promise.all(entries.map(([stream, id]) => redis.xrange(stream, id, id)))
+      } catch (err) {
+        this.#cluster.refreshSlotsCache()
+        throw new ReplicationNotConfirmed(`${node} did not answer for the batch's streams: ${(err as Error).message}`, { cause: err })
+      }
+      missing = found.filter((replies) => replies.length === 0).length
+    })
+    if (missing > 0) throw new EntriesNotOnServer(`${missing} stream(s) of the batch are not on the primary (${node}) that confirmed replication`)
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    const fences = await Promise.allSettled(this.#fences.values())
+    await Promise.all(fences.map((f) => f.status === 'fulfilled' ? f.value.close() : undefined))
+  }
+}
+
+/** The fence (one Redis) or the fences (one per primary of a cluster) when REDIS_WAIT_REPLICAS > 0; null when off. */
+export async function createReplication ({ target, redis, keys, replicas, timeoutMs, commandTimeoutMs, name, onError }: {
+  target: RedisTarget
+  /** the client whose slot map tells a cluster's primaries apart (unused on one Redis) */
+  redis: RedisClient
+  keys: Keys
+  replicas: number
+  timeoutMs: number
+  commandTimeoutMs: number
+  name: string
+  onError: (err: Error) => void
+}): Promise<Replication | null> {
+  if (replicas === 0) return null
+  const options = { replicas, timeoutMs, commandTimeoutMs, name, onError }
+  if (target.kind === 'cluster') return new ShardFences(redis as Cluster, keys, options)
+  return new ReplicationFence({ redis: await fenceConnection(target, options), key: keys.replicationFence, replicas, timeoutMs })
 }

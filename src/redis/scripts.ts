@@ -26,7 +26,8 @@ const SCRIPTS = {
   markDormant: 2,
   discardIssue: 7,
   recordStats: null,
-  adoptServer: null
+  adoptServer: null,
+  adoptShard: 1
 } as const
 
 type Arg = string | number
@@ -47,6 +48,7 @@ declare module 'ioredis' {
     discardIssue (...keysThenArgs: Arg[]): Result<number, Context>
     recordStats (numberOfKeys: number, ...keysThenArgs: Arg[]): Result<number, Context>
     adoptServer (numberOfKeys: number, ...keysThenArgs: Arg[]): Result<number, Context>
+    adoptShard (...keysThenArgs: Arg[]): Result<number, Context>
   }
 }
 
@@ -63,6 +65,7 @@ export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
 export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
 export const AdoptCode = { SAME: 0, FIRST: 1, ADOPTED: 2, RELIST: 3 } as const
+export const AdoptShardCode = { SAME: 0, KEPT: 1, ADOPTED: 2, RELIST: 3 } as const
 /** Every script that can find the counters missing answers this code. */
 export const NEEDS_RESTORE = 1
 
@@ -74,6 +77,7 @@ export type RestoreCode = typeof RestoreCode[keyof typeof RestoreCode]
 export type UpdateCode = typeof UpdateCode[keyof typeof UpdateCode]
 export type DiscardCode = typeof DiscardCode[keyof typeof DiscardCode]
 export type AdoptCode = typeof AdoptCode[keyof typeof AdoptCode]
+export type AdoptShardCode = typeof AdoptShardCode[keyof typeof AdoptShardCode]
 
 export interface Outcome<C extends number> {
   code: C
@@ -299,4 +303,21 @@ export interface AdoptArgs {
 export async function adoptServer (redis: RedisClient, { recordKey, runId, stockReturned, listed }: AdoptArgs): Promise<AdoptCode> {
   const keys = [recordKey, ...(listed?.counterKeys ?? [])]
   return await redis.adoptServer(keys.length, ...keys, runId, stockReturned, listed ? 'listed' : '', ...(listed?.couponIds ?? [])) as AdoptCode
+}
+
+export interface AdoptShardArgs {
+  /** keys.shardServerRunId(the node's lowest slot) */
+  recordKey: string
+  runId: string
+  stockReturned: string
+  /** the record as the caller read it (null = none) */
+  seen: string | null
+  /** keep: record without dropping; drop: drop the listed counters first */
+  decision: 'keep' | 'drop'
+  listed: { couponIds: string[], counterKeys: string[] }
+}
+
+/** Redis Cluster: adoptShard.lua on one primary's own connection (see the script). */
+export async function adoptShard (node: RedisClient, { recordKey, runId, stockReturned, seen, decision, listed }: AdoptShardArgs): Promise<AdoptShardCode> {
+  return await node.adoptShard(recordKey, runId, stockReturned, seen ?? '', decision, listed.counterKeys.length, ...listed.counterKeys, ...listed.couponIds) as AdoptShardCode
 }

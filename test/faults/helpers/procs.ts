@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ADMIN_TOKEN, waitFor, type Teardown } from '../../helpers/env.js'
 import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
 import { ROOT, distEntry } from '../../../scripts/lib/dist.js'
 export { freePort } from '../../../scripts/lib/ports.js'
 import { freePort } from '../../../scripts/lib/ports.js'
@@ -292,6 +293,24 @@ export async function throwawayCluster (t: Teardown, { primaries = 3, args = [] 
   }
   await self.healthy()
   return self
+}
+
+/**
+ * POST /coupons on an app of the cluster until it answers 201, and which primary serves the new coupon.
+ * Right after a failover the first commands may meet the old slot map: 503 REDIS_RECONFIGURING (the row
+ * may exist already, its counters are built on first use): another coupon is made instead.
+ */
+export async function clusterCoupon (cluster: ThrowawayCluster, app: FastifyInstance, body: Record<string, unknown>): Promise<{ id: number, primary: number }> {
+  for (;;) {
+    const created = await app.inject({ method: 'POST', url: '/coupons', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, payload: { name: 'cluster coupon', ...body } })
+    if (created.statusCode === 503) {
+      await pollPause(100)
+      continue
+    }
+    if (created.statusCode !== 201) throw new Error(`coupon not created: ${created.statusCode} ${created.body}`)
+    const { id } = created.json() as { id: number }
+    return { id, primary: await cluster.primaryOf(String(id)) }
+  }
 }
 
 // ------------------------------------------------------------------------------------------- postgres
