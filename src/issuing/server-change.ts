@@ -49,7 +49,7 @@ export async function checkServer (redis: Redis, keys: Keys): Promise<ServerChec
       const couponIds = await couponsWithCounters(redis, keys)
       const counterKeys = couponIds.flatMap((id) => {
         const k = keys.coupon(id)
-        return [k.meta, k.stock, k.holders, k.claims, k.revoked, k.discarded, k.codes, k.redemptions]
+        return [k.meta, k.stock, k.holders, k.claims, k.revoked, k.discarded, k.codes, k.redemptions, k.expiring]
       })
       listed = { couponIds, counterKeys }
     }

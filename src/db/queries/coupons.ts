@@ -17,6 +17,7 @@ export interface NewCoupon {
   codeLength?: number
   validFor?: string | null
   validUntil?: Date | null
+  returnExpiredToStock?: boolean
 }
 
 export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
@@ -32,7 +33,8 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon> {
     codePrefix: input.codePrefix ?? '',
     codeLength: input.codeLength ?? DEFAULT_CODE_LENGTH,
     validFor: input.validFor ?? null,
-    validUntil: input.validUntil ?? null
+    validUntil: input.validUntil ?? null,
+    returnExpiredToStock: input.returnExpiredToStock ?? false
   }).returning()
   return row!
 }
@@ -52,6 +54,7 @@ export interface CouponChanges {
   startsAt?: Date
   endsAt?: Date | null
   paused?: boolean
+  returnExpiredToStock?: boolean
   /** null clears; absent keeps */
   discount?: Discount | null
   metadata?: Record<string, string | number | boolean | null> | null
