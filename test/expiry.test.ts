@@ -144,10 +144,10 @@ t.test('50 concurrent redeems racing the job at expiry: every unit redeemed or r
   // Redeems spread over the 600 ms around validUntil, the job ticking on both instances meanwhile.
   const start = coupon.validUntilMs - 300
   await waitFor(async () => await redisNow(one) >= start - 50, { timeoutMs: 30_000, pollIntervalMs: 10, what: 'the race window' })
-  let racing = true
+  const race = { on: true }
   const ticks = [one, two].map(async (app) => {
     let returned = 0
-    while (racing) returned += Object.values(await app.expiryJob.tick()).reduce((a, b) => a + b, 0)
+    while (race.on) returned += Object.values(await app.expiryJob.tick()).reduce((a, b) => a + b, 0)
     return returned
   })
   const answers = await Promise.all(units.map(async (unit, i) => {
@@ -155,7 +155,7 @@ t.test('50 concurrent redeems racing the job at expiry: every unit redeemed or r
     return await redeem(i % 2 === 0 ? one : two, unit.code, `order-${i}`)
   }))
   await untilPast(one, coupon.validUntilMs)
-  racing = false
+  race.on = false
   const byTicks = (await Promise.all(ticks)).reduce((a, b) => a + b, 0)
   const final = Object.values(await one.expiryJob.tick()).reduce((a, b) => a + b, 0)
 
