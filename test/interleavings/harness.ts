@@ -143,8 +143,9 @@ export class Harness {
 
   /** Own database and prefix (dropped at teardown), `instances` apps on them, each listening on a free port. */
   static async create (t: Teardown, options: HarnessOptions): Promise<Harness> {
-    // The periodic tick is a command of its own (tick): the cron must not prune or reclaim behind the model's back.
-    const env = await testEnv(t, { RECLAIM_CRON: '0 0 1 1 *', CONSUMER_BLOCK_MS: '200' })
+    // The periodic tick and the expiry job are commands of their own (tick, expire): no cron may prune,
+    // reclaim or return units behind the model's back.
+    const env = await testEnv(t, { RECLAIM_CRON: '0 0 1 1 *', EXPIRY_CRON: '', CONSUMER_BLOCK_MS: '200' })
     const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })
     t.teardown(() => redis.disconnect())
     const harness = new Harness(env, redis, options)
