@@ -15,6 +15,7 @@ import consistencyWatchPlugin from './plugins/consistency-watch.js'
 import consumerPlugin from './plugins/consumer.js'
 import couponStorePlugin from './plugins/coupon-store.js'
 import databasePlugin from './plugins/database.js'
+import expiryPlugin from './plugins/expiry.js'
 import errorHandlerPlugin, { clientErrorHandler, frameworkErrors, MAX_PARAM_LENGTH } from './plugins/error-handler.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
@@ -120,6 +121,7 @@ export default async function app (fastify: FastifyInstance, { config }: AppOpti
   await fastify.register(rateLimitPlugin, { config })
   await fastify.register(consumerPlugin, { config })
   await fastify.register(consistencyWatchPlugin, { config })
+  await fastify.register(expiryPlugin, { config })
   await fastify.register(webhooksPlugin, { config })
   await fastify.register(metricsPlugin)
 

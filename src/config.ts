@@ -52,6 +52,9 @@ const schema = {
     CONSISTENCY_CRON: { type: 'string', default: '30 * * * * *' },
     // The periodic check leaves campaigns with more holders than this to the on-demand report.
     CONSISTENCY_WATCH_MAX_HOLDERS: { type: 'integer', minimum: 0, default: 50000 },
+    // How often the expiry job returns expired, unredeemed units of campaigns with returnExpiredToStock to
+    // stock (src/issuing/expiry.ts; node-cron with seconds); empty = never. Safe on every instance at once.
+    EXPIRY_CRON: { type: 'string', default: '*/10 * * * * *' },
     BACKLOG_CAP: { type: 'integer', minimum: 0, default: 200000 },
     IDEMPOTENCY_TTL_SECONDS: { type: 'integer', minimum: 1, default: 86400 },
     // How long an instance that saw a coupon sold out answers SOLD_OUT from memory before asking Redis
@@ -143,6 +146,8 @@ export interface Config {
   /** CONSISTENCY_CRON: '' = the periodic consistency check is off */
   consistencyCron: string
   consistencyWatchMaxHolders: number
+  /** EXPIRY_CRON: '' = the expiry job is off */
+  expiryCron: string
   backlogCap: number
   idempotencyTtlSeconds: number
   /** SOLD_OUT_MARKER_TTL_MS: 0 = the sold-out short-circuit is off */
@@ -251,7 +256,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   }
   // Checked here, so a typo stops the start with the setting's name rather than failing when the job is scheduled.
   // RECLAIM_CRON cannot be empty: without the reclaim, entries of a dead consumer would stay pending forever.
-  for (const [setting, mayBeOff] of [['RECLAIM_CRON', false], ['CONSISTENCY_CRON', true], ['EVENTS_PRUNE_CRON', true]] as const) {
+  for (const [setting, mayBeOff] of [['RECLAIM_CRON', false], ['CONSISTENCY_CRON', true], ['EXPIRY_CRON', true], ['EVENTS_PRUNE_CRON', true]] as const) {
     if (mayBeOff && raw[setting] === '') continue
     if (!cron.validate(raw[setting])) {
       throw new ConfigError(`Invalid configuration: ${setting} "${raw[setting]}" is not a cron expression (node-cron, seconds first optional, e.g. '0 17 * * * *')` +
@@ -288,6 +293,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     },
     consistencyCron: raw.CONSISTENCY_CRON,
     consistencyWatchMaxHolders: raw.CONSISTENCY_WATCH_MAX_HOLDERS,
+    expiryCron: raw.EXPIRY_CRON,
     backlogCap: raw.BACKLOG_CAP,
     idempotencyTtlSeconds: raw.IDEMPOTENCY_TTL_SECONDS,
     soldOutMarkerTtlMs: raw.SOLD_OUT_MARKER_TTL_MS,

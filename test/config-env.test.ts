@@ -13,6 +13,7 @@ t.test('every setting survives configEnv, defaults and non-defaults alike', asyn
     REDIS_WAIT_REPLICAS: '2',
     REDIS_WAIT_TIMEOUT_MS: '750',
     CONSISTENCY_CRON: '',
+    EXPIRY_CRON: '',
     SOLD_OUT_MARKER_TTL_MS: '0',
     CONSUMER_ENABLED: 'false'
   })

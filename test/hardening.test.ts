@@ -61,7 +61,7 @@ t.test('1: a change Redis applied but Postgres did not (a failure between the wr
   await issue(app, coupon.id, 'a')
   const k = app.keys.coupon(coupon.id)
   // The first attempt reached Redis, then the commit failed.
-  await updateCoupon(app.redis, k, { total: 20, startsAtMs: 0, endsAtMs: null, paused: false })
+  await updateCoupon(app.redis, k, { total: 20, startsAtMs: 0, endsAtMs: null, paused: false, returnExpired: false })
   const again = await patch(app, coupon.id, { totalQuantity: 20 })
   t.equal(again.statusCode, 200)
   t.equal(again.json().totalQuantity, 20)

@@ -1,6 +1,7 @@
 // Model-based interleaving test: fast-check generates batches of concurrent calls (issue, duplicate
 // issue, Idempotency-Key retries, cancel, cancel+re-claim pipelined on one socket, PATCH stock and
-// window, counters lost, consumers stopped/started, drains, the periodic tick) against the real service
+// window, counters lost, consumers stopped/started, drains, the periodic tick, redeem, rollback, the
+// expiry job, the clock passing validUntil) against the real service
 // (sold-out markers on, so SOLD_OUT answered from memory is judged by the same model)
 // over HTTP, one and two app instances on the same Redis and Postgres. After every batch the counters
 // must be what the answers imply; after a drain Postgres must hold every 201 once with its issuedAt,

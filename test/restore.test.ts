@@ -91,7 +91,9 @@ t.test('the restore script refuses when the stream moved since it was read', asy
       lastCancels: new Map(),
       codeSettings: { secret: 'x', prefix: '', length: 12, tail: '11', validForMs: null, validUntilMs: null },
       codes: new Map(),
-      redemptions: new Map()
+      redemptions: new Map(),
+      returnExpired: false,
+      expiring: new Map()
     }
   })
   t.equal(code, 2, 'STREAM_MOVED')

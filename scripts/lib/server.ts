@@ -92,6 +92,7 @@ export function configEnv (config: Config): Record<string, string> {
     SOLD_OUT_MARKER_TTL_MS: String(config.soldOutMarkerTtlMs),
     CONSISTENCY_CRON: config.consistencyCron,
     CONSISTENCY_WATCH_MAX_HOLDERS: String(config.consistencyWatchMaxHolders),
+    EXPIRY_CRON: config.expiryCron,
     REDIS_COMMAND_TIMEOUT_MS: String(config.redisCommandTimeoutMs),
     EVENTS_ENABLED: String(config.eventsEnabled),
     EVENTS_RETENTION_DAYS: String(config.eventRetention.days),

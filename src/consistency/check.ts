@@ -209,7 +209,7 @@ export function compareBooks (couponId: number, streamKey: string, snapshot: Red
     const event = decodeEntry(streamKey, couponId, id, fields)
     if (!isEvent(event)) { undecodable++; continue }
     if (event.type === 'issue' && !rowKeys.has(`${event.userId}|${event.claim}`)) { unpersistedIssues++; tally(event.userId).issues++ }
-    if (event.type === 'revoke' && !factIds.has(id)) { unpersistedRevokes++; tally(event.userId).revokes++ }
+    if ((event.type === 'revoke' || event.type === 'revokeUnit') && !factIds.has(id)) { unpersistedRevokes++; tally(event.userId).revokes++ }
   }
   for (const [id, fields] of parked) {
     const event = decodeEntry(streamKey, couponId, id, fields)

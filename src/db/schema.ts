@@ -40,6 +40,11 @@ export const coupons = pgTable('coupons', {
    */
   creationKey: text('creation_key'),
   creationRequest: text('creation_request'),
+  /**
+   * The expiry job (src/issuing/expiry.ts) returns expired, unredeemed units to stock while the campaign
+   * has not ended: the holder loses the unit, its code answers "expired", and code.expired is announced.
+   */
+  returnExpiredToStock: boolean('return_expired_to_stock').notNull().default(false),
   createdAt: moment('created_at').notNull().defaultNow(),
   updatedAt: moment('updated_at').notNull().defaultNow()
 }, (t) => [
@@ -76,7 +81,12 @@ export const couponIssues = pgTable('coupon_issues', {
    * rolled back); set by the consumer's fix-up (queries/issues.ts), whatever order the events arrive in.
    */
   redeemedAt: moment('redeemed_at'),
-  orderId: text('order_id')
+  orderId: text('order_id'),
+  /**
+   * Why the unit was taken back (null while active): 'cancelled' (a cancel of the holder) or 'expired'
+   * (returned to stock at expiry by the expiry job). Set with revoked_at by apply_coupon_revocations.
+   */
+  revokeReason: text('revoke_reason')
 }, (t) => [
   uniqueIndex('coupon_issues_code').on(t.code),
   uniqueIndex('coupon_issues_coupon_user_claim').on(t.couponId, t.userId, t.claim),
@@ -89,7 +99,8 @@ export const couponIssues = pgTable('coupon_issues', {
  * Cancellations as facts, so a revoke persisted before its issue still marks that issue. A cancel
  * revokes exactly the user's claims numbered up to `up_to_claim` (claim numbers only grow, so a claim
  * made after the cancel is never hit, even within the same millisecond). Rows written before that
- * column existed have it null and fall back to comparing moments.
+ * column existed have it null and fall back to comparing moments. A row with `claim` set is a one-unit
+ * revocation instead (the expiry job's return of that claim), with its `reason`.
  */
 export const couponRevocations = pgTable('coupon_revocations', {
   couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
@@ -98,10 +109,18 @@ export const couponRevocations = pgTable('coupon_revocations', {
   streamId: text('stream_id').notNull(),
   upToClaim: integer('up_to_claim'),
   units: integer('units'),
-  idempotencyKey: text('idempotency_key')
+  idempotencyKey: text('idempotency_key'),
+  /**
+   * A ONE-UNIT revocation (the expiry job returned this claim to stock): exactly this claim, never a
+   * prefix; up_to_claim is null then. Null for a cancel.
+   */
+  claim: integer('claim'),
+  /** why a one-unit revocation happened ('expired'); null for a cancel */
+  reason: text('reason')
 }, (t) => [
   uniqueIndex('coupon_revocations_coupon_stream').on(t.couponId, t.streamId),
-  index('coupon_revocations_coupon_user').on(t.couponId, t.userId)
+  index('coupon_revocations_coupon_user').on(t.couponId, t.userId),
+  check('coupon_revocations_one_unit', sql`${t.claim} IS NULL OR (${t.upToClaim} IS NULL AND ${t.reason} IS NOT NULL)`)
 ])
 
 /**

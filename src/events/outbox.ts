@@ -41,7 +41,9 @@ const isoSql = (column: string) => sql.raw(`to_char(${column} AT TIME ZONE 'UTC'
 // events are built in SQL from the rows its statement inserted (no per-row work in JavaScript on the
 // persistence path); `row` is the alias of that relation.
 // redemption.created and redemption.rolled_back are announced by persistRedemptions, in the statement
-// that records the redeem / rollback fact. code.expired has no source yet (nothing watches expiry).
+// that records the redeem / rollback fact; code.expired by persistEvents, from the one-unit revoke fact the
+// expiry job's return of a unit (returnExpired.lua) becomes. A code that merely passes its expiresAt in a
+// campaign without returnExpiredToStock announces nothing: code.expired means "returned to stock at expiry".
 export const eventData = {
   /** from a coupon_issues row */
   issueCreated: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'claim', ${row}.claim, 'code', ${row}.code, 'issuedAt', `)
@@ -51,6 +53,9 @@ export const eventData = {
     .append(isoSql(`${row}.at`)).append(sql.raw(')')),
   /** from a coupon_revocations row (a cancel fact) */
   issueRevoked: (row: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'units', ${row}.units, 'upToClaim', ${row}.up_to_claim, 'revokedAt', `)
+    .append(isoSql(`${row}.revoked_at`)).append(sql.raw(')')),
+  /** from a coupon_revocations row with `claim` (the unit returned at expiry) and a relation holding its `code` */
+  codeExpired: (row: string, unit: string) => sql.raw(`jsonb_build_object('couponId', ${row}.coupon_id, 'userId', ${row}.user_id, 'claim', ${row}.claim, 'code', ${unit}.code, 'returnedToStock', true, 'returnedAt', `)
     .append(isoSql(`${row}.revoked_at`)).append(sql.raw(')')),
   couponSoldOut: (s: { couponId: number, totalQuantity: number }) => ({ couponId: s.couponId, totalQuantity: s.totalQuantity })
 }
@@ -98,15 +103,15 @@ export async function recordEvents (db: Db, events: OutboxEvent[]): Promise<numb
   return Number((result.rows ?? result)[0].created)
 }
 
-/** The sell-out round of a coupon: stock only comes back through a cancel or a PATCH, so each round has its own key. */
+/** The sell-out round of a coupon: stock only comes back through a cancel, a return at expiry or a PATCH, so each round has its own key. */
 interface SoldOutState { couponId: number, totalQuantity: number, cancels: number }
 
 /**
  * coupon.sold_out, once per sell-out: when a coupon's persisted active (not revoked) units reach its
  * totalQuantity. Run after the issue rows and their revocation fix-up committed (concurrent writers'
  * rows are then visible); a crash before it leaves the batch unacknowledged and the redelivery runs it
- * again. The event key is (totalQuantity, number of recorded cancels): a coupon that gets stock back by
- * a cancel or a raised totalQuantity and sells out again announces again; a repeated check of the same
+ * again. The event key is (totalQuantity, number of recorded cancels and one-unit revokes): a coupon that
+ * gets stock back by a cancel, a return at expiry or a raised totalQuantity and sells out again announces again; a repeated check of the same
  * state finds the same id. Not announced: a sell-out reached only by lowering totalQuantity (no issue
  * persisted afterwards), or again after a discarded parked issue returned its unit (same key).
  */

@@ -1,6 +1,6 @@
 // Campaign statistics, cheap enough to poll every second during a rush. What decides an issue is never
 // read or counted here twice:
-// - issue.lua, revoke.lua and discardIssue.lua keep issued/revoked/discarded units, firstIssuedAt and
+// - issue.lua, revoke.lua, discardIssue.lua and returnExpired.lua keep issued/revoked/discarded/returned units, firstIssuedAt and
 //   soldOutAt in the coupon's stats hash inside the scripts they already run (no extra round trip);
 // - each instance counts rejections (most of them never reach Redis: the sold-out markers answer
 //   them), issues per second and the persistence lag it sees in memory, and adds them to the stats hash
@@ -93,6 +93,8 @@ export interface CampaignStatsReport {
   revoked: number
   /** units returned to stock by discarding parked entries */
   discarded: number
+  /** expired, unredeemed units the expiry job returned to stock (returnExpiredToStock) */
+  returned: number
   /** issue rows in Postgres (revoked ones included): issued minus what is on its way */
   persisted: number
   /** stream entries (issues and cancels) not yet acknowledged by the consumer group */
@@ -140,6 +142,7 @@ export async function campaignStats (db: Db, redis: RedisClient, keys: Keys, sta
     issued: Number(h.issued ?? 0),
     revoked: Number(h.revoked ?? 0),
     discarded: Number(h.discarded ?? 0),
+    returned: Number(h.returned ?? 0),
     persisted: persisted!.n,
     unpersisted,
     parked: parked!.n,

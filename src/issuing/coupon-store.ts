@@ -255,9 +255,10 @@ export class CouponStore {
         const startsAt = changes.startsAt ?? current.startsAt
         const endsAt = changes.endsAt === undefined ? current.endsAt : changes.endsAt
         const paused = changes.paused ?? current.paused
+        const returnExpired = changes.returnExpiredToStock ?? current.returnExpiredToStock
         if (endsAt && endsAt.getTime() <= startsAt.getTime()) throw new errors.InvalidWindow()
         const to = route = await Promise.resolve(this.#route(couponId)).catch((err) => { throw redisFailure(err, errors.UpdateScriptFailed) })
-        const { code, issued } = await scripts.updateCoupon(to.redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null, paused })
+        const { code, issued } = await scripts.updateCoupon(to.redis, k, { total, startsAtMs: startsAt.getTime(), endsAtMs: endsAt?.getTime() ?? null, paused, returnExpired })
           .catch((err) => {
             this.#refused(to, couponId, err)
             throw redisFailure(err, errors.UpdateScriptFailed)
@@ -266,19 +267,35 @@ export class CouponStore {
         if (code === UpdateCode.STOCK_BELOW_ISSUED) throw new errors.StockBelowIssued(total, issued)
         // Discount and metadata live in Postgres only; they ride along under the same lock.
         const coupon = (await updateCouponRow(tx as unknown as Db, couponId, {
-          totalQuantity: total, startsAt, endsAt, paused, discount: changes.discount, metadata: changes.metadata
+          totalQuantity: total, startsAt, endsAt, paused, returnExpiredToStock: returnExpired, discount: changes.discount, metadata: changes.metadata
         }))!
-        return { coupon, remaining: total - issued }
+        return { coupon, remaining: total - issued, turnedOnExpiry: returnExpired && !current.returnExpiredToStock }
       }).catch((err) => { throw databaseFailure(err) })
       if (result) {
         this.#stockMayHaveReturned(couponId)
         // After the commit: Postgres holds the change either way, and a rebuild on a promoted replica
         // would take it from there; the wait only tells the caller the live counters have it too.
         if (this.#fence) await this.#confirmReplicated(route!)
-        return result
+        // returnExpiredToStock just turned on: the expiry job's candidates (every unit already out) are
+        // added now, by the rebuild the missing zset marker asks for, instead of by the next issue. If
+        // that fails, the change stands and the next issue, rollback or job run rebuilds them.
+        if (result.turnedOnExpiry) await this.#restore(couponId).catch(() => {})
+        return { coupon: result.coupon, remaining: result.remaining }
       }
     }
     throw new errors.Restoring(couponId)
+  }
+
+  /**
+   * The expiry job's step for one coupon: returns up to `limit` expired, unredeemed units to stock
+   * (returnExpired.lua), rebuilding the counters first when they are missing. Every instance may run it
+   * at once: the script decides per unit, atomically with redeem.lua.
+   */
+  async returnExpired (couponId: number, limit: number): Promise<scripts.ReturnExpiredOutcome> {
+    const [reply] = await this.#runWithRestore(couponId, (redis) => scripts.returnExpired(redis, this.#keysOf(couponId), limit))
+    if (reply.returned > 0) this.#stockMayHaveReturned(couponId)
+    if (reply.reactivated) await this.#reactivate(couponId)
+    return reply
   }
 
   /** Units left, rebuilding the counters first when they are missing. */

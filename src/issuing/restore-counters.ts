@@ -11,13 +11,13 @@ import { RestoreCode, restoreCounters as installCounters, type CounterValues } f
 import { decodeEntry, isEvent, isRedemption } from '../stream/events.js'
 import { databaseFailure, redisFailure, Restoring } from '../errors.js'
 import { codeMac, codeTail } from './codes.js'
-import { parseValidFor } from './validity.js'
+import { expiresAt, parseValidFor } from './validity.js'
 
-export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels' | 'codes' | 'redemptions'>
+export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels' | 'codes' | 'redemptions' | 'expiring'>
 
 type RawEntry = [id: string, fields: string[]]
 
-interface Claim { at: number, revoked: boolean, entryId: string, idempotencyKey: string | null }
+interface Claim { at: number, revoked: boolean, entryId: string, idempotencyKey: string | null, returnedAt?: number }
 /** A unit's last redemption fact so far: which one is last is decided by stream id. */
 interface Redemption { kind: 'd' | 'u', orderId: string, at: number, entryId: string }
 interface Cancel { upTo: number | null, at: number, units: number, entryId: string, idempotencyKey: string | null }
@@ -33,8 +33,12 @@ const record = (userId: string, at: number, count: number, entryId: string) => `
  * With the coupon's codeSecret, every unit's code mac too (revoked ones included: their codes still answer),
  * and the redemption state: each unit's last redemption fact (by stream id) from Postgres and the stream,
  * and per user the units redeemed now (not revoked), as includes/units.lua keeps them.
+ * A one-unit revoke (the expiry job returned that claim; a fact with `claim`, or an 'x' entry) revokes
+ * exactly its claim and marks its code returned. With returnExpiredToStock, the expiry job's candidates:
+ * every active, unredeemed unit that expires.
  */
-export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & Partial<Pick<Coupon, 'codeSecret' | 'codeLength'>>, persisted: PersistedIssue[], entries: RawEntry[],
+export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & Partial<Pick<Coupon, 'codeSecret' | 'codeLength' | 'validFor' | 'validUntil' | 'returnExpiredToStock'>>,
+  persisted: PersistedIssue[], entries: RawEntry[],
   { streamKey = '', revocations = [], redemptions: redemptionFacts = [], idempotencyTtlMs = Infinity, nowMs = Date.now() }:
   { streamKey?: string, revocations?: PersistedRevocation[], redemptions?: PersistedRedemption[], idempotencyTtlMs?: number, nowMs?: number } = {}): CounterState {
   const claimsByUser = new Map<string, Map<number, Claim>>()
@@ -44,6 +48,8 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
     if (!inner) map.set(userId, inner = new Map())
     return inner
   }
+  /** "userId|claim" -> when the expiry job returned the unit */
+  const returned = new Map<string, number>()
   const lastRedemption = new Map<string, Redemption>()
   const noteRedemption = (userId: string, claim: number, r: Redemption) => {
     const unit = `${userId}|${claim}`
@@ -55,6 +61,10 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
     of(claimsByUser, row.userId).set(row.claim, { at: row.createdAt.getTime(), revoked: row.revokedAt !== null, entryId: row.streamId, idempotencyKey: row.idempotencyKey })
   }
   for (const fact of revocations) {
+    if (fact.claim != null) {
+      returned.set(`${fact.userId}|${fact.claim}`, fact.revokedAt.getTime())
+      continue
+    }
     of(cancelsByUser, fact.userId).set(fact.streamId, { upTo: fact.upToClaim, at: fact.revokedAt.getTime(), units: fact.units ?? 0, entryId: fact.streamId, idempotencyKey: fact.idempotencyKey })
   }
   for (const [id, fields] of entries) {
@@ -62,6 +72,8 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
     if (!isEvent(event)) continue
     if (isRedemption(event)) {
       noteRedemption(event.userId, event.claim, { kind: event.type === 'redeem' ? 'd' : 'u', orderId: event.orderId, at: event.at, entryId: id })
+    } else if (event.type === 'revokeUnit') {
+      returned.set(`${event.userId}|${event.claim}`, event.at)
     } else if (event.type === 'issue') {
       const claims = of(claimsByUser, event.userId)
       if (!claims.has(event.claim)) claims.set(event.claim, { at: event.at, revoked: false, entryId: id, idempotencyKey: event.idempotencyKey ?? null })
@@ -74,7 +86,10 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
   const lastCancels = new Map<string, [number, number]>()
   const codes = new Map<string, string>()
   const redemptions = new Map<string, string>()
+  const expiring = new Map<string, number>()
   const { codeSecret, codeLength } = coupon
+  const validity = { validForMs: coupon.validFor == null ? null : parseValidFor(coupon.validFor), validUntil: coupon.validUntil ?? null }
+  const tracksExpiry = coupon.returnExpiredToStock === true
   const fresh = (at: number) => at + idempotencyTtlMs > nowMs
   let held = 0
   for (const userId of new Set([...claimsByUser.keys(), ...cancelsByUser.keys()])) {
@@ -92,13 +107,20 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
     let active = 0
     let last = 0
     for (const [number, claim] of claims) {
+      const returnedAt = returned.get(`${userId}|${number}`)
+      if (returnedAt !== undefined) {
+        claim.revoked = true
+        claim.returnedAt = returnedAt
+      }
       if (!claim.revoked) active++
       if (number > last) last = number
       if (claim.idempotencyKey && fresh(claim.at)) idempotency.set(`issue:${claim.idempotencyKey}`, record(userId, claim.at, number, claim.entryId))
       if (codeSecret === undefined || codeLength === undefined) continue
       const mac = codeMac(codeSecret, userId, number, codeLength)
-      codes.set(mac, `${userId}|${number}|${claim.at}`)
+      codes.set(mac, `${userId}|${number}|${claim.at}${claim.returnedAt === undefined ? '' : `|${claim.returnedAt}`}`)
       const redemption = lastRedemption.get(`${userId}|${number}`)
+      const expires = expiresAt(claim.at, validity)
+      if (tracksExpiry && expires !== null && !claim.revoked && redemption?.kind !== 'd') expiring.set(`${userId}|${number}`, expires.getTime())
       if (!redemption) continue
       redemptions.set(mac, `${redemption.kind}|${redemption.orderId}|${redemption.at}`)
       if (redemption.kind === 'd' && !claim.revoked) redemptions.set(`@${userId}`, String(Number(redemptions.get(`@${userId}`) ?? 0) + 1))
@@ -106,7 +128,7 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
     held += active
     users.set(userId, [active, last])
   }
-  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels, codes, redemptions }
+  return { stock: Math.max(0, coupon.totalQuantity - held), users, idempotency, lastCancels, codes, redemptions, expiring }
 }
 
 const fromRedis = <T>(call: Promise<T>): Promise<T> => call.catch((err) => { throw redisFailure(err) })
@@ -189,6 +211,7 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds, stranded }: Re
             validForMs: coupon.validFor === null ? null : parseValidFor(coupon.validFor),
             validUntilMs: coupon.validUntil?.getTime() ?? null
           },
+          returnExpired: coupon.returnExpiredToStock,
           ...state
         }
       }))

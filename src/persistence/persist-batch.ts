@@ -6,7 +6,7 @@ import { codeSettingsOf } from '../db/queries/coupons.js'
 import { codeOf, type CodeSettings } from '../issuing/codes.js'
 import { persistEvents, persistRedemptions, recordFailedEvents, type FailedEntry } from '../db/queries/issues.js'
 import { recordSoldOut } from '../events/outbox.js'
-import { eventPayload, type CouponEvent, type IssueEvent, type RedemptionEvent, type RevokeEvent } from '../stream/events.js'
+import { eventPayload, type CouponEvent, type IssueEvent, type RedemptionEvent, type RevokeEvent, type UnitRevokeEvent } from '../stream/events.js'
 
 export interface BatchOutcome {
   /** new rows in coupon_issues */
@@ -92,11 +92,11 @@ export class PersistBatch {
 
   async #write (events: CouponEvent[]): Promise<number> {
     const issues: IssueEvent[] = []
-    const revokes: RevokeEvent[] = []
+    const revokes: (RevokeEvent | UnitRevokeEvent)[] = []
     const redemptions: RedemptionEvent[] = []
     for (const event of events) {
       if (event.type === 'issue') issues.push(event)
-      else if (event.type === 'revoke') revokes.push(event)
+      else if (event.type === 'revoke' || event.type === 'revokeUnit') revokes.push(event)
       else redemptions.push(event)
     }
     if (issues.length === 0 && revokes.length === 0 && redemptions.length === 0) return 0

@@ -33,17 +33,27 @@ export interface CouponKeys {
   revoked: string
   /** set: ids of parked entries an admin discarded since the last rebuild */
   discarded: string
-  /** hash: code mac -> "userId|claim" of every unit handed out (src/issuing/codes.ts); field '#' = complete */
+  /**
+   * hash: code mac -> "userId|claim|issuedAtMs" of every unit handed out (src/issuing/codes.ts), with
+   * "|returnedAtMs" appended once the expiry job returned the unit to stock; field '#' = complete
+   */
   codes: string
   /**
    * hash: redemption state (src/redis/scripts/includes/units.lua): mac -> "d|orderId|atMs" (redeemed) or
    * "u|orderId|atMs" (rolled back); '@userId' -> units of the user redeemed now; field '#' = complete
    */
   redemptions: string
+  /**
+   * sorted set, only while the campaign has returnExpiredToStock (meta field returnExpired = '1'):
+   * "userId|claim" scored by the unit's expiresAt (ms), the candidates of the expiry job
+   * (returnExpired.lua); member '#' (score +inf) marks it complete. A candidate is only a hint: the job
+   * checks the unit itself before returning it.
+   */
+  expiring: string
   /** string: short lock while one request rebuilds the counters */
   restoreLock: string
   /**
-   * hash: campaign statistics that survive a counter rebuild: issued, revoked, discarded (units, cumulative),
+   * hash: campaign statistics that survive a counter rebuild: issued, revoked, discarded, returned (units, cumulative),
    * firstIssuedAt, soldOutAt (ms, first time), rejected:<CODE>, peakPerSecond, lagWorstMs (src/issuing/campaign-stats.ts)
    */
   stats: string
@@ -69,6 +79,7 @@ export function createKeys (prefix: string) {
         discarded: couponKey(couponId, 'discarded'),
         codes: couponKey(couponId, 'codes'),
         redemptions: couponKey(couponId, 'redemptions'),
+        expiring: couponKey(couponId, 'expiring'),
         restoreLock: couponKey(couponId, 'restore-lock'),
         stats: couponKey(couponId, 'stats'),
         perSecond: couponKey(couponId, 'second:')
@@ -94,7 +105,7 @@ export function createKeys (prefix: string) {
     /** set of coupon ids whose event streams the consumer reads */
     activeCoupons: `${prefix}active-coupons`,
     /**
-     * pub/sub channel: revoke, updateCoupon, discardIssue and a full restoreCounters publish the coupon id
+     * pub/sub channel: revoke, updateCoupon, discardIssue, returnExpired and a full restoreCounters publish the coupon id
      * here, so every instance drops its sold-out marker (src/issuing/sold-out-markers.ts)
      */
     stockReturned,

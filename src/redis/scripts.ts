@@ -17,11 +17,12 @@ const scriptSource = (name: string) => read(`${name}.lua`).replace(/^-- @include
  */
 const SCRIPTS = {
   revoke: 9,
-  restoreCounters: 10,
+  restoreCounters: 11,
   lookupCode: 4,
-  redeem: 5,
-  rollback: 5,
-  updateCoupon: 2,
+  redeem: 6,
+  rollback: 6,
+  updateCoupon: 3,
+  returnExpired: 9,
   ackAndTrim: 1,
   markDormant: 2,
   discardIssue: 7,
@@ -31,7 +32,7 @@ const SCRIPTS = {
 } as const
 
 type Arg = string | number
-type RawLookup = [code: number, userId?: string, claim?: number, issuedAt?: number, revokedAt?: number, state?: string, orderId?: string, stateAt?: number, now?: number, expiresAt?: number]
+type RawLookup = [code: number, userId?: string, claim?: number, issuedAt?: number, revokedAt?: number, state?: string, orderId?: string, stateAt?: number, now?: number, expiresAt?: number, returnedAt?: number]
 type RawRedemption = [code: number, at: number, userId: string, claim: number, entryId: string, replayed: number, reactivated: number]
 type RawOutcome = [code: number, at: number, count: number, entryId: string, replayed: number, reactivated: number, unitCode?: string, expiresAt?: number]
 
@@ -43,6 +44,7 @@ declare module 'ioredis' {
     rollback (...keysThenArgs: Arg[]): Result<RawRedemption, Context>
     restoreCounters (keysThenArgs: Arg[]): Result<number, Context>
     updateCoupon (...keysThenArgs: Arg[]): Result<[code: number, issued: number], Context>
+    returnExpired (...keysThenArgs: Arg[]): Result<[code: number, returned: number, more: number, reactivated: number, now: number], Context>
     ackAndTrim (...keysThenArgs: Arg[]): Result<[acked: number, trimmed: number], Context>
     markDormant (...keysThenArgs: Arg[]): Result<number, Context>
     discardIssue (...keysThenArgs: Arg[]): Result<number, Context>
@@ -64,6 +66,7 @@ export const RedemptionCode = { DONE: 0, NEEDS_RESTORE: 1, NOT_FOUND: 2, REVOKED
 export const RestoreCode = { PRESENT: 0, RESTORED: 1, STREAM_MOVED: 2 } as const
 export const UpdateCode = { UPDATED: 0, NEEDS_RESTORE: 1, STOCK_BELOW_ISSUED: 2 } as const
 export const DiscardCode = { RETURNED: 0, NEEDS_RESTORE: 1, ALREADY: 2, NOT_HELD: 3 } as const
+export const ReturnExpiredCode = { DONE: 0, NEEDS_RESTORE: 1, NOT_ENABLED: 2, ENDED: 3 } as const
 export const AdoptCode = { SAME: 0, FIRST: 1, ADOPTED: 2, RELIST: 3 } as const
 export const AdoptShardCode = { SAME: 0, KEPT: 1, ADOPTED: 2, RELIST: 3 } as const
 /** Every script that can find the counters missing answers this code. */
@@ -76,6 +79,7 @@ export type RedemptionCode = typeof RedemptionCode[keyof typeof RedemptionCode]
 export type RestoreCode = typeof RestoreCode[keyof typeof RestoreCode]
 export type UpdateCode = typeof UpdateCode[keyof typeof UpdateCode]
 export type DiscardCode = typeof DiscardCode[keyof typeof DiscardCode]
+export type ReturnExpiredCode = typeof ReturnExpiredCode[keyof typeof ReturnExpiredCode]
 export type AdoptCode = typeof AdoptCode[keyof typeof AdoptCode]
 export type AdoptShardCode = typeof AdoptShardCode[keyof typeof AdoptShardCode]
 
@@ -119,15 +123,15 @@ const ISSUE_SHA = createHash('sha1').update(ISSUE_SOURCE).digest('hex')
  * full (EVAL, which caches it for the next EVALSHA), as ioredis does.
  */
 function sendIssue (redis: RedisClient, keysThenArgs: Arg[]): Promise<string> {
-  return (redis.evalsha(ISSUE_SHA, 8, ...keysThenArgs) as Promise<string>).catch((err: Error) => {
+  return (redis.evalsha(ISSUE_SHA, 9, ...keysThenArgs) as Promise<string>).catch((err: Error) => {
     if (!err.message.includes('NOSCRIPT')) throw err
-    return redis.eval(ISSUE_SOURCE, 8, ...keysThenArgs) as Promise<string>
+    return redis.eval(ISSUE_SOURCE, 9, ...keysThenArgs) as Promise<string>
   })
 }
 
 /** The hot path: the key and its TTL are sent only when there is a key (see issue.lua's ARGV). */
 export function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise<Outcome<IssueCode>> {
-  const keysThenArgs: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, a.userId, a.backlogCap]
+  const keysThenArgs: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.stats, k.codes, k.expiring, a.userId, a.backlogCap]
   if (a.idempotencyKey !== '') keysThenArgs.push(a.idempotencyKey, a.idempotencyTtlSeconds)
   return sendIssue(redis, keysThenArgs).then(unpackOutcome)
 }
@@ -176,12 +180,14 @@ export interface UnitState {
   now: number
   /** 0 = never */
   expiresAt: number
+  /** when the expiry job returned the unit to stock; 0 = it did not */
+  returnedAt: number
 }
 
 export async function lookupCode (redis: RedisClient, k: CouponKeys, head: string): Promise<{ code: LookupCode, unit?: UnitState }> {
-  const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now, expiresAt] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
+  const [code, userId, claim, issuedAt, revokedAt, state, orderId, stateAt, now, expiresAt, returnedAt] = await redis.lookupCode(k.meta, k.codes, k.redemptions, k.revoked, head)
   if (code !== LookupCode.FOUND) return { code: code as LookupCode }
-  return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now!, expiresAt: expiresAt! } }
+  return { code, unit: { userId: userId!, claim: claim!, issuedAt: issuedAt!, revokedAt: revokedAt!, state: state as UnitState['state'], orderId: orderId!, stateAt: stateAt!, now: now!, expiresAt: expiresAt!, returnedAt: returnedAt! } }
 }
 
 export interface RedemptionOutcome {
@@ -196,7 +202,7 @@ export interface RedemptionOutcome {
 }
 
 export async function redeemOrRollback (redis: RedisClient, k: CouponKeys, action: 'redeem' | 'rollback', head: string, orderId: string): Promise<RedemptionOutcome> {
-  const [code, at, userId, claim, entryId, replayed, reactivated] = await redis[action](k.meta, k.codes, k.redemptions, k.revoked, k.events, head, orderId)
+  const [code, at, userId, claim, entryId, replayed, reactivated] = await redis[action](k.meta, k.codes, k.redemptions, k.revoked, k.events, k.expiring, head, orderId)
   return { code: code as RedemptionCode, at, userId, claim, entryId, replayed: replayed === 1, reactivated: reactivated === 1 }
 }
 
@@ -216,10 +222,14 @@ export interface CounterValues {
   /** the coupon's code settings (src/issuing/codes.ts), fixed at creation */
   /** with the codes' validity (src/issuing/validity.ts; null = none) */
   codeSettings: { secret: string, prefix: string, length: number, tail: string, validForMs: number | null, validUntilMs: number | null }
-  /** mac -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too */
+  /** mac -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too ("|returnedAtMs" appended: returned at expiry) */
   codes: Map<string, string>
   /** redemption state (includes/units.lua): mac -> "d|orderId|atMs" / "u|orderId|atMs", '@userId' -> units redeemed now */
   redemptions: Map<string, string>
+  /** returnExpiredToStock */
+  returnExpired: boolean
+  /** the expiry job's candidates (with returnExpired): "userId|claim" -> expiresAt ms of every active, unredeemed unit that expires */
+  expiring: Map<string, number>
 }
 
 export interface RestoreArgs {
@@ -231,14 +241,16 @@ export interface RestoreArgs {
 
 export async function restoreCounters (redis: RedisClient, k: CouponKeys, { group, lastEntryId, values: v }: RestoreArgs): Promise<RestoreCode> {
   const c = v.codeSettings
-  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes, k.redemptions,
+  const args: Arg[] = [k.meta, k.stock, k.holders, k.claims, k.events, k.idempotency, k.revoked, k.discarded, k.codes, k.redemptions, k.expiring,
     group, lastEntryId, v.total, v.perUserLimit, v.startsAtMs, v.endsAtMs ?? '', v.stock, v.users.size, v.idempotency.size, v.lastCancels.size,
-    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size, v.redemptions.size, c.validForMs ?? '', c.validUntilMs ?? '']
+    k.stockReturned, k.couponId, v.paused ? '1' : '', c.secret, c.prefix, c.length, c.tail, v.codes.size, v.redemptions.size, c.validForMs ?? '', c.validUntilMs ?? '',
+    v.returnExpired ? '1' : '', v.returnExpired ? v.expiring.size : 0]
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
   for (const [mac, unit] of v.codes) args.push(mac, unit)
   for (const [field, value] of v.redemptions) args.push(field, value)
+  if (v.returnExpired) for (const [member, expiresAt] of v.expiring) args.push(member, expiresAt)
   return await redis.restoreCounters(args) as RestoreCode
 }
 
@@ -247,10 +259,11 @@ export interface UpdateArgs {
   startsAtMs: number
   endsAtMs: number | null
   paused: boolean
+  returnExpired: boolean
 }
 
 export async function updateCoupon (redis: RedisClient, k: CouponKeys, a: UpdateArgs): Promise<{ code: UpdateCode, issued: number }> {
-  const [code, issued] = await redis.updateCoupon(k.meta, k.stock, a.total, a.startsAtMs, a.endsAtMs ?? '', k.stockReturned, k.couponId, a.paused ? '1' : '')
+  const [code, issued] = await redis.updateCoupon(k.meta, k.stock, k.expiring, a.total, a.startsAtMs, a.endsAtMs ?? '', k.stockReturned, k.couponId, a.paused ? '1' : '', a.returnExpired ? '1' : '')
   return { code: code as UpdateCode, issued }
 }
 
@@ -271,6 +284,24 @@ export interface DiscardArgs {
 
 export async function discardIssue (redis: RedisClient, k: CouponKeys, a: DiscardArgs): Promise<DiscardCode> {
   return await redis.discardIssue(k.meta, k.stock, k.holders, k.revoked, k.discarded, k.stats, k.codes, a.userId, a.claim, a.entryId, k.stockReturned, k.couponId) as DiscardCode
+}
+
+export interface ReturnExpiredOutcome {
+  code: ReturnExpiredCode
+  /** units returned to stock by this call */
+  returned: number
+  /** as many candidates were due as the call looked at: there may be more */
+  more: boolean
+  reactivated: boolean
+  /** Redis TIME of the call, ms */
+  now: number
+}
+
+/** Returns up to `limit` expired, unredeemed units of the coupon to stock (returnExpired.lua). */
+export async function returnExpired (redis: RedisClient, k: CouponKeys, limit: number): Promise<ReturnExpiredOutcome> {
+  const [code, returned, more, reactivated, now] = await redis.returnExpired(k.meta, k.stock, k.holders, k.revoked, k.codes, k.redemptions, k.expiring, k.events, k.stats,
+    k.couponId, k.stockReturned, limit)
+  return { code: code as ReturnExpiredCode, returned, more: more === 1, reactivated: reactivated === 1, now }
 }
 
 export interface StatsDelta {

@@ -9,7 +9,7 @@ const nullableMoment = { type: ['string', 'null'], format: 'date-time' } as cons
 
 const statsBody = {
   type: 'object',
-  required: ['couponId', 'total', 'remaining', 'issued', 'revoked', 'discarded', 'persisted', 'unpersisted', 'parked',
+  required: ['couponId', 'total', 'remaining', 'issued', 'revoked', 'discarded', 'returned', 'persisted', 'unpersisted', 'parked',
     'rejected', 'firstIssuedAt', 'soldOutAt', 'peakIssuesPerSecond', 'lagMs', 'at'],
   properties: {
     couponId: { type: 'integer' },
@@ -18,6 +18,7 @@ const statsBody = {
     issued: { type: 'integer', description: 'units handed out since the campaign started (a re-claim after a cancel counts again)' },
     revoked: { type: 'integer', description: 'units given back by cancels' },
     discarded: { type: 'integer', description: 'units returned to stock by discarding parked entries' },
+    returned: { type: 'integer', description: 'expired, unredeemed units the expiry job returned to stock (returnExpiredToStock)' },
     persisted: { type: 'integer', description: 'issue rows in Postgres, revoked ones included' },
     unpersisted: { type: 'integer', description: 'stream entries (issues and cancels) not yet acknowledged by the consumer group' },
     parked: { type: 'integer', description: 'entries in failed_issue_events, neither retried nor discarded' },

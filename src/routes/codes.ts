@@ -30,7 +30,7 @@ const codeBody = {
     couponId: { type: 'integer' },
     userId: { type: 'string' },
     claim: { type: 'integer' },
-    status: { type: 'string', enum: ['active', 'redeemed', 'revoked', 'expired'], description: 'revoked (cancelled) wins over redeemed, redeemed over expired' },
+    status: { type: 'string', enum: ['active', 'redeemed', 'revoked', 'expired'], description: 'a unit returned to stock at expiry is expired; otherwise revoked (cancelled) wins over redeemed, redeemed over expired' },
     issuedAt: dateTime,
     expiresAt: { ...nullableDate, description: 'null: the code does not expire' },
     redeemedAt: { ...nullableDate, description: 'the current redemption (null when not redeemed or rolled back)' },
@@ -46,8 +46,12 @@ const redemptionBody = {
   properties: { code: { type: 'string' }, orderId: { type: 'string' }, redeemedAt: dateTime, discount: discountOut, metadata: metadataOut }
 } as const
 
-/** revoked wins over redeemed, redeemed over expired (a redemption made in time stands); on Redis's clock. */
+/**
+ * Returned to stock at expiry is expired (a cancel of the holder after that took nothing of it); then revoked
+ * wins over redeemed, redeemed over expired (a redemption made in time stands); on Redis's clock.
+ */
 function statusOf ({ unit }: FoundCode): CodeStatus {
+  if (unit.returnedAt > 0) return 'expired'
   if (unit.revokedAt > 0) return 'revoked'
   if (unit.state === 'd') return 'redeemed'
   return unit.expiresAt > 0 && unit.now >= unit.expiresAt ? 'expired' : 'active'

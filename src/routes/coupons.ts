@@ -14,6 +14,11 @@ function view<C extends Coupon> (coupon: C, remaining?: number) {
   return { ...shown, codes: { prefix: codePrefix, length: codeLength }, ...(remaining === undefined ? {} : { remaining }) }
 }
 
+const returnExpiredToStock = {
+  type: 'boolean',
+  description: 'expired, unredeemed units go back to stock (the expiry job, EXPIRY_CRON) until the campaign ends; the holder may claim again; code.expired is announced'
+} as const
+
 const newCoupon = {
   type: 'object',
   required: ['name', 'totalQuantity'],
@@ -38,7 +43,8 @@ const newCoupon = {
       }
     },
     validFor: { type: 'string', maxLength: 40, description: 'ISO 8601 duration each code stays redeemable after its issue: P2W, P7D, PT30M, P1DT12H (no years or months)' },
-    validUntil: { ...dateTime, description: 'or: no code of the campaign is redeemable after this moment' }
+    validUntil: { ...dateTime, description: 'or: no code of the campaign is redeemable after this moment' },
+    returnExpiredToStock
   }
 } as const
 
@@ -68,7 +74,8 @@ const couponChanges = {
     startsAt: dateTime,
     endsAt: { type: ['string', 'null'], format: 'date-time' },
     discount: { anyOf: [discount, { type: 'null' }] },
-    metadata: { anyOf: [metadata, { type: 'null' }] }
+    metadata: { anyOf: [metadata, { type: 'null' }] },
+    returnExpiredToStock
   }
 } as const
 
@@ -77,7 +84,7 @@ const adminErrors = errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 40
 const couponRoutes: FastifyPluginAsync = async (fastify) => {
   const { db, couponStore } = fastify
 
-  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata, codes?: { prefix?: string, length?: number }, validFor?: string, validUntil?: string } }>('/coupons', {
+  fastify.post<{ Body: { name: string, totalQuantity: number, perUserLimit: number, startsAt?: string, endsAt?: string | null, discount?: Discount, metadata?: Metadata, codes?: { prefix?: string, length?: number }, validFor?: string, validUntil?: string, returnExpiredToStock?: boolean } }>('/coupons', {
     onRequest: fastify.requireAdmin,
     schema: {
       summary: 'Create a coupon campaign (admin); with an Idempotency-Key a retry answers the campaign the first request created',
@@ -137,10 +144,10 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
     return view(coupon, await couponStore.remaining(coupon.id))
   })
 
-  fastify.patch<{ Params: { couponId: number }, Body: { totalQuantity?: number, startsAt?: string, endsAt?: string | null, discount?: Discount | null, metadata?: Metadata | null } }>('/coupons/:couponId', {
+  fastify.patch<{ Params: { couponId: number }, Body: { totalQuantity?: number, startsAt?: string, endsAt?: string | null, discount?: Discount | null, metadata?: Metadata | null, returnExpiredToStock?: boolean } }>('/coupons/:couponId', {
     onRequest: fastify.requireAdmin,
     schema: {
-      summary: 'Change the stock or the window (admin); stock never drops below what is out',
+      summary: 'Change the stock, the window, discount, metadata or returnExpiredToStock (admin); stock never drops below what is out',
       tags: ['coupons'],
       security: [{ bearer: [] }],
       params: couponParams,
@@ -148,12 +155,13 @@ const couponRoutes: FastifyPluginAsync = async (fastify) => {
       response: { 200: couponBody, ...adminErrors, ...errors({ 404: ['COUPON_NOT_FOUND'], 409: ['STOCK_BELOW_ISSUED'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE', 'RESTORING', 'UPDATE_SCRIPT_FAILED'] }) }
     }
   }, async (request) => {
-    const { totalQuantity, startsAt, endsAt, discount, metadata } = request.body
+    const { totalQuantity, startsAt, endsAt, discount, metadata, returnExpiredToStock } = request.body
     checkMetadataKeys(metadata)
     const { coupon, remaining } = await couponStore.change(request.params.couponId, {
       totalQuantity,
       discount,
       metadata,
+      returnExpiredToStock,
       startsAt: startsAt === undefined ? undefined : new Date(startsAt),
       endsAt: endsAt === undefined ? undefined : endsAt === null ? null : new Date(endsAt)
     })

@@ -109,6 +109,7 @@ export const couponBody = {
     },
     validFor: { type: ['string', 'null'], description: 'ISO 8601 duration a code stays redeemable after its issue' },
     validUntil: { type: ['string', 'null'], format: 'date-time' },
+    returnExpiredToStock: { type: 'boolean', description: 'expired, unredeemed units go back to stock until the campaign ends' },
     createdAt: dateTime
   }
 } as const

@@ -9,8 +9,10 @@
 //         e1  r|<userId>|<units>|<atMs>|<upTo>|<idem>    a revoke
 //         e1  d|<userId>|<claim>|<atMs>|<orderId>        a redemption of the unit (userId, claim) by an order
 //         e1  u|<userId>|<claim>|<atMs>|<orderId>        its rollback (the order failed; the unit is active again)
-//       (d and u are written by redeem.lua and rollback.lua; a reader from before them parks them as
-//       poison, "unknown event type".)
+//         e1  x|<userId>|<claim>|<atMs>|<reason>         a ONE-UNIT revoke: exactly this claim went back to stock
+//                                                        (reason 'expired': returnExpired.lua, the expiry job)
+//       (d and u are written by redeem.lua and rollback.lua, x by returnExpired.lua; a reader from before
+//       them parks them as poison, "unknown event type".)
 //       <idem> is the request's Idempotency-Key, empty without one. <orderId> follows ORDER_ID_PATTERN. There is no couponId: the stream
 //       key names the coupon (keys.couponIdOfStream). '|' cannot occur in a userId (USER_ID_PATTERN)
 //       or an Idempotency-Key (IDEMPOTENCY_KEY_PATTERN), so one split takes the value apart; an entry
@@ -25,6 +27,7 @@
 //         type issue,  couponId, userId, claim, at[, idem]
 //         type revoke, couponId, userId, units, at[, upTo][, idem]
 //         type redeem | rollback, couponId, userId, claim, at, orderId   (only ever written parked)
+//         type revokeUnit, couponId, userId, claim, at, reason              (likewise)
 //       couponId must match the stream's coupon. Payloads parked before v1 may carry `idempotencyKey`
 //       and `upToClaim` instead of `idem` and `upTo` (persist-batch.ts stored decoded events under
 //       those names); both are read.
@@ -66,7 +69,21 @@ export interface RedemptionEvent extends EntryEvent {
   orderId: string
 }
 
-export type CouponEvent = IssueEvent | RevokeEvent | RedemptionEvent
+/** Why one unit was taken back alone (not by a cancel of its holder). */
+export type UnitRevokeReason = 'expired'
+const UNIT_REVOKE_REASONS: readonly string[] = ['expired'] satisfies UnitRevokeReason[]
+
+/**
+ * A ONE-UNIT revoke: exactly claim `claim` of the user went back to stock (the expiry job returned it at
+ * its expiry). Unlike a cancel it names no prefix of claims.
+ */
+export interface UnitRevokeEvent extends EntryEvent {
+  type: 'revokeUnit'
+  claim: number
+  reason: UnitRevokeReason
+}
+
+export type CouponEvent = IssueEvent | RevokeEvent | RedemptionEvent | UnitRevokeEvent
 
 export interface UndecodableEntry {
   streamKey: string
@@ -113,6 +130,7 @@ function decodeCompact (streamKey: string, couponId: number | null, id: string, 
   const parts = value.split('|')
   const kind = parts[0]
   if (kind === 'd' || kind === 'u') return decodeRedemption(streamKey, couponId, id, parts, fail)
+  if (kind === 'x') return decodeUnitRevoke(streamKey, couponId, id, parts, fail)
   if (kind !== 'i' && kind !== 'r') return fail(`unknown event type ${JSON.stringify(kind)}`)
   const expected = kind === 'i' ? 5 : 6
   if (parts.length !== expected) return fail(`${kind === 'i' ? 'issue' : 'revoke'} entry has ${parts.length} '|'-separated parts, expected ${expected}`)
@@ -152,6 +170,23 @@ function decodeRedemption (streamKey: string, couponId: number, id: string, part
   return { type, streamKey, id, couponId, userId, claim, at, orderId }
 }
 
+/** x|userId|claim|atMs|reason (see the header). */
+function decodeUnitRevoke (streamKey: string, couponId: number, id: string, parts: string[], fail: (error: string) => UndecodableEntry): UnitRevokeEvent | UndecodableEntry {
+  if (parts.length !== 5) return fail(`unit revoke entry has ${parts.length} '|'-separated parts, expected 5`)
+  return unitRevoke(streamKey, couponId, id, parts[1], parts[2], parts[3], parts[4], fail)
+}
+
+function unitRevoke (streamKey: string, couponId: number, id: string, userId: string | undefined, claimText: string | undefined, atText: string | undefined,
+  reason: string | undefined, fail: (error: string) => UndecodableEntry): UnitRevokeEvent | UndecodableEntry {
+  if (userId === undefined || !USER_ID_PATTERN.test(userId)) return fail('userId missing or malformed')
+  const claim = positiveInt(claimText)
+  if (claim === null) return fail('claim missing or not a positive integer')
+  const at = positiveInt(atText)
+  if (at === null) return fail('at missing or not a timestamp in ms')
+  if (reason === undefined || !UNIT_REVOKE_REASONS.includes(reason)) return fail(`reason missing or unknown: ${JSON.stringify(reason)}`)
+  return { type: 'revokeUnit', streamKey, id, couponId, userId, claim, at, reason: reason as UnitRevokeReason }
+}
+
 function decodeV0 (streamKey: string, streamCouponId: number | null, id: string, fields: string[]): CouponEvent | UndecodableEntry {
   const payload = fieldsToObject(fields)
   const fail = (error: string): UndecodableEntry => ({ streamKey, id, payload, error })
@@ -178,6 +213,7 @@ function decodeV0 (streamKey: string, streamCouponId: number | null, id: string,
     if (upToClaim === null) return fail('upTo not a positive integer')
     return { type: 'revoke', streamKey, id, couponId, userId, units, at, ...(upToClaim === undefined ? {} : { upToClaim }), ...withKey }
   }
+  if (payload.type === 'revokeUnit') return unitRevoke(streamKey, couponId, id, userId, payload.claim, payload.at, payload.reason, fail)
   if (payload.type === 'redeem' || payload.type === 'rollback') {
     const claim = positiveInt(payload.claim)
     if (claim === null) return fail('claim missing or not a positive integer')
@@ -195,6 +231,7 @@ export function encodeEntry (event: Unplaced<CouponEvent>): [string, string] {
   switch (event.type) {
     case 'issue': return [ENTRY_FIELD, `i|${event.userId}|${event.claim}|${event.at}|${event.idempotencyKey ?? ''}`]
     case 'revoke': return [ENTRY_FIELD, `r|${event.userId}|${event.units}|${event.at}|${event.upToClaim ?? ''}|${event.idempotencyKey ?? ''}`]
+    case 'revokeUnit': return [ENTRY_FIELD, `x|${event.userId}|${event.claim}|${event.at}|${event.reason}`]
     default: return [ENTRY_FIELD, `${event.type === 'redeem' ? 'd' : 'u'}|${event.userId}|${event.claim}|${event.at}|${event.orderId}`]
   }
 }
@@ -206,6 +243,7 @@ export function encodeEntry (event: Unplaced<CouponEvent>): [string, string] {
 export function eventPayload (event: CouponEvent): Record<string, string> {
   const payload: Record<string, string> = { type: event.type, couponId: String(event.couponId), userId: event.userId }
   if ('orderId' in event) return { ...payload, claim: String(event.claim), at: String(event.at), orderId: event.orderId }
+  if (event.type === 'revokeUnit') return { ...payload, claim: String(event.claim), at: String(event.at), reason: event.reason }
   if (event.type === 'issue') {
     payload.claim = String(event.claim)
     payload.at = String(event.at)

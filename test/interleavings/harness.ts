@@ -14,7 +14,8 @@ import { IssueEventConsumer } from '../../src/persistence/consumer.js'
 import { createKeys, type CouponKeys } from '../../src/redis/keys.js'
 import { consumerGroupInfo } from '../../src/redis/groups.js'
 import { ADMIN_TOKEN, REDIS_URL, testEnv, type Teardown, type TestEnv } from '../helpers/env.js'
-import { describe, formatScenario, idemKeyName, INVARIANTS, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Scenario } from './model.js'
+import { sql } from 'drizzle-orm'
+import { describe, formatScenario, idemKeyName, INVARIANTS, Model, scenarioArbitrary, userName, Violation, type Answer, type Cmd, type Observed, type Scenario } from './model.js'
 
 export interface HarnessOptions {
   instances: 1 | 2
@@ -142,8 +143,9 @@ export class Harness {
 
   /** Own database and prefix (dropped at teardown), `instances` apps on them, each listening on a free port. */
   static async create (t: Teardown, options: HarnessOptions): Promise<Harness> {
-    // The periodic tick is a command of its own (tick): the cron must not prune or reclaim behind the model's back.
-    const env = await testEnv(t, { RECLAIM_CRON: '0 0 1 1 *', CONSUMER_BLOCK_MS: '200' })
+    // The periodic tick and the expiry job are commands of their own (tick, expire): no cron may prune,
+    // reclaim or return units behind the model's back.
+    const env = await testEnv(t, { RECLAIM_CRON: '0 0 1 1 *', EXPIRY_CRON: '', CONSUMER_BLOCK_MS: '200' })
     const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })
     t.teardown(() => redis.disconnect())
     const harness = new Harness(env, redis, options)
@@ -274,7 +276,60 @@ export class Harness {
       }
       case 'get':
         return [answer('get', await call(this.base(cmd.via), 'GET', `/coupons/${couponId}`))]
+      case 'redeem':
+      case 'rollback': {
+        const target = model.unitFor(cmd.n)
+        if (!target) return []
+        const order = `o${cmd.order}`
+        const reply = cmd.k === 'redeem'
+          ? await call(this.base(cmd.via), 'POST', `/codes/${target.code}/redemptions`, { orderId: order })
+          : await call(this.base(cmd.via), 'DELETE', `/codes/${target.code}/redemptions/${order}`)
+        return [answer(cmd.k, reply, { unit: target.unit, order, user: target.unit.split('#')[0] })]
+      }
+      case 'expire': {
+        try {
+          const returned = await this.app(cmd.via).expiryJob.returnExpiredOf(couponId)
+          return [answer('expire', { status: 200, body: { returned }, replayed: false })]
+        } catch (err) {
+          return [answer('expire', { status: 503, body: null, replayed: false, code: (err as any).code ?? (err as Error).message })]
+        }
+      }
+      case 'clock':
+        return [] // run before the batch (run())
     }
+  }
+
+  /**
+   * The clock passes the campaign's validUntil: moved to a moment already past, in Postgres and in Redis
+   * (meta, and the scores of the expiry job's candidates), between two batches: what time passing would
+   * do, without a test that waits for it. Units issued from then on expire at once.
+   */
+  private async passValidUntil (couponId: number, model: Model): Promise<void> {
+    if (model.expired) return
+    const k = this.keys.coupon(couponId)
+    const [seconds] = await this.redis.time() as unknown as [string, string]
+    const past = (Number(seconds) - 1) * 1000
+    await this.apps[0]!.db.execute(sql`UPDATE coupons SET valid_until = ${new Date(past).toISOString()}::timestamptz WHERE id = ${couponId}`)
+    if (await this.redis.hexists(k.meta, 'validUntil')) await this.redis.hset(k.meta, 'validUntil', String(past))
+    const members = (await this.redis.zrange(k.expiring, '0', '-1')).filter((m) => m !== '#')
+    if (members.length > 0) await this.redis.zadd(k.expiring, 'XX', ...members.flatMap((m) => [String(past), m]))
+    model.expired = true
+  }
+
+  /** After a batch: which units Redis says are returned to stock at expiry, and which are redeemed by which order. */
+  private async observe (couponId: number): Promise<Observed> {
+    const k = this.keys.coupon(couponId)
+    const [codes, redemptions] = await Promise.all([this.redis.hgetall(k.codes), this.redis.hgetall(k.redemptions)])
+    const observed: Observed = { returned: new Set(), redeemed: new Map() }
+    for (const [mac, value] of Object.entries(codes)) {
+      if (mac === '#') continue
+      const [user, claim, , returnedAt] = value.split('|')
+      const unit = `${user}#${claim}`
+      if (returnedAt) observed.returned.add(unit)
+      const state = redemptions[mac]
+      if (state?.startsWith('d|')) observed.redeemed.set(unit, state.split('|')[1]!)
+    }
+    return observed
   }
 
   /** Samples the counters until stopped: (a) at every observed moment. */
@@ -349,7 +404,7 @@ export class Harness {
 
     const app = this.apps[0]!
     const rows = (await app.db.select().from(couponIssues).where(eq(couponIssues.couponId, couponId)))
-      .map((r) => ({ user_id: r.userId, claim: r.claim, created_at: r.createdAt, revoked_at: r.revokedAt }))
+      .map((r) => ({ user_id: r.userId, claim: r.claim, created_at: r.createdAt, revoked_at: r.revokedAt, revoke_reason: r.revokeReason, order_id: r.orderId, redeemed_at: r.redeemedAt }))
     const rowOf = new Map(rows.map((r) => [`${r.user_id}#${r.claim}`, r]))
     for (const user of model.users) {
       const revoked = model.expectedRevoked(user)
@@ -358,6 +413,13 @@ export class Harness {
         if (!row) { bad('b', `201 for ${user} claim ${claim} (issuedAt ${c.issuedAt}, batch ${c.batch}) has no row in coupon_issues`); continue }
         if (row.created_at.toISOString() !== c.issuedAt) bad('b', `${user}#${claim}: row created_at ${row.created_at.toISOString()}, the 201 said issuedAt ${c.issuedAt}`)
         const cancel = model.coveringCancel(user, claim)
+        const unit = `${user}#${claim}`
+        const returned = model.returnedOf(user).has(claim)
+        const reason = returned ? 'expired' : revoked.has(claim) ? 'cancelled' : null
+        if (row.revoked_at !== null && row.revoke_reason !== reason) bad('c', `${unit}: revoke_reason ${row.revoke_reason} in Postgres, expected ${reason} (${returned ? 'returned to stock at expiry' : 'cancelled'})`)
+        const order = model.redeemedBy.get(unit) ?? null
+        if (row.order_id !== order || (order === null) !== (row.redeemed_at === null)) bad('r', `${unit}: Postgres says redeemed_at ${row.redeemed_at?.toISOString() ?? null} order ${row.order_id}; Redis (and the answers) say ${order ? `redeemed by ${order}` : 'not redeemed'}`)
+        if (order !== null && row.revoked_at !== null) bad('x', `${unit} is redeemed by ${order} and revoked (${row.revoke_reason}) in Postgres`)
         if (revoked.has(claim) && row.revoked_at === null) {
           bad('c', `${user}#${claim} (issuedAt ${c.issuedAt}) was given back by the cancel at ${cancel?.revokedAt} (batch ${cancel?.batch}) but is active in Postgres`)
         } else if (!revoked.has(claim) && row.revoked_at !== null) {
@@ -381,6 +443,7 @@ export class Harness {
     // (e) a rebuild from Postgres (+ the stream) must reproduce the live counters exactly.
     const before = await this.counters(k)
     const cancelsBefore = await this.redis.hgetall(k.revoked)
+    const unitsBefore = await this.unitHashes(k)
     await this.redis.del(k.meta, k.stock, k.holders, k.claims, k.revoked)
     const rebuilt = await call(this.bases[0]!, 'GET', `/coupons/${couponId}`)
     if (rebuilt.status !== 200) bad('e', `GET after deleting the counters answered ${rebuilt.status} ${JSON.stringify(rebuilt.body)}`)
@@ -388,6 +451,10 @@ export class Harness {
     if (before.stock !== after.stock) bad('e', `rebuild: stock ${before.stock} live, ${after.stock} rebuilt`)
     if (show(before.holders) !== show(after.holders)) bad('e', `rebuild: holders ${show(before.holders)} live, ${show(after.holders)} rebuilt`)
     if (show(before.claims) !== show(after.claims)) bad('e', `rebuild: claims ${show(before.claims)} live, ${show(after.claims)} rebuilt`)
+    const unitsAfter = await this.unitHashes(k)
+    for (const part of ['codes', 'redemptions', 'expiring'] as const) {
+      if (unitsBefore[part] !== unitsAfter[part]) bad('e', `rebuild: ${part} ${unitsBefore[part]} live, ${unitsAfter[part]} rebuilt`)
+    }
     const cancelsAfter = await this.redis.hgetall(k.revoked)
     if (show(cancelsBefore) !== show(cancelsAfter)) bad('e', `rebuild: last cancels ${show(cancelsBefore)} live, ${show(cancelsAfter)} rebuilt`)
     // `dormant` is the consumer's read-list bookkeeping (markDormant.lua), not a counter: a rebuild puts the
@@ -395,6 +462,26 @@ export class Harness {
     const { dormant: _dormant, ...liveMeta } = before.meta
     if (show(liveMeta) !== show(after.meta)) bad('e', `rebuild: meta ${show(liveMeta)} live, ${show(after.meta)} rebuilt`)
     return v
+  }
+
+  /**
+   * The codes hash (returned units marked), the redemption states and the expiry job's candidates, as
+   * comparable text. The job drops a candidate only when it looks at it, so live candidates may still name
+   * units cancelled, returned or redeemed since, which a rebuild leaves out: only candidates of active,
+   * unredeemed units are compared (each of those must be on both lists, with the same expiresAt).
+   */
+  private async unitHashes (k: CouponKeys): Promise<{ codes: string, redemptions: string, expiring: string }> {
+    const [codes, redemptions, revoked, expiring] = await Promise.all([this.redis.hgetall(k.codes), this.redis.hgetall(k.redemptions), this.redis.hgetall(k.revoked),
+      this.redis.zrangebyscore(k.expiring, '-inf', '+inf', 'WITHSCORES')])
+    const active = new Set<string>()
+    for (const [mac, value] of Object.entries(codes)) {
+      const [user, claim, , returnedAt] = value.split('|')
+      const upTo = Number(revoked[user!]?.split('|')[0] ?? 0)
+      if (mac !== '#' && !returnedAt && Number(claim) > upTo && !redemptions[mac]?.startsWith('d|')) active.add(`${user}|${claim}`)
+    }
+    const candidates: Record<string, string> = {}
+    for (let i = 0; i + 1 < expiring.length; i += 2) if (active.has(expiring[i]!)) candidates[expiring[i]!] = expiring[i + 1]!
+    return { codes: show(codes), redemptions: show(redemptions), expiring: `${show(candidates)} of ${active.size} active` }
   }
 
   /** One scenario on a fresh coupon; throws InvariantViolation listing what broke. */
@@ -408,7 +495,10 @@ export class Harness {
       totalQuantity: sc.total,
       perUserLimit: sc.perUserLimit,
       startsAt: new Date(now - 86_400_000).toISOString(),
-      endsAt: new Date(now + 3_600_000).toISOString()
+      endsAt: new Date(now + 3_600_000).toISOString(),
+      // Expiry is a command ('clock' moves it into the past); until then every code is redeemable.
+      validUntil: new Date(now + 7_200_000).toISOString(),
+      returnExpiredToStock: true
     }, admin)
     if (created.status !== 201) throw new Error(`coupon not created: ${created.status} ${JSON.stringify(created.body)}`)
     const couponId = created.body.id as number
@@ -417,10 +507,13 @@ export class Harness {
     const violations: Violation[] = []
     try {
       for (let b = 0; b < sc.batches.length && violations.length === 0; b++) {
+        if (sc.batches[b]!.some((cmd) => cmd.k === 'clock')) await this.passValidUntil(couponId, model)
         const stopSampling = this.sampler(k, b, violations)
         const answers = (await Promise.all(sc.batches[b]!.map((cmd) => this.exec(sc, couponId, b, cmd, model)))).flat()
         await stopSampling()
-        violations.push(...model.applyBatch(b, answers))
+        // The codes and redemptions hashes are read as they are: a 'lose' deletes only the counters.
+        await call(this.bases[0]!, 'GET', `/coupons/${couponId}`)
+        violations.push(...model.applyBatch(b, answers, await this.observe(couponId)))
         violations.push(...await this.afterBatch(couponId, b, model, answers))
         this.options.log?.(`  batch ${b}: ${answers.map((a) => `${describe(a)}→${a.status}${a.code ? ` ${a.code}` : ''}${a.replayed ? ' (replay)' : ''}`).join(', ')}`)
       }

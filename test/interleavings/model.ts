@@ -37,6 +37,17 @@ export type Cmd =
   | { k: 'tick', via: number }
   /** GET /coupons/:id (a read; triggers a rebuild when counters are missing) */
   | { k: 'get', via: number }
+  /** POST /codes/:code/redemptions: the code of the n-th unit handed out so far (mod their number), for order o<order> */
+  | { k: 'redeem', n: number, order: number, via: number }
+  /** DELETE /codes/:code/redemptions/o<order>: the same choice of unit */
+  | { k: 'rollback', n: number, order: number, via: number }
+  /** the expiry job's run on one instance (app.expiryJob.tick()) */
+  | { k: 'expire', via: number }
+  /**
+   * The campaign's validUntil passes, before the batch's other commands start: every unit out and every
+   * unit issued from then on is expired (a one-way step; again is a no-op)
+   */
+  | { k: 'clock' }
 
 export interface Scenario {
   total: number
@@ -63,6 +74,10 @@ export function formatCmd (c: Cmd): string {
     case 'drain': return 'drain'
     case 'tick': return `tick@${c.via}`
     case 'get': return `get@${c.via}`
+    case 'redeem': return `redeem #${c.n} o${c.order}@${c.via}`
+    case 'rollback': return `rollback #${c.n} o${c.order}@${c.via}`
+    case 'expire': return `expire@${c.via}`
+    case 'clock': return 'clock passes validUntil'
   }
 }
 
@@ -74,7 +89,7 @@ export function formatScenario (sc: Scenario): string {
 const printable = <T extends object>(value: T, show: (v: T) => string): T =>
   Object.defineProperty(value, fc.toStringMethod, { value: () => show(value), enumerable: false })
 
-export const CMD_KINDS = ['issue', 'rush', 'cancel', 'reclaim', 'issueCancel', 'total', 'window', 'pause', 'lose', 'consumer', 'drain', 'tick', 'get'] as const
+export const CMD_KINDS = ['issue', 'rush', 'cancel', 'reclaim', 'issueCancel', 'total', 'window', 'pause', 'lose', 'consumer', 'drain', 'tick', 'get', 'redeem', 'rollback', 'expire', 'clock'] as const
 
 export interface ScenarioOptions {
   maxBatches?: number
@@ -100,7 +115,11 @@ export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without 
     { arbitrary: fc.record({ k: fc.constant('consumer' as const), on: fc.boolean(), via }), weight: 1 },
     { arbitrary: fc.record({ k: fc.constant('drain' as const) }), weight: 1 },
     { arbitrary: fc.record({ k: fc.constant('tick' as const), via }), weight: 2 },
-    { arbitrary: fc.record({ k: fc.constant('get' as const), via }), weight: 1 }
+    { arbitrary: fc.record({ k: fc.constant('get' as const), via }), weight: 1 },
+    { arbitrary: fc.record({ k: fc.constant('redeem' as const), n: fc.integer({ min: 0, max: 20 }), order: fc.integer({ min: 0, max: 2 }), via }), weight: 4 },
+    { arbitrary: fc.record({ k: fc.constant('rollback' as const), n: fc.integer({ min: 0, max: 20 }), order: fc.integer({ min: 0, max: 2 }), via }), weight: 2 },
+    { arbitrary: fc.record({ k: fc.constant('expire' as const), via }), weight: 3 },
+    { arbitrary: fc.record({ k: fc.constant('clock' as const) }), weight: 1 }
   ]
   const chosen = kinds.filter(({ arbitrary }) => !without.includes(fc.sample(arbitrary, 1)[0]!.k))
   if (chosen.length === 0) throw new Error('every command kind excluded')
@@ -115,7 +134,7 @@ export function scenarioArbitrary ({ maxBatches = 10, maxBatchSize = 5, without 
 
 // ------------------------------------------------------------------------------------------ answers
 
-export type Op = 'issue' | 'cancel' | 'patchTotal' | 'patchWindow' | 'pause' | 'get'
+export type Op = 'issue' | 'cancel' | 'patchTotal' | 'patchWindow' | 'pause' | 'get' | 'redeem' | 'rollback' | 'expire'
 
 export interface Answer {
   batch: number
@@ -127,6 +146,9 @@ export interface Answer {
   window?: WindowTo
   /** pause: true for /pause, false for /resume */
   paused?: boolean
+  /** redeem / rollback: the unit ("user#claim") and the order */
+  unit?: string
+  order?: string
   /** HTTP status; 0 = no answer (connection failed) */
   status: number
   code?: string
@@ -149,10 +171,20 @@ export const INVARIANTS: Record<string, string> = {
   f: 'no 5xx other than 503 with a code, every non-2xx has a code',
   g: 'a retry with the same Idempotency-Key replays the first 201 (same claim, same issuedAt)',
   m: 'the answers of a batch are consistent with some serialization of it',
+  r: 'at most one active redemption per code, held by an order whose redemption answered 201; redemption answers consistent with some serialization',
+  x: 'a redeemed unit is never returned to stock at expiry nor cancelled unforced; returns only after validUntil, before the end, as many as the job said',
   q: 'after each batch, Redis counters equal what the answers imply'
 }
 
 interface Claim { issuedAt: string, batch: number }
+
+/** What Redis says about the units after a batch (the harness reads it once every answer is in). */
+export interface Observed {
+  /** units ("user#claim") the expiry job returned to stock, so far */
+  returned: Set<string>
+  /** unit -> the order holding its redemption now */
+  redeemed: Map<string, string>
+}
 interface Cancel { user: string, units: number, revokedAt: string, batch: number }
 
 /** Codes an issue script does not remember under an Idempotency-Key (a later retry may still succeed). */
@@ -176,6 +208,15 @@ export class Model {
   paused = false
   readonly limit: number
   readonly users: string[]
+  /** "user#claim" -> its code, from the 201s; `units` in the order they were first answered */
+  readonly codes = new Map<string, string>()
+  readonly units: string[] = []
+  /** unit -> the order holding its redemption (as checked against the answers) */
+  readonly redeemedBy = new Map<string, string>()
+  /** user -> claims the expiry job returned to stock */
+  readonly returned = new Map<string, Set<number>>()
+  /** the clock passed validUntil: every unit out, and every unit issued from then on, is expired */
+  expired = false
 
   constructor (readonly sc: Scenario, endsAt: number | null) {
     this.total = sc.total
@@ -191,7 +232,30 @@ export class Model {
   }
 
   held (user: string): number {
-    return this.claimsOf(user).size - (this.cancelled.get(user) ?? 0)
+    return this.claimsOf(user).size - (this.cancelled.get(user) ?? 0) - this.returnedOf(user).size
+  }
+
+  returnedOf (user: string): Set<number> {
+    let returned = this.returned.get(user)
+    if (!returned) this.returned.set(user, returned = new Set())
+    return returned
+  }
+
+  /** The unit a redeem or rollback command names: the n-th unit handed out before the batch (null: none yet). */
+  unitFor (n: number): { unit: string, code: string } | null {
+    if (this.units.length === 0) return null
+    const unit = this.units[n % this.units.length]!
+    return { unit, code: this.codes.get(unit)! }
+  }
+
+  /**
+   * Claims a cancel took back: a cancel takes everything the user holds, and claim numbers only grow, so
+   * among the claims the expiry job did not return, the cancelled ones are the first `cancelled` in order.
+   */
+  private cancelledClaims (user: string): number[] {
+    const returned = this.returnedOf(user)
+    const kept = [...this.claimsOf(user).keys()].filter((c) => !returned.has(c)).sort((a, b) => a - b)
+    return kept.slice(0, this.cancelled.get(user) ?? 0)
   }
 
   heldTotal (): number {
@@ -206,15 +270,15 @@ export class Model {
     return this.endsAt !== null && this.endsAt <= now
   }
 
-  /** Claims revoked per the answers: the first `cancelled` claims of the user in claim order. */
+  /** Claims revoked per the answers: by a cancel (see cancelledClaims) or returned to stock at expiry. */
   expectedRevoked (user: string): Set<number> {
-    const sorted = [...this.claimsOf(user).keys()].sort((a, b) => a - b)
-    return new Set(sorted.slice(0, this.cancelled.get(user) ?? 0))
+    return new Set([...this.cancelledClaims(user), ...this.returnedOf(user)])
   }
 
   /** The cancel whose units covered this claim (cancels of a user in answer order). */
   coveringCancel (user: string, claim: number): Cancel | undefined {
-    const sorted = [...this.claimsOf(user).keys()].sort((a, b) => a - b)
+    const returned = this.returnedOf(user)
+    const sorted = [...this.claimsOf(user).keys()].filter((c) => !returned.has(c)).sort((a, b) => a - b)
     const index = sorted.indexOf(claim)
     let covered = 0
     const mine = this.cancels.filter((c) => c.user === user).sort((a, b) => a.batch - b.batch || a.revokedAt.localeCompare(b.revokedAt))
@@ -225,8 +289,8 @@ export class Model {
     return undefined
   }
 
-  /** Checks the answers of one batch against the state before it, then applies them. */
-  applyBatch (batch: number, answers: Answer[]): Violation[] {
+  /** Checks the answers of one batch (and what Redis says of the units after it) against the state before it, then applies them. */
+  applyBatch (batch: number, answers: Answer[], observed: Observed = { returned: new Set(), redeemed: new Map() }): Violation[] {
     const v: Violation[] = []
     const bad = (inv: string, msg: string) => v.push(new Violation(inv, `batch ${batch}: ${msg}`))
     const held0 = new Map(this.users.map((u) => [u, this.held(u)]))
@@ -293,10 +357,12 @@ export class Model {
         if (!closed0 && !windowTargets.some((w) => w !== 'open')) bad('m', `${a.code} for ${user} although the window was open (endsAt ${iso(this.endsAt)}) and no PATCH closed it`)
       }
     }
+    const newlyReturned = [...observed.returned].filter((unit) => { const [u, c] = unit.split('#'); return !this.returnedOf(u!).has(Number(c)) })
+    const returnedNowOf = (user: string) => newlyReturned.filter((unit) => unit.startsWith(`${user}#`)).length
     for (const a of answers.filter((a) => a.op === 'cancel')) {
       const user = a.user!
       const others = okCancels.filter((o) => o !== a && o.user === user).length
-      if (a.status === 404 && held0.get(user)! > 0 && others === 0) {
+      if (a.status === 404 && held0.get(user)! > 0 && others === 0 && returnedNowOf(user) < held0.get(user)!) {
         bad('m', `cancel of ${user} answered ${a.code} although it held ${held0.get(user)} unit(s) and nothing else cancelled them`)
       }
       if (a.status === 200 && !a.replayed) {
@@ -343,8 +409,17 @@ export class Model {
       }
     }
 
+    this.checkRedemptions(batch, answers, observed, newlyReturned, newClaims, closed0 && !windowTargets.includes('open'), bad)
+
     // Apply.
     for (const [user, mine] of newClaims) for (const [claim, c] of mine) this.claimsOf(user).set(claim, c)
+    for (const a of fresh) {
+      const unit = `${a.user}#${a.body?.claim}`
+      if (!this.codes.has(unit) && typeof a.body?.code === 'string') { this.codes.set(unit, a.body.code); this.units.push(unit) }
+    }
+    for (const unit of newlyReturned) { const [u, c] = unit.split('#'); this.returnedOf(u!).add(Number(c)) }
+    this.redeemedBy.clear()
+    for (const [unit, order] of observed.redeemed) this.redeemedBy.set(unit, order)
     for (const a of okCancels) {
       const units = Number(a.body.units) || 0
       this.cancelled.set(a.user!, (this.cancelled.get(a.user!) ?? 0) + units)
@@ -357,6 +432,77 @@ export class Model {
       if (numbers.some((n, i) => n !== i + 1)) bad('m', `claim numbers of ${user} are not 1..n: ${numbers.join(',')}`)
     }
     return v
+  }
+
+  /**
+   * (r) and (x): the redemption and expiry answers of a batch, against the state before it and what Redis
+   * holds after it. Only the order whose redemption stands can roll it back, so a unit redeemed before
+   * the batch changes hands only through a rollback by that order answered in the batch.
+   */
+  private checkRedemptions (batch: number, answers: Answer[], observed: Observed, newlyReturned: string[], newClaims: Map<string, Map<number, Claim>>,
+    ended: boolean, bad: (inv: string, msg: string) => void): void {
+    const ok = (op: Op, unit: string, order?: string, replayed?: boolean) => answers.filter((a) => a.op === op && a.unit === unit && (order === undefined || a.order === order) &&
+      (a.status === 201 || a.status === 200) && (replayed === undefined || a.replayed === replayed))
+    const cancelledInBatch = (user: string) => answers.some((a) => a.op === 'cancel' && a.user === user && a.status === 200)
+    const units = new Set([...answers.filter((a) => a.unit).map((a) => a.unit!), ...this.redeemedBy.keys(), ...observed.redeemed.keys()])
+    for (const unit of units) {
+      const [user, claimText] = unit.split('#') as [string, string]
+      const claim = Number(claimText)
+      const before = this.redeemedBy.get(unit)
+      const after = observed.redeemed.get(unit)
+      const freshRedeems = ok('redeem', unit, undefined, false)
+      if (after !== undefined) {
+        const held = before === after && ok('rollback', unit, after, false).length === 0
+        if (!held && !freshRedeems.some((a) => a.order === after)) bad('r', `${unit} is redeemed by ${after} in Redis, but no redemption by ${after} answered 201 in this batch${before ? ` (it was redeemed by ${before} before)` : ''}`)
+      }
+      if (before !== undefined && after !== before && ok('rollback', unit, before, false).length === 0) {
+        bad('r', `${unit} was redeemed by ${before} before the batch and is ${after ? `redeemed by ${after}` : 'not redeemed'} after it, but no rollback by ${before} answered 200`)
+      }
+      for (const a of freshRedeems) {
+        if (after !== a.order && ok('rollback', unit, a.order, false).length === 0) bad('r', `redemption of ${unit} by ${a.order} answered 201, yet Redis says ${after ? `redeemed by ${after}` : 'not redeemed'} and no rollback by ${a.order} answered`)
+        if (this.expired) bad('x', `redemption of ${unit} by ${a.order} answered 201 after validUntil passed`)
+      }
+      for (const a of answers.filter((a) => a.unit === unit)) {
+        const code = a.code
+        if (a.op === 'redeem' && a.status === 201 && a.replayed && before !== a.order && !freshRedeems.some((f) => f.order === a.order)) {
+          bad('r', `redemption of ${unit} by ${a.order} replayed a 201 that never happened`)
+        }
+        if (a.op === 'redeem' && code === 'ALREADY_REDEEMED' && !((before !== undefined && before !== a.order) || freshRedeems.some((f) => f.order !== a.order))) {
+          bad('r', `redemption of ${unit} by ${a.order} answered ALREADY_REDEEMED, but no other order held or took it`)
+        }
+        if (a.op === 'redeem' && code === 'EXPIRED' && !this.expired && !this.returnedOf(user).has(claim)) bad('x', `redemption of ${unit} answered EXPIRED before validUntil passed`)
+        if (a.op === 'rollback' && a.status === 200 && !a.replayed && before !== a.order && !freshRedeems.some((f) => f.order === a.order)) {
+          bad('r', `rollback of ${unit} by ${a.order} answered 200, but ${a.order} never redeemed it`)
+        }
+        if (a.op === 'rollback' && code === 'NOT_REDEEMED_BY_ORDER' && before === a.order) bad('r', `rollback of ${unit} by ${a.order}, which held its redemption, answered NOT_REDEEMED_BY_ORDER`)
+        if ((code === 'REVOKED') && !this.expectedRevoked(user).has(claim) && !cancelledInBatch(user)) bad('r', `${a.op} of ${unit} answered REVOKED, but nothing cancelled it`)
+      }
+      if (after !== undefined && observed.returned.has(unit)) bad('x', `${unit} is redeemed by ${after} AND returned to stock at expiry`)
+    }
+    // Cancels: never while a unit of the user stays redeemed (no cancel here is forced).
+    for (const a of answers.filter((a) => a.op === 'cancel' && a.status === 200 && !a.replayed)) {
+      for (const [unit, order] of this.redeemedBy) {
+        if (unit.startsWith(`${a.user}#`) && ok('rollback', unit, order, false).length === 0) bad('x', `cancel of ${a.user} answered 200 although ${unit} was redeemed by ${order} and nothing rolled that back`)
+      }
+    }
+    for (const a of answers.filter((a) => a.op === 'cancel' && a.code === 'ALREADY_REDEEMED')) {
+      const had = [...this.redeemedBy.keys()].some((u) => u.startsWith(`${a.user}#`)) || answers.some((r) => r.op === 'redeem' && r.status === 201 && r.unit?.startsWith(`${a.user}#`))
+      if (!had) bad('r', `cancel of ${a.user} answered ALREADY_REDEEMED, but no unit of ${a.user} was redeemed`)
+    }
+    // Returns at expiry: only once validUntil passed, never after the end, never a redeemed unit, exactly as many as the job said.
+    const said = answers.filter((a) => a.op === 'expire' && a.status === 200).reduce((n, a) => n + Number(a.body?.returned ?? 0), 0)
+    if (said !== newlyReturned.length) bad('x', `the expiry job said it returned ${said} unit(s); Redis shows ${newlyReturned.length} newly returned (${newlyReturned.join(', ') || 'none'})`)
+    for (const unit of newlyReturned) {
+      const [user, claimText] = unit.split('#') as [string, string]
+      const claim = Number(claimText)
+      if (!this.expired) bad('x', `${unit} returned to stock although validUntil has not passed`)
+      if (ended) bad('x', `${unit} returned to stock although the campaign had ended`)
+      const known = this.claimsOf(user).has(claim) || newClaims.get(user)?.has(claim)
+      if (!known) bad('x', `${unit} returned to stock, but no 201 handed it out`)
+      const holder = this.redeemedBy.get(unit)
+      if (holder !== undefined && ok('rollback', unit, holder, false).length === 0) bad('x', `${unit} redeemed by ${holder} was returned to stock at expiry`)
+      if (this.expectedRevoked(user).has(claim)) bad('x', `${unit} returned to stock although it was already revoked`)
+    }
   }
 
   /** After a batch: the total and window in force (read from the service), checked against the PATCH answers. */
@@ -385,5 +531,8 @@ export function describe (a: Answer): string {
     case 'patchWindow': return `PATCH window=${a.window}`
     case 'pause': return a.paused ? 'pause' : 'resume'
     case 'get': return 'GET coupon'
+    case 'redeem': return `redeem ${a.unit} by ${a.order}`
+    case 'rollback': return `rollback ${a.unit} by ${a.order}`
+    case 'expire': return 'expiry job'
   }
 }

@@ -19,6 +19,7 @@ export interface NewCoupon {
   validUntil?: Date | null
   /** POST /coupons' Idempotency-Key and the digest of its body (routes/coupons.ts) */
   creation?: { key: string, request: string }
+  returnExpiredToStock?: boolean
 }
 
 /**
@@ -41,6 +42,7 @@ export async function insertCoupon (db: Db, input: NewCoupon): Promise<Coupon | 
     codeLength: input.codeLength ?? DEFAULT_CODE_LENGTH,
     validFor: input.validFor ?? null,
     validUntil: input.validUntil ?? null,
+    returnExpiredToStock: input.returnExpiredToStock ?? false,
     creationKey: input.creation?.key ?? null,
     creationRequest: input.creation?.request ?? null
   }).onConflictDoNothing({ target: coupons.creationKey }).returning()
@@ -68,6 +70,7 @@ export interface CouponChanges {
   startsAt?: Date
   endsAt?: Date | null
   paused?: boolean
+  returnExpiredToStock?: boolean
   /** null clears; absent keeps */
   discount?: Discount | null
   metadata?: Record<string, string | number | boolean | null> | null

@@ -1,7 +1,7 @@
 import { and, asc, desc, eq, isNotNull, isNull, sql, type SQL } from 'drizzle-orm'
 import type { Db } from '../client.js'
 import { couponIssues, couponRedemptions, couponRevocations, failedIssueEvents } from '../schema.js'
-import type { IssueEvent, RedemptionEvent, RevokeEvent, UndecodableEntry } from '../../stream/events.js'
+import type { IssueEvent, RedemptionEvent, RevokeEvent, UndecodableEntry, UnitRevokeEvent } from '../../stream/events.js'
 import { eventData, outboxCtes } from '../../events/outbox.js'
 
 const iso = (ms: number) => new Date(ms).toISOString()
@@ -17,23 +17,33 @@ const arrayParam = <T>(values: T[]) => sql.param(values)
  * whichever commits second starts its fix-up after both commits and so sees both (READ COMMITTED takes
  * a fresh snapshot per statement). A crash between commit and fix-up leaves the entries unacknowledged:
  * the redelivery runs the fix-up again. Costs one more statement per batch.
+ *
+ * `revokes` may hold one-unit revokes (the expiry job's returns): facts with `claim` and `reason` set,
+ * announced as code.expired instead of issue.revoked.
  */
-export async function persistEvents (db: Db, issues: IssueEvent[], revokes: RevokeEvent[], codeOf: (issue: IssueEvent) => string | null = () => null,
+export async function persistEvents (db: Db, issues: IssueEvent[], revokes: (RevokeEvent | UnitRevokeEvent)[],
+  codeOf: (unit: Pick<IssueEvent, 'couponId' | 'userId' | 'claim'>) => string | null = () => null,
   { announce = true }: { announce?: boolean } = {}): Promise<number> {
   if (issues.length === 0 && revokes.length === 0) return 0
+  const cancel = (r: RevokeEvent | UnitRevokeEvent): r is RevokeEvent => r.type === 'revoke'
+  // The code of each returned unit, for its code.expired event (the unit's row may not be persisted yet).
+  const returns = revokes.filter((r): r is UnitRevokeEvent => !cancel(r))
   // One statement: facts, rows and the events announcing them (only those this statement inserted, see
   // outboxCtes) commit together. The fix-up always runs: whether a cancel exists
   // cannot be judged inside this statement (its snapshot may predate a cancel committed meanwhile); for
   // users nobody cancelled it is one index probe per pair and takes no lock on coupon_issues.
   const result: any = await db.execute(sql`
     WITH facts AS (
-      INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id, up_to_claim, units, idempotency_key)
+      INSERT INTO ${couponRevocations} (coupon_id, user_id, revoked_at, stream_id, up_to_claim, units, idempotency_key, claim, reason)
       SELECT * FROM unnest(${arrayParam(revokes.map((r) => r.couponId))}::bigint[], ${arrayParam(revokes.map((r) => r.userId))}::text[],
                            ${arrayParam(revokes.map((r) => iso(r.at)))}::timestamptz[], ${arrayParam(revokes.map((r) => r.id))}::text[],
-                           ${arrayParam(revokes.map((r) => r.upToClaim ?? null))}::int[], ${arrayParam(revokes.map((r) => r.units))}::int[],
-                           ${arrayParam(revokes.map((r) => r.idempotencyKey ?? null))}::text[])
+                           ${arrayParam(revokes.map((r) => cancel(r) ? r.upToClaim ?? null : null))}::int[], ${arrayParam(revokes.map((r) => cancel(r) ? r.units : 1))}::int[],
+                           ${arrayParam(revokes.map((r) => cancel(r) ? r.idempotencyKey ?? null : null))}::text[],
+                           ${arrayParam(revokes.map((r) => cancel(r) ? null : r.claim))}::int[], ${arrayParam(revokes.map((r) => cancel(r) ? null : r.reason))}::text[])
       ON CONFLICT (coupon_id, stream_id) DO NOTHING
-      RETURNING coupon_id, user_id, units, up_to_claim, revoked_at, stream_id
+      RETURNING coupon_id, user_id, units, up_to_claim, revoked_at, stream_id, claim, reason
+    ), unit_codes AS (
+      SELECT * FROM unnest(${arrayParam(returns.map((r) => r.id))}::text[], ${arrayParam(returns.map((r) => codeOf(r)))}::text[]) AS u(stream_id, code)
     ), inserted AS (
       INSERT INTO ${couponIssues} (coupon_id, user_id, claim, created_at, stream_id, idempotency_key, code)
       SELECT * FROM unnest(${arrayParam(issues.map((e) => e.couponId))}::bigint[], ${arrayParam(issues.map((e) => e.userId))}::text[],
@@ -47,7 +57,10 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
       SELECT * FROM (
         SELECT 'issue.created' AS type, i.coupon_id, i.stream_id AS key, ${eventData.issueCreated('i')} AS data FROM inserted i
         UNION ALL
-        SELECT 'issue.revoked', f.coupon_id, f.stream_id, ${eventData.issueRevoked('f')} FROM facts f
+        SELECT 'issue.revoked', f.coupon_id, f.stream_id, ${eventData.issueRevoked('f')} FROM facts f WHERE f.claim IS NULL
+        UNION ALL
+        SELECT 'code.expired', f.coupon_id, f.stream_id, ${eventData.codeExpired('f', 'u')}
+        FROM facts f JOIN unit_codes u ON u.stream_id = f.stream_id WHERE f.claim IS NOT NULL AND f.reason = 'expired'
       ) AS a WHERE ${sql.raw(announce ? 'true' : 'false')}
     ), ${outboxCtes()}
     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts`)
@@ -56,12 +69,12 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: Revo
   return Number(row.inserted)
 }
 
-/** Marks revoked every row of these events' (coupon, user) pairs that a recorded cancel names. */
-async function applyRevocations (db: Db, events: (IssueEvent | RevokeEvent)[]): Promise<void> {
+/** Marks revoked every row of these events' (coupon, user) pairs that a recorded cancel or one-unit revoke names. */
+async function applyRevocations (db: Db, events: (IssueEvent | RevokeEvent | UnitRevokeEvent)[]): Promise<void> {
   const pairs = new Map<string, [number, string]>()
   for (const e of events) pairs.set(`${e.couponId}|${e.userId}`, [e.couponId, e.userId])
   const list = [...pairs.values()]
-  // apply_coupon_revocations (migrations/0002_hardening.sql) locks rows only when a pair has a cancel.
+  // apply_coupon_revocations (migrations/0006_expired_to_stock.sql) locks rows only when a pair has a revocation.
   await db.execute(sql`SELECT apply_coupon_revocations(${arrayParam(list.map(([c]) => c))}::bigint[], ${arrayParam(list.map(([, u]) => u))}::text[])`)
 }
 
@@ -177,9 +190,12 @@ export async function issuesOfCoupon (db: Db, couponId: number): Promise<Persist
   }).from(couponIssues).where(eq(couponIssues.couponId, couponId))
 }
 
-export type PersistedRevocation = Pick<typeof couponRevocations.$inferSelect, 'userId' | 'revokedAt' | 'streamId' | 'upToClaim' | 'units' | 'idempotencyKey'>
+export type PersistedRevocation = Pick<typeof couponRevocations.$inferSelect, 'userId' | 'revokedAt' | 'streamId' | 'upToClaim' | 'units' | 'idempotencyKey'> & {
+  /** set: a one-unit revoke of exactly this claim (returned at expiry); absent or null: a cancel */
+  claim?: number | null
+}
 
-/** Every cancel of a coupon recorded in Postgres, the other input of a counter rebuild. */
+/** Every cancel and one-unit revoke of a coupon recorded in Postgres, the other input of a counter rebuild. */
 export async function revocationsOfCoupon (db: Db, couponId: number): Promise<PersistedRevocation[]> {
   return db.select({
     userId: couponRevocations.userId,
@@ -187,7 +203,8 @@ export async function revocationsOfCoupon (db: Db, couponId: number): Promise<Pe
     streamId: couponRevocations.streamId,
     upToClaim: couponRevocations.upToClaim,
     units: couponRevocations.units,
-    idempotencyKey: couponRevocations.idempotencyKey
+    idempotencyKey: couponRevocations.idempotencyKey,
+    claim: couponRevocations.claim
   }).from(couponRevocations).where(eq(couponRevocations.couponId, couponId))
 }
 

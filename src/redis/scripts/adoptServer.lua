@@ -17,8 +17,8 @@
   step, so an instance that reads the new run_id under KEYS[1] knows the drop is done.
 
   KEYS[1]     string  run_id of the server the counters were last checked against
-  KEYS[2..]   the counter keys to drop (meta, stock, holders, claims, revoked, discarded, codes and
-              redemptions of each coupon found by the caller's SCAN: an inherited redemptions hash may
+  KEYS[2..]   the counter keys to drop (meta, stock, holders, claims, revoked, discarded, codes,
+              redemptions and expiring of each coupon found by the caller's SCAN: an inherited redemptions hash may
               have forgotten a redemption Postgres holds; idempotency records, streams and statistics
               stay: they are never wrong, and the rebuild only adds what is missing)
   ARGV[1]     this server's run_id

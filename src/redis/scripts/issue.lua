@@ -9,7 +9,8 @@
   KEYS[1] meta        hash   total, perUserLimit, startsAt (ms), endsAt (ms or ''), dormant (set by markDormant),
                              paused ('1' while paused; set by updateCoupon), codeSecret, codePrefix, codeLength,
                              codeTail (src/issuing/codes.ts; a meta without codeSecret must be rebuilt),
-                             validForMs, validUntil (ms; '' = none; src/issuing/validity.ts)
+                             validForMs, validUntil (ms; '' = none; src/issuing/validity.ts),
+                             returnExpired ('1' = the campaign returns expired units to stock)
   KEYS[2] stock       string units left
   KEYS[3] holders     hash   userId -> units held now; field '#' marks the hash as complete
   KEYS[4] claims      hash   userId -> last claim number (never decreases); field '#' likewise
@@ -23,6 +24,9 @@
                              marks it complete. A mac already taken (another user and claim gave the same
                              characters) makes the script skip to the next claim number, so each code names
                              one unit and still follows from (secret, user, claim).
+  KEYS[9] expiring    zset   "userId|claim" -> expiresAt ms, the expiry job's candidates; written only when
+                             returnExpired is on and the unit expires; member '#' marks it complete (missing:
+                             NEEDS_RESTORE, so the rebuild adds every unit out before this one)
 
   ARGV[1] userId (USER_ID_PATTERN: never contains '|' or '#')
   ARGV[2] backlog cap: shed load when the stream holds this many entries (0 = no cap)
@@ -61,12 +65,12 @@ local function packed (reply)
   return table.concat(reply, '|')
 end
 
-local meta, stock, holders, claims, events, idem, stats, codes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local meta, stock, holders, claims, events, idem, stats, codes, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local userId, idemKey = ARGV[1], ARGV[3] or ''
 local field = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
-local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil')
+local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil', 'returnExpired')
 local left = tonumber(redis.call('GET', stock))
 local holding = redis.call('HMGET', holders, userId, '#')
 if not m[1] or not m[6] or not left or not holding[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
@@ -111,6 +115,9 @@ for _ = 1, 4 do
   mac = nil
 end
 if not mac then return packed({ 9, 0, 0, '', 0, 0 }) end
+local expiresAt = expiry(now)
+local tracked = m[12] == '1' and expiresAt > 0
+if tracked and not redis.call('ZSCORE', expiring, '#') then return packed({ 1, 0, 0, '', 0, 0 }) end
 local backlog = redis.call('XLEN', events)
 local cap = tonumber(ARGV[2])
 if cap > 0 and backlog >= cap then return packed({ 6, 0, 0, '', 0, 0 }) end
@@ -120,6 +127,7 @@ redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
 redis.call('HSET', claims, userId, claim)
 redis.call('HSET', codes, mac, userId .. '|' .. claim .. '|' .. now)
+if tracked then redis.call('ZADD', expiring, expiresAt, userId .. '|' .. claim) end
 local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
 -- 'issued' only ever grows (nothing else writes it), so its first unit is the first issue: one call per
@@ -129,5 +137,5 @@ if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
 local reply = finish(0, now, claim, entry, reactivated)
 reply[7] = prefix .. mac .. tail
-reply[8] = expiry(now)
+reply[8] = expiresAt
 return packed(reply)

@@ -6,7 +6,7 @@
   ARGV[1] head: the code without its coupon-id tail, upper-case
 
   Returns { code, userId, claim, issuedAtMs, revokedAtMs (0 = not revoked), state ('d', 'u' or ''),
-            orderId, stateAtMs, nowMs, expiresAtMs (0 = never) }
+            orderId, stateAtMs, nowMs, expiresAtMs (0 = never), returnedAtMs (0 = not returned to stock at expiry) }
     code 0 FOUND
     code 1 NEEDS_RESTORE
     code 2 NOT_FOUND
@@ -17,4 +17,4 @@
 
 local code, unit = findUnit(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 if code ~= 0 then return { code } end
-return { 0, unit.userId, unit.claim, unit.issuedAt, unit.revokedAt or 0, unit.state or '', unit.orderId or '', unit.stateAt or 0, nowMs(), unit.expiresAt or 0 }
+return { 0, unit.userId, unit.claim, unit.issuedAt, unit.revokedAt or 0, unit.state or '', unit.orderId or '', unit.stateAt or 0, nowMs(), unit.expiresAt or 0, unit.returnedAt or 0 }

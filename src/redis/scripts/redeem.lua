@@ -6,6 +6,8 @@
 
   KEYS[1] meta   KEYS[2] codes   KEYS[3] redemptions   KEYS[4] revoked   (see includes/units.lua)
   KEYS[5] events stream; this one appends e1 = "d|userId|claim|atMs|orderId"
+  KEYS[6] expiring (unused here: rollback.lua takes the same keys; a redeemed unit stays among the expiry
+          job's candidates until the job looks at it and drops it)
 
   ARGV[1] head: the code without its coupon-id tail, upper-case
   ARGV[2] orderId (ORDER_ID_PATTERN: never contains '|')
@@ -16,7 +18,8 @@
     code 2 NOT_FOUND
     code 3 REVOKED           the unit was cancelled (its stock given back)
     code 4 ALREADY_REDEEMED  another order holds it; nothing changed
-    code 6 EXPIRED           past the unit's expiresAt (Redis TIME); a redemption made in time still replays
+    code 6 EXPIRED           past the unit's expiresAt (Redis TIME); a redemption made in time still replays;
+                             also a unit the expiry job returned to stock (returnExpired.lua), whatever came after
   reactivated: as in issue.lua (the stream had been marked dormant).
 ]]
 
@@ -27,6 +30,8 @@ local meta, codes, redemptions, revoked, events = KEYS[1], KEYS[2], KEYS[3], KEY
 local orderId = ARGV[2]
 local code, unit = findUnit(meta, codes, redemptions, revoked, ARGV[1])
 if code ~= 0 then return { code, 0, '', 0, '', 0, 0 } end
+-- Returned at expiry: the job never returns a redeemed unit, so this unit is not redeemed, and stays gone.
+if unit.returnedAt then return { 6, unit.expiresAt or 0, unit.userId, unit.claim, '', 0, 0 } end
 if unit.revokedAt then return { 3, 0, unit.userId, unit.claim, '', 0, 0 } end
 if unit.state == 'd' then
   if unit.orderId == orderId then return { 0, unit.stateAt, unit.userId, unit.claim, '', 1, 0 } end

@@ -15,6 +15,8 @@
                       caller's state already leaves discarded entries out)
   KEYS[9] codes       hash mac -> "userId|claim|issuedAtMs" (gets the marker '#'; see issue.lua)
   KEYS[10] redemptions hash (includes/units.lua; gets the marker '#')
+  KEYS[11] expiring   zset "userId|claim" -> expiresAt ms (see issue.lua; gets the marker '#' while
+                      returnExpired is on, deleted while it is off)
 
   ARGV[1] consumer group name
   ARGV[2] id of the last stream entry the caller saw ('' = stream empty or missing)
@@ -28,12 +30,15 @@
   ARGV[18] C: how many code pairs follow the last cancels
   ARGV[19] D: how many redemption pairs follow the code pairs
   ARGV[20] validForMs   ARGV[21] validUntil ms   ('' = none; src/issuing/validity.ts)
+  ARGV[22] returnExpired: '1' or ''   ARGV[23] E: how many expiring pairs follow the redemption pairs
   then U triples  userId, units held now, last claim number
   then I pairs    idempotency field, record
   then R pairs    userId, "upTo|revokedAtMs"
   then C pairs    mac, "userId|claim|issuedAtMs" (every unit the caller knows of, revoked ones too)
   then D pairs    redemptions field, value: mac -> last "d|orderId|atMs" / "u|orderId|atMs" of the unit,
                   '@userId' -> units of the user redeemed now (not revoked)
+  then E pairs    member "userId|claim", expiresAt ms: every active, unredeemed unit that expires
+                  (only with returnExpired on; a unit returned at expiry carries "|returnedAtMs" in its C pair)
 
   Returns code
     0 PRESENT       counters already there (another request restored them): nothing written
@@ -46,7 +51,8 @@ local meta, stock, holders, claims, events, idem, revoked, discarded, codes, red
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local users, records, cancels, codeCount, redemptionCount = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[18]), tonumber(ARGV[19])
-local FIRST_GROUP = 22
+local expiring, returnExpired, expiringCount = KEYS[11], ARGV[22], tonumber(ARGV[23])
+local FIRST_GROUP = 24
 local records_from = FIRST_GROUP + 3 * users
 local codes_from = records_from + 2 * records + 2 * cancels
 
@@ -54,7 +60,7 @@ local codes_from = records_from + 2 * records + 2 * cancels
 -- same unit (it follows from the unit), so adding is always safe.
 local function installCodes ()
   redis.call('HSET', meta, 'codeSecret', ARGV[14], 'codePrefix', ARGV[15], 'codeLength', ARGV[16], 'codeTail', ARGV[17],
-    'validForMs', ARGV[20], 'validUntil', ARGV[21])
+    'validForMs', ARGV[20], 'validUntil', ARGV[21], 'returnExpired', returnExpired)
   local i = codes_from
   for _ = 1, codeCount do
     redis.call('HSETNX', codes, ARGV[i], ARGV[i + 1])
@@ -73,6 +79,23 @@ local function installRedemptions ()
     i = i + 2
   end
   redis.call('HSET', redemptions, '#', 1)
+end
+
+-- The expiry job's candidates, only into a zset without its marker (lost, cleared by a PATCH that turned
+-- returnExpired on, or just deleted): while the flag is on and the marker missing, issue, rollback and the
+-- job answer NEEDS_RESTORE, so the caller's state is complete. Gone while the flag is off.
+local function installExpiring ()
+  if returnExpired ~= '1' then
+    redis.call('DEL', expiring)
+    return
+  end
+  if redis.call('ZSCORE', expiring, '#') then return end
+  local i = codes_from + 2 * codeCount + 2 * redemptionCount
+  for _ = 1, expiringCount do
+    redis.call('ZADD', expiring, ARGV[i + 1], ARGV[i])
+    i = i + 2
+  end
+  redis.call('ZADD', expiring, '+inf', '#')
 end
 
 -- The idempotency records and last cancels from ARGV[from..], and their markers. HSETNX: a record
@@ -95,18 +118,22 @@ if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', sto
   and redis.call('HEXISTS', holders, '#') == 1 and redis.call('HEXISTS', claims, '#') == 1 then
   if redis.call('HEXISTS', idem, '#') == 1 and redis.call('HEXISTS', revoked, '#') == 1
     and redis.call('HEXISTS', codes, '#') == 1 and redis.call('HEXISTS', meta, 'codeSecret') == 1
-    and redis.call('HEXISTS', redemptions, '#') == 1 then return 0 end
+    and redis.call('HEXISTS', redemptions, '#') == 1 and (redis.call('HGET', meta, 'returnExpired') or '') == returnExpired
+    and (returnExpired ~= '1' or redis.call('ZSCORE', expiring, '#')) then return 0 end
   -- Only the idempotency, the last-cancel or the codes hash (or the meta's code settings: counters
   -- installed before codes existed) was lost: add what the caller computed, keep the live counters. No
   -- check of the stream is needed: while a hash lacks its marker, every keyed call (the only writer of
-  -- idempotency records), every cancel (the only writer of the last-cancel hash), every issue (the
-  -- only writer of codes, which also needs codeSecret) and every redeem, rollback and cancel (the
-  -- writers of redemptions) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
+  -- idempotency records), every cancel (the only writer of the last-cancel hash), every issue and the
+  -- expiry job (the writers of codes, which also need codeSecret), every redeem, rollback and cancel (the
+  -- writers of redemptions) and, while returnExpired is on, every issue, rollback and expiry job (the
+  -- writers of the expiring zset) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
   redis.call('HLEN', codes) -- type checks before the first write
   redis.call('HLEN', redemptions)
+  redis.call('ZCARD', expiring)
   installPairs(records_from)
   installCodes()
   installRedemptions()
+  installExpiring()
   return 1
 end
 
@@ -117,8 +144,9 @@ redis.call('HLEN', idem) -- type checks before the first write
 redis.call('SCARD', discarded)
 redis.call('HLEN', codes)
 redis.call('HLEN', redemptions)
+redis.call('ZCARD', expiring)
 
-redis.call('DEL', meta, stock, holders, claims, revoked, discarded, codes, redemptions)
+redis.call('DEL', meta, stock, holders, claims, revoked, discarded, codes, redemptions, expiring)
 redis.call('HSET', meta, 'total', ARGV[3], 'perUserLimit', ARGV[4], 'startsAt', ARGV[5], 'endsAt', ARGV[6])
 if ARGV[13] == '1' then redis.call('HSET', meta, 'paused', '1') end
 redis.call('SET', stock, ARGV[7])
@@ -133,6 +161,7 @@ end
 installPairs(i)
 installCodes()
 installRedemptions()
+installExpiring()
 
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events, ARGV[1], '0', 'MKSTREAM')
 if not ok and not string.find(tostring(err), 'BUSYGROUP') then return redis.error_reply(tostring(err)) end

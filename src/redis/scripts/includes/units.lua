@@ -3,8 +3,8 @@
   from a code's head (prefix .. mac; the coupon id at its end already chose these keys) to the unit it
   names and that unit's state.
 
-  KEYS used: meta (codeSecret, codePrefix, codeLength, dormant, validForMs, validUntil), codes (mac -> "userId|claim|issuedAtMs",
-  '#' = complete), redemptions (mac -> "d|orderId|atMs" redeemed or "u|orderId|atMs" rolled back;
+  KEYS used: meta (codeSecret, codePrefix, codeLength, dormant, validForMs, validUntil, returnExpired), codes (mac -> "userId|claim|issuedAtMs",
+  with "|returnedAtMs" once the expiry job returned the unit to stock (returnExpired.lua); '#' = complete), redemptions (mac -> "d|orderId|atMs" redeemed or "u|orderId|atMs" rolled back;
   '@userId' -> units of the user redeemed now; '#' = complete), revoked (userId -> "upTo|revokedAtMs").
 
   findUnit returns 0 and the unit, 1 (NEEDS_RESTORE: a hash or the code settings are missing) or 2
@@ -13,7 +13,7 @@
 ]]
 
 local function findUnit (meta, codes, redemptions, revoked, head)
-  local m = redis.call('HMGET', meta, 'codeSecret', 'codePrefix', 'codeLength', 'dormant', 'validForMs', 'validUntil')
+  local m = redis.call('HMGET', meta, 'codeSecret', 'codePrefix', 'codeLength', 'dormant', 'validForMs', 'validUntil', 'returnExpired')
   if not m[1] then return 1 end
   local prefix, length = m[2] or '', tonumber(m[3]) or 0
   local mac = ''
@@ -22,10 +22,10 @@ local function findUnit (meta, codes, redemptions, revoked, head)
   local state = redis.call('HMGET', redemptions, mac, '#')
   if not unit[2] or not state[2] then return 1 end
   if mac == '' or not unit[1] then return 2 end
-  local userId, claim, issuedAt = string.match(unit[1], '^(.*)|(%d+)|(%d+)$')
+  local userId, claim, issuedAt, returnedAt = string.match(unit[1], '^([^|]*)|(%d+)|(%d+)|?(%d*)$')
   local cancel = redis.call('HMGET', revoked, userId, '#')
   if not cancel[2] then return 1 end
-  local found = { mac = mac, userId = userId, claim = tonumber(claim), issuedAt = tonumber(issuedAt), dormant = m[4] }
+  local found = { mac = mac, userId = userId, claim = tonumber(claim), issuedAt = tonumber(issuedAt), dormant = m[4], returnedAt = tonumber(returnedAt), returnExpired = m[7] == '1' }
   -- expiresAt: nil = never (validForMs counts from the unit's issue; validUntil is one moment for all)
   local validFor, validUntil = tonumber(m[5] or ''), tonumber(m[6] or '')
   if validFor then found.expiresAt = found.issuedAt + validFor else found.expiresAt = validUntil end
