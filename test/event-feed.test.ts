@@ -2,7 +2,7 @@
 // committed later never lands behind a cursor already handed out), forged cursors refused, limits.
 import t from 'tap'
 import pg from 'pg'
-import { admin, createCoupon, testApp, waitFor, type TestApp } from './helpers/env.js'
+import { admin, createCoupon, testApp, testConsumer, waitFor, type TestApp } from './helpers/env.js'
 import { eventId, recordEvents, type OutboxEvent } from '../src/events/outbox.js'
 
 const page = async (app: TestApp, query = '') => app.inject({ method: 'GET', url: `/admin/events${query}`, headers: admin })
@@ -142,4 +142,35 @@ t.test('forged cursors and limits out of bounds: 400 with a code', async (t) => 
   t.equal((await page(app, '?since=1')).json().code, 'INVALID_REQUEST', 'unknown parameter')
   t.equal((await app.inject({ method: 'GET', url: '/admin/events', headers: { authorization: 'Bearer shop-key-0123456789' } })).json().code, 'FORBIDDEN')
   t.equal((await app.inject({ method: 'GET', url: '/admin/events' })).json().code, 'UNAUTHORIZED')
+})
+
+t.test('one batch of issues, redemptions and rollbacks reaches the feed in stream order', async (t) => {
+  const app = await testApp(t, { EVENTS_ENABLED: 'true', CONSUMER_ENABLED: 'false', WEBHOOKS_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 100, perUserLimit: 1 })
+  // 60 units, each redeemed and rolled back, and redeemed again for every third: all unpersisted, so one
+  // drain writes them in one batch (issues, redemptions and rollbacks each in one statement).
+  for (let i = 0; i < 60; i++) {
+    const issued = await app.inject({ method: 'POST', url: `/coupons/${coupon.id}/issues`, payload: { userId: `u${i}` } })
+    const code = issued.json().code as string
+    const order = `order-${i}`
+    t.equal((await app.inject({ method: 'POST', url: `/codes/${code}/redemptions`, payload: { orderId: order } })).statusCode, 201)
+    t.equal((await app.inject({ method: 'DELETE', url: `/codes/${code}/redemptions/${order}` })).statusCode, 200)
+    if (i % 3 === 0) t.equal((await app.inject({ method: 'POST', url: `/codes/${code}/redemptions`, payload: { orderId: `${order}b` } })).statusCode, 201)
+  }
+  const entries = (await app.redis.xrange(app.keys.coupon(coupon.id).events, '-', '+')).map(([id]) => id)
+  t.equal(entries.length, 60 + 120 + 20, 'every fact is on the stream, unpersisted')
+  await testConsumer(t, app, 'one-batch').drain()
+  const feed = await poll(app, null, (ids) => ids.length === entries.length)
+  const keyOf = new Map(entries.flatMap((entryId) => ['issue.created', 'redemption.created', 'redemption.rolled_back'].map((type) => [eventId(type as OutboxEvent['type'], coupon.id, entryId), entryId] as const)))
+  // Per unit, its events come in the order they happened (the issues of a batch may all come before its
+  // redemptions: they are written by an earlier statement of the same transaction).
+  const position = new Map(entries.map((id, i) => [id, i]))
+  const byUnit = new Map<string, number[]>()
+  for (const e of feed.seen as any[]) {
+    const unit = `${e.data.userId}|${e.data.claim}`
+    byUnit.set(unit, [...(byUnit.get(unit) ?? []), position.get(keyOf.get(e.id)!)!])
+  }
+  t.equal(byUnit.size, 60, 'sixty units announced')
+  const outOfOrder = [...byUnit].filter(([, at]) => at.some((p, i) => i > 0 && p < at[i - 1]!))
+  t.same(outOfOrder, [], 'every unit\'s issue, redemptions and rollbacks in the order of their stream entries')
 })

@@ -67,11 +67,18 @@ export const eventData = {
  * (their RETURNING), so a fact that already existed (a redelivered entry) or was refused by ON CONFLICT
  * makes no event; the id's primary key is the second guard.
  */
-export function outboxCtes (): SQL {
+export function outboxCtes ({ keysAreStreamIds = false }: { keysAreStreamIds?: boolean } = {}): SQL {
+  // The feed orders one transaction's events by seq, i.e. by the order of this INSERT's rows; a join or a
+  // UNION ALL before it promises no order. Events announced from stream entries (key = entry id
+  // "ms-seq") are inserted in entry order, so a redemption and its rollback written by one batch reach
+  // the feed in the order they happened.
+  const order = keysAreStreamIds
+    ? sql.raw(" ORDER BY split_part(a.key, '-', 1)::bigint, split_part(a.key, '-', 2)::bigint, a.type")
+    : sql.raw('')
   return sql`
     new_events AS (
       INSERT INTO events (id, type, coupon_id, data)
-      SELECT ${EVENT_ID_SQL}, a.type, a.coupon_id, a.data FROM announced a
+      SELECT ${EVENT_ID_SQL}, a.type, a.coupon_id, a.data FROM announced a${order}
       ON CONFLICT (id) DO NOTHING
       RETURNING id, type
     ), new_deliveries AS (

@@ -103,7 +103,7 @@ export function testConsumer (t: Teardown, app: TestApp, name: string, overrides
   const blockingRedis = createRedis({ target: app.env.config.redis, blocking: true, name })
   blockingRedis.on('error', () => {})
   const consumer = new IssueEventConsumer({
-    redis: app.redis, blockingRedis, db: app.db, keys: app.keys, log: app.log, ...app.env.config.consumer, ...overrides, name
+    redis: app.redis, blockingRedis, db: app.db, keys: app.keys, log: app.log, announceEvents: app.env.config.eventsEnabled, ...app.env.config.consumer, ...overrides, name
   })
   t.teardown(async () => {
     await consumer.stop()

@@ -62,7 +62,7 @@ export async function persistEvents (db: Db, issues: IssueEvent[], revokes: (Rev
         SELECT 'code.expired', f.coupon_id, f.stream_id, ${eventData.codeExpired('f', 'u')}
         FROM facts f JOIN unit_codes u ON u.stream_id = f.stream_id WHERE f.claim IS NOT NULL AND f.reason = 'expired'
       ) AS a WHERE ${sql.raw(announce ? 'true' : 'false')}
-    ), ${outboxCtes()}
+    ), ${outboxCtes({ keysAreStreamIds: true })}
     SELECT (SELECT count(*) FROM inserted)::int AS inserted, (SELECT count(*) FROM facts)::int AS facts`)
   const row = (result.rows ?? result)[0] as { inserted: number }
   await applyRevocations(db, [...issues, ...revokes])
@@ -111,7 +111,7 @@ export async function persistRedemptions (db: Db, redemptions: RedemptionEvent[]
                ${eventData.redemption('r', 'i')} AS data
         FROM facts r LEFT JOIN ${couponIssues} i ON i.coupon_id = r.coupon_id AND i.user_id = r.user_id AND i.claim = r.claim
         WHERE ${sql.raw(announce ? 'true' : 'false')}
-      ), ${outboxCtes()}
+      ), ${outboxCtes({ keysAreStreamIds: true })}
       SELECT (SELECT count(*) FROM facts)::int AS facts`)
     facts = Number((result.rows ?? result)[0].facts)
   }
