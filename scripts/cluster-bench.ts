@@ -3,7 +3,9 @@
 // settings (AOF, appendfsync everysec), the service is the built one (`node dist/server.js`) in a child
 // process, and the load is the same: one autocannon per coupon, fresh userIds, stock that never runs out.
 // Afterwards: how long until Postgres holds every 201 (the consumer's lag at the end of the rush).
-//   npm run bench:cluster -- [--coupons 12] [--connections 96] [--seconds 10] [--targets single,cluster]
+// Target cluster-wait is the cluster with REDIS_WAIT_REPLICAS=1 (each primary waits for its replica);
+// --rounds repeats the targets in turn, so a busy machine's swings hit each of them alike.
+//   npm run bench:cluster -- [--coupons 12] [--connections 96] [--seconds 10] [--rounds 1] [--targets single,cluster,cluster-wait]
 import { parseArgs } from 'node:util'
 import { availableParallelism, loadavg } from 'node:os'
 import { loadConfig } from '../src/config.js'
@@ -17,7 +19,8 @@ const { values } = parseArgs({
     coupons: { type: 'string', default: '12' },
     connections: { type: 'string', default: '96' },
     seconds: { type: 'string', default: '10' },
-    targets: { type: 'string', default: 'single,cluster' }
+    targets: { type: 'string', default: 'single,cluster' },
+    rounds: { type: 'string', default: '1' }
   }
 })
 const coupons = Number(values.coupons)
@@ -29,8 +32,8 @@ async function measure (target: string) {
   const teardowns: Array<() => unknown> = []
   const t = { teardown: (fn: () => unknown) => { teardowns.push(fn) } }
   try {
-    const redisEnv = target === 'cluster'
-      ? (await throwawayCluster(t, { args: SETTINGS })).env
+    const redisEnv = target.startsWith('cluster')
+      ? { ...(await throwawayCluster(t, { args: SETTINGS })).env, ...(target === 'cluster-wait' ? { REDIS_WAIT_REPLICAS: '1' } : {}) }
       : { REDIS_URL: (await throwawayRedis(t, { args: SETTINGS })).url }
     const database = await createScratchDatabase('clusterbench')
     teardowns.push(database.drop)
@@ -63,6 +66,7 @@ async function measure (target: string) {
       return page.items.reduce((n, c) => n + c.persistedIssued, 0)
     }
     while (await persisted() < issued) await new Promise((resolve) => setTimeout(resolve, 100))
+    const persistedAfterMs = Date.now() - ended
     return {
       target,
       rps: Math.round(results.reduce((n, r) => n + r.requests, 0) / seconds),
@@ -71,7 +75,9 @@ async function measure (target: string) {
       issued,
       notIssued: others,
       errors: results.reduce((n, r) => n + r.errors + r.timeouts, 0),
-      persistedAfterMs: Date.now() - ended,
+      persistedAfterMs,
+      /** 201s answered and persisted per second: the rush's seconds plus the time Postgres needed after it */
+      issuedWithCatchUp: Math.round(issued / (seconds + persistedAfterMs / 1000)),
       loadBefore: load.toFixed(2)
     }
   } finally {
@@ -80,9 +86,12 @@ async function measure (target: string) {
 }
 
 console.log(`${coupons} coupons, ${connections} connections, ${seconds} s, ${availableParallelism()} cores`)
-for (const target of String(values.targets).split(',')) {
-  const r = await measure(target)
-  console.log(`${r.target}: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.issued} issued, other answers ${JSON.stringify(r.notIssued)}, ` +
-    `${r.errors} socket errors/timeouts; all persisted ${r.persistedAfterMs} ms after the last answer (load average before: ${r.loadBefore})`)
+const targets = String(values.targets).split(',')
+for (let round = 0; round < Number(values.rounds); round++) {
+  for (const target of targets) {
+    const r = await measure(target)
+    console.log(`round ${round + 1} ${r.target}: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.issued} issued (${r.issuedWithCatchUp}/s incl. catch-up), ` +
+      `other answers ${JSON.stringify(r.notIssued)}, ${r.errors} socket errors/timeouts; all persisted ${r.persistedAfterMs} ms after the last answer (load average before: ${r.loadBefore})`)
+  }
 }
 process.exit(0)
