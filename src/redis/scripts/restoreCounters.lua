@@ -56,16 +56,21 @@ local FIRST_GROUP = 24
 local records_from = FIRST_GROUP + 3 * users
 local codes_from = records_from + 2 * records + 2 * cancels
 
+-- Calls apply(ARGV[i], ARGV[i + 1]) for the `count` pairs that start at ARGV[from].
+local function eachPair (from, count, apply)
+  local i = from
+  for _ = 1, count do
+    apply(ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+end
+
 -- The code settings (fixed at creation) and every unit's mac. HSETNX: a mac already there names the
 -- same unit (it follows from the unit), so adding is always safe.
 local function installCodes ()
   redis.call('HSET', meta, 'codeSecret', ARGV[14], 'codePrefix', ARGV[15], 'codeLength', ARGV[16], 'codeTail', ARGV[17],
     'validForMs', ARGV[20], 'validUntil', ARGV[21], 'returnExpired', returnExpired)
-  local i = codes_from
-  for _ = 1, codeCount do
-    redis.call('HSETNX', codes, ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
+  eachPair(codes_from, codeCount, function (mac, unit) redis.call('HSETNX', codes, mac, unit) end)
   redis.call('HSET', codes, '#', 1)
 end
 
@@ -73,11 +78,7 @@ end
 -- is missing, redeem, rollback and cancel answer NEEDS_RESTORE, so the caller's state is complete.
 local function installRedemptions ()
   if redis.call('HEXISTS', redemptions, '#') == 1 then return end
-  local i = codes_from + 2 * codeCount
-  for _ = 1, redemptionCount do
-    redis.call('HSET', redemptions, ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
+  eachPair(codes_from + 2 * codeCount, redemptionCount, function (field, value) redis.call('HSET', redemptions, field, value) end)
   redis.call('HSET', redemptions, '#', 1)
 end
 
@@ -90,26 +91,15 @@ local function installExpiring ()
     return
   end
   if redis.call('ZSCORE', expiring, '#') then return end
-  local i = codes_from + 2 * codeCount + 2 * redemptionCount
-  for _ = 1, expiringCount do
-    redis.call('ZADD', expiring, ARGV[i + 1], ARGV[i])
-    i = i + 2
-  end
+  eachPair(codes_from + 2 * codeCount + 2 * redemptionCount, expiringCount, function (unit, expiresAt) redis.call('ZADD', expiring, expiresAt, unit) end)
   redis.call('ZADD', expiring, '+inf', '#')
 end
 
 -- The idempotency records and last cancels from ARGV[from..], and their markers. HSETNX: a record
 -- still live is never older than one computed from Postgres and the stream.
 local function installPairs (from)
-  local i = from
-  for _ = 1, records do
-    redis.call('HSETNX', idem, ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
-  for _ = 1, cancels do
-    redis.call('HSETNX', revoked, ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
+  eachPair(from, records, function (field, record) redis.call('HSETNX', idem, field, record) end)
+  eachPair(from + 2 * records, cancels, function (userId, cancel) redis.call('HSETNX', revoked, userId, cancel) end)
   redis.call('HSET', idem, '#', 1)
   redis.call('HSET', revoked, '#', 1)
 end
