@@ -33,6 +33,9 @@ async function startApp (t: Test, env: Record<string, string> = {}) {
     RECLAIM_MIN_IDLE_MS: '2000',
     RECLAIM_CRON: '* * * * * *',
     CONSISTENCY_CRON: '',
+    // The expiry job routes a script to every active coupon's primary every 10 s, which runs the guard's
+    // check there: the test without a guard must see the promoted replica's counters untouched.
+    EXPIRY_CRON: '',
     SOLD_OUT_MARKER_TTL_MS: '0',
     ...env
   })
@@ -214,11 +217,15 @@ async function killMidRush (t: Test, waitReplicas: number) {
   const victimCalls = calls.get(victim.id)!
   await until(() => victimCalls.filter((c) => c.outcome === 'ok').length >= 20, 30_000, '20 units of the victim coupon out')
   if (waitReplicas === 0) await app.consumer!.stop()
+  // Taken before the replica is frozen, with a margin: a write answered a moment before the freeze may
+  // not have reached the replica yet (replication is asynchronous), and writes answered while the
+  // primary drops the link are not replicated either: both belong to the gap.
+  const cutAt = Date.now() - 100
   const failOver = await cutReplication(t, primary, replica)
-  const cutAt = Date.now()
+  const cutDoneAt = Date.now()
   // The gap: the primary takes these units, the replica never gets them (with WAIT on they are never answered 201).
   const inGap = (c: Timed) => c.at > cutAt && (waitReplicas > 0 ? c.code === 'REPLICATION_TIMEOUT' : c.outcome === 'ok')
-  await until(() => victimCalls.filter(inGap).length >= 5, 30_000, '5 issues on the primary the replica will never see')
+  await until(() => victimCalls.filter((c) => inGap(c) && c.at > cutDoneAt).length >= 5, 30_000, '5 issues on the primary the replica will never see')
   await failOver(String(victim.id))
   const promotedAt = Date.now()
   if (waitReplicas === 0) app.consumer!.start()
@@ -300,7 +307,9 @@ t.test('REDIS_WAIT_REPLICAS=1, a frozen replica: its shard answers 503 REPLICATI
   ])
   t.same(stuck.map((c) => c.code), Array(5).fill('REPLICATION_TIMEOUT'), 'the frozen replica\'s shard: 503 REPLICATION_TIMEOUT (outcome unknown)')
   const slowest = Math.max(...stuck.map((c) => c.ms))
-  t.ok(slowest <= 2 * WAIT_TIMEOUT_MS + 700, `answered within about two WAIT timeouts (slowest ${slowest} ms, timeout ${WAIT_TIMEOUT_MS} ms)`)
+  // Issue 10: "p99 <= 2 x the WAIT timeout". A caller queued behind a fence that times out is refused
+  // with it, so the slowest waits about one timeout.
+  t.ok(slowest <= 2 * WAIT_TIMEOUT_MS, `answered within two WAIT timeouts (slowest ${slowest} ms, timeout ${WAIT_TIMEOUT_MS} ms)`)
   t.same(free.map((c) => c.status), Array(5).fill(201), 'the other shard is unaffected')
   t.equal(await serverAt(frozen.primary).client.hget(app.keys.coupon(frozen.id).holders, 'frozen-0'), '1', 'the primary did take the units (hence "unknown")')
 

@@ -7,7 +7,7 @@ import t, { type Test } from 'tap'
 import type { Redis } from 'ioredis'
 import { admin, createCoupon, inParallel, uniquePrefix, waitFor } from './helpers/env.js'
 import { redisDurabilityRisks } from '../src/redis/client.js'
-import { ReplicationFence, ReplicationNotConfirmed } from '../src/redis/replication-fence.js'
+import { ReplicasTooSlow, ReplicationFence } from '../src/redis/replication-fence.js'
 import { issue, rowsOf, type Call } from './faults/helpers/invariants.js'
 import { inProcessScenario } from './faults/helpers/inprocess.js'
 import { throwawayRedis, type ThrowawayRedis } from './faults/helpers/procs.js'
@@ -112,7 +112,11 @@ t.test('the fence: concurrent callers share fences; a caller never joins a fence
   t.equal(Number(await primary.client.get(key)), afterFirst + 1, 'the second caller waited for a fence of its own')
 
   stopped(t, replica)
-  await t.rejects(fence.sync(), ReplicationNotConfirmed, 'no replica confirms: refused, not hung')
+  await t.rejects(fence.sync(), ReplicasTooSlow, 'no replica confirms: refused, not hung')
+  const [queuedStart, queued] = [Date.now(), [fence.sync(), fence.sync()]]
+  await t.rejects(queued[1]!, ReplicasTooSlow, 'a caller queued behind a fence that times out is refused with it')
+  await t.rejects(queued[0]!, ReplicasTooSlow)
+  t.ok(Date.now() - queuedStart < 2 * WAIT_TIMEOUT_MS, `within one WAIT timeout, not two (${Date.now() - queuedStart} ms)`)
   t.match(await redisDurabilityRisks(primary.client, { waitReplicas: 2 }), [/REDIS_WAIT_REPLICAS=2 but the master has 1 connected replica/],
     'the startup check says when fewer replicas are connected than WAIT needs')
   t.notOk((await redisDurabilityRisks(primary.client, { waitReplicas: 1 })).some((risk) => /REDIS_WAIT_REPLICAS/.test(risk)), 'and nothing when it waits for each one')

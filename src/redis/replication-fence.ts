@@ -10,7 +10,8 @@
 // connection) and WAITs. Callers whose write was answered before a fence was SENT share it; a caller
 // that arrives while a fence is in flight cannot know whether that fence's INCR ran before its write,
 // so it joins the next one, which starts as soon as the current one ends (group commit: one fence per
-// WAIT round trip, however many requests).
+// WAIT round trip, however many requests). When the current one times out (replicas missing), the
+// callers queued for the next are refused at once instead: an answer within one timeout, not two.
 //
 // A fence only vouches for the server it ran on. It reports that server's run_id, and a caller checks
 // that its own write went to the same one (src/issuing/server-change.ts tracks the request connection's
@@ -28,6 +29,11 @@ import { keySlot } from './slots.js'
 
 export class ReplicationNotConfirmed extends Error {
   override name = 'ReplicationNotConfirmed'
+}
+
+/** WAIT returned with fewer replicas than asked for: a replica is down, frozen or far behind. */
+export class ReplicasTooSlow extends ReplicationNotConfirmed {
+  override name = 'ReplicasTooSlow'
 }
 
 /**
@@ -119,8 +125,16 @@ export class ReplicationFence implements Replication {
     if (this.#next) return this.#next
     if (!this.#inFlight) return this.#start()
     const current = this.#inFlight
-    const next = current.then(noop, noop).then(() => {
+    const next = current.then(() => {
       this.#next = null
+      return this.#start()
+    }, (err) => {
+      this.#next = null
+      // The fence before this one waited the whole timeout for replicas that did not come: a second
+      // WAIT right after it would most likely wait as long again, so the callers that queued behind it
+      // are refused now (REPLICATION_TIMEOUT: outcome unknown, which is what a 503 after a WAIT says
+      // anyway) and answered within one timeout, not two. The next caller sends a fence again.
+      if (err instanceof ReplicasTooSlow) throw new ReplicasTooSlow(`the fence before this one timed out (${err.message})`, { cause: err })
       return this.#start()
     })
     this.#next = next
@@ -179,13 +193,11 @@ export class ReplicationFence implements Replication {
     if (connection !== this.#connection) throw new ReplicationNotConfirmed('the fence connection changed server while it waited')
     this.#runId = runId
     if (acknowledged < replicas) {
-      throw new ReplicationNotConfirmed(`${acknowledged} of ${replicas} replica(s) acknowledged within ${timeoutMs} ms`)
+      throw new ReplicasTooSlow(`${acknowledged} of ${replicas} replica(s) acknowledged within ${timeoutMs} ms`)
     }
     return runId
   }
 }
-
-const noop = () => {}
 
 interface FenceConnectionOptions {
   replicas: number
