@@ -21,10 +21,12 @@ t.test('pages in issue order with a cursor; status filter; bad cursors, unknown 
     codes.push(issued.json().code)
   }
   t.equal((await app.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/u2`, headers: shop })).statusCode, 200)
+  // u5's code is redeemed for an order: the list says when and for which order.
+  t.equal((await app.inject({ method: 'POST', url: `/codes/${codes[4]}/redemptions`, headers: shop, payload: { orderId: 'order-5' } })).statusCode, 201)
   await waitFor(async () => {
     const items = (await list(app, coupon.id, '?limit=100')).json().items
-    return items.length === 5 && items.some((i: any) => i.status === 'revoked') ? items : null
-  }, { what: 'five persisted issues, one revoked' })
+    return items.length === 5 && items.some((i: any) => i.status === 'revoked') && items.some((i: any) => i.redeemedAt !== null) ? items : null
+  }, { what: 'five persisted issues, one revoked, one redeemed' })
 
   const seen: string[] = []
   let next: string | null = null
@@ -37,7 +39,9 @@ t.test('pages in issue order with a cursor; status filter; bad cursors, unknown 
   t.same(seen, users, 'every issue once, in issue order')
   t.same((await list(app, coupon.id, '?limit=100')).json().items.map((i: any) => i.code), codes, 'each with the code its 201 gave out (persisted by the consumer)')
   const revoked = (await list(app, coupon.id, '?status=revoked')).json()
-  t.same(revoked.items.map((i: any) => [i.userId, i.status, typeof i.revokedAt]), [['u2', 'revoked', 'string']])
+  t.same(revoked.items.map((i: any) => [i.userId, i.status, typeof i.revokedAt, i.revokeReason]), [['u2', 'revoked', 'string', 'cancelled']], 'a cancel says so')
+  const redeemed = (await list(app, coupon.id, '?limit=100')).json().items.filter((i: any) => i.redeemedAt !== null)
+  t.same(redeemed.map((i: any) => [i.userId, i.orderId, i.revokeReason]), [['u5', 'order-5', null]], 'the redeemed unit names its order')
   t.equal((await list(app, coupon.id, '?status=active')).json().items.length, 4)
 
   t.equal((await list(app, coupon.id, '?after=not-a-cursor')).json().code, 'INVALID_REQUEST')
@@ -53,7 +57,9 @@ t.test('pages in issue order with a cursor; status filter; bad cursors, unknown 
   t.equal(csv.statusCode, 200)
   t.match(csv.headers['content-type'], /^text\/csv/)
   const lines = csv.body.trimEnd().split('\r\n')
-  t.equal(lines[0], 'code,user_id,claim,issued_at,status,revoked_at')
+  t.equal(lines[0], 'code,user_id,claim,issued_at,status,revoked_at,revoke_reason,redeemed_at,order_id')
+  t.match(lines[2], /,revoked,[^,]+,cancelled,,$/, 'the cancelled unit: its reason, no redemption')
+  t.match(lines[5], /,active,,,\d{4}-[^,]+,order-5$/, 'the redeemed unit: when, and its order')
   t.same(lines.slice(1).map((l) => l.split(',')[1]), ['u1', 'u2', "'-dash", "'@at", 'u5'], 'a field a spreadsheet would run as a formula is defused')
 })
 
@@ -81,9 +87,9 @@ t.test('the CSV of 100,000 issues streams page by page, complete and in order', 
   // Rows persisted before codes existed (no code column set): the code is derived from the unit.
   const row = await findCoupon(app.db, coupon.id)
   const code = (userId: string) => codeOf({ couponId: coupon.id, ...row! }, userId, 1)
-  t.equal(lines[1], `${code('user-1')},user-1,1,2026-11-23T10:00:00.001Z,active,`)
-  t.equal(lines[10], `${code('user-10')},user-10,1,2026-11-23T10:00:00.010Z,revoked,2026-11-23T11:00:00.000Z`)
-  t.equal(lines[100_000], `${code('user-100000')},user-100000,1,2026-11-23T10:01:40.000Z,revoked,2026-11-23T11:00:00.000Z`)
+  t.equal(lines[1], `${code('user-1')},user-1,1,2026-11-23T10:00:00.001Z,active,,,,`)
+  t.equal(lines[10], `${code('user-10')},user-10,1,2026-11-23T10:00:00.010Z,revoked,2026-11-23T11:00:00.000Z,,,`)
+  t.equal(lines[100_000], `${code('user-100000')},user-100000,1,2026-11-23T10:01:40.000Z,revoked,2026-11-23T11:00:00.000Z,,,`)
   let ordered = true
   for (let i = 2; i < lines.length; i++) if (lines[i]!.split(',')[3]! < lines[i - 1]!.split(',')[3]!) ordered = false
   t.ok(ordered, 'issue order')

@@ -37,9 +37,10 @@ function csvField (value: string): string {
 /** The unit's code: persisted, or derived for a row persisted before codes existed (it follows from the unit). */
 const codeOfRow = (coupon: Coupon, row: WinnerRow) => row.code ?? codeOf({ couponId: coupon.id, ...coupon }, row.userId, row.claim)
 
-const CSV_HEADER = 'code,user_id,claim,issued_at,status,revoked_at\r\n'
+const CSV_HEADER = 'code,user_id,claim,issued_at,status,revoked_at,revoke_reason,redeemed_at,order_id\r\n'
 const csvLine = (coupon: Coupon, row: WinnerRow) =>
-  [codeOfRow(coupon, row), csvField(row.userId), String(row.claim), row.issuedAt.toISOString(), statusOf(row), row.revokedAt?.toISOString() ?? ''].join(',') + '\r\n'
+  [codeOfRow(coupon, row), csvField(row.userId), String(row.claim), row.issuedAt.toISOString(), statusOf(row), row.revokedAt?.toISOString() ?? '',
+    row.revokeReason ?? '', row.redeemedAt?.toISOString() ?? '', csvField(row.orderId ?? '')].join(',') + '\r\n'
 
 async function * csvRows (db: Db, coupon: Coupon, status: IssueStatus | undefined): AsyncGenerator<string> {
   yield CSV_HEADER
@@ -84,8 +85,18 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
         200: pageOf(
           {
             type: 'object',
-            required: ['code', 'userId', 'claim', 'issuedAt', 'status', 'revokedAt'],
-            properties: { code: { type: 'string' }, userId: { type: 'string' }, claim: { type: 'integer' }, issuedAt: dateTime, status: { type: 'string', enum: ['active', 'revoked'] }, revokedAt: { type: ['string', 'null'], format: 'date-time' } }
+            required: ['code', 'userId', 'claim', 'issuedAt', 'status', 'revokedAt', 'revokeReason', 'redeemedAt', 'orderId'],
+            properties: {
+              code: { type: 'string' },
+              userId: { type: 'string' },
+              claim: { type: 'integer' },
+              issuedAt: dateTime,
+              status: { type: 'string', enum: ['active', 'revoked'] },
+              revokedAt: { type: ['string', 'null'], format: 'date-time' },
+              revokeReason: { type: ['string', 'null'], enum: ['cancelled', 'expired', null], description: 'why the unit went back: a cancel, or returned to stock at expiry' },
+              redeemedAt: { type: ['string', 'null'], format: 'date-time', description: 'when its code was redeemed (null: not redeemed, or rolled back)' },
+              orderId: { type: ['string', 'null'], description: 'the order its code is redeemed for' }
+            }
           },
           { type: ['string', 'null'], description: 'pass as `after` for the next page; null on the last page' }
         ),
@@ -99,7 +110,17 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
     const coupon = await mustExist(couponId)
     const rows = await issuesPage(db, couponId, { status, after: cursor, limit })
     return {
-      items: rows.map((row) => ({ code: codeOfRow(coupon, row), userId: row.userId, claim: row.claim, issuedAt: row.issuedAt, status: statusOf(row), revokedAt: row.revokedAt })),
+      items: rows.map((row) => ({
+        code: codeOfRow(coupon, row),
+        userId: row.userId,
+        claim: row.claim,
+        issuedAt: row.issuedAt,
+        status: statusOf(row),
+        revokedAt: row.revokedAt,
+        revokeReason: row.revokeReason,
+        redeemedAt: row.redeemedAt,
+        orderId: row.orderId
+      })),
       next: rows.length === limit ? encodeCursor(rows[rows.length - 1]!) : null
     }
   })
@@ -107,7 +128,7 @@ const winnersRoutes: FastifyPluginAsync = async (fastify) => {
   fastify.get<{ Params: { couponId: number }, Querystring: { status?: IssueStatus } }>('/admin/coupons/:couponId/issues.csv', {
     onRequest: fastify.requireAdmin,
     schema: {
-      summary: 'The winners list as CSV (admin), streamed: code, user_id, claim, issued_at, status, revoked_at',
+      summary: 'The winners list as CSV (admin), streamed: code, user_id, claim, issued_at, status, revoked_at, revoke_reason, redeemed_at, order_id',
       tags: ['admin'],
       security: [{ bearer: [] }],
       params: couponParams,

@@ -230,6 +230,10 @@ export interface WinnerRow {
   claim: number
   issuedAt: Date
   revokedAt: Date | null
+  /** 'cancelled' or 'expired' (returned to stock at expiry); null while active */
+  revokeReason: string | null
+  redeemedAt: Date | null
+  orderId: string | null
   /** null only for rows persisted before codes existed (the route derives it) */
   code: string | null
 }
@@ -249,6 +253,9 @@ export async function issuesPage (db: Db, couponId: number, { status, after, lim
     claim: couponIssues.claim,
     issuedAt: couponIssues.createdAt,
     revokedAt: couponIssues.revokedAt,
+    revokeReason: couponIssues.revokeReason,
+    redeemedAt: couponIssues.redeemedAt,
+    orderId: couponIssues.orderId,
     code: couponIssues.code
   }).from(couponIssues).where(and(...conditions)).orderBy(asc(couponIssues.createdAt), asc(couponIssues.id)).limit(limit)
 }
