@@ -389,8 +389,9 @@ t.test('slot migration between healthy primaries: the moved coupon keeps its cou
 })
 
 // Once every test and teardown is done the process should exit on its own. In about one run in five
-// here it did not (all assertions passed, then tap's 300 s file timeout): something of the killed and
-// promoted nodes' connections stays alive. Until that is found, name what is left on stderr and end the
+// here it did not (all assertions passed, then tap's 300 s file timeout): once seen, what was left were
+// two child-process pipes and a timer (a spawned process's stdio, not a Redis connection of the service).
+// Until that is found, name what is left on stderr and end the
 // process 10 s after the last teardown, so a leak shows in the log instead of failing CI by a timeout.
 t.teardown(() => {
   setTimeout(() => {
