@@ -1,10 +1,12 @@
 // Redeemable codes (issue 11): every issued unit gets a code in the 201, computed inside issue.lua from
 // the coupon's secret, the user and the claim; Node computes the same characters (consumer, rebuild),
 // the secret never leaves the service, and a counter rebuild brings every code back.
+import { createHash } from 'node:crypto'
 import t from 'tap'
 import { sql } from 'drizzle-orm'
 import { findCoupon } from '../src/db/queries/coupons.js'
-import { ALPHABET, codeMac, codeOf, codeTail, parseCode } from '../src/issuing/codes.js'
+import { readFileSync } from 'node:fs'
+import { ALPHABET, codeField, codeMac, codeOf, codeTail, fieldOfMac, macOfField, parseCode } from '../src/issuing/codes.js'
 import { parseValidFor } from '../src/issuing/validity.js'
 import { PersistBatch } from '../src/persistence/persist-batch.js'
 import { decodeEntry, isEvent } from '../src/stream/events.js'
@@ -29,6 +31,47 @@ t.test('codeTail and parseCode: the coupon id read back from the end of any code
   t.equal(codeMac('s', 'u', 1, 32).length, 32)
   t.match(codeMac('s', 'u', 1, 12), CROCKFORD)
   t.equal(ALPHABET.length, 32)
+})
+
+t.test('a mac and its field carry the same bits, in Node and in Lua, for every length', async (t) => {
+  // The characters as codes were always written: 20 bits (5 hex digits) at a time, 4 characters each.
+  const writtenBefore = (secret: string, userId: string, claim: number, length: number) => {
+    const hex = createHash('sha1').update(`${secret}:${userId}:${claim}`).digest('hex')
+    let out = ''
+    for (let group = 0; out.length < length; group++) {
+      const value = parseInt(hex.slice(group * 5, group * 5 + 5), 16)
+      for (let shift = 15; shift >= 0 && out.length < length; shift -= 5) out += ALPHABET[(value >> shift) & 31]
+    }
+    return out
+  }
+  const cases: Array<[string, string, number, number]> = []
+  for (let length = 12; length <= 32; length++) for (let i = 0; i < 20; i++) cases.push([`secret-${length}`, `user-${i}`, i % 3 + 1, length])
+  let mismatches = 0
+  for (const [secret, userId, claim, length] of cases) {
+    const mac = codeMac(secret, userId, claim, length)
+    const field = codeField(secret, userId, claim, length)
+    if (mac !== writtenBefore(secret, userId, claim, length) || macOfField(field) !== mac || fieldOfMac(mac) !== field) mismatches++
+  }
+  t.equal(mismatches, 0, `${cases.length} units of every length 12..32: the same characters as before, and mac <-> field both ways`)
+  t.equal(fieldOfMac('0123456789ABCDEFGHJKMNPQRSTVWXYZ'.replace('Z', 'I')), null, 'a character outside the alphabet')
+
+  // The same functions in Lua, as the scripts inline them.
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const lua = readFileSync(new URL('../src/redis/scripts/includes/codes.lua', import.meta.url), 'utf8') + `
+    local out = {}
+    for i = 1, #ARGV, 4 do
+      local field = codeField(ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]))
+      out[#out + 1] = field .. ' ' .. (fieldOfMac(ARGV[i + 3] == '12' and 'I' or '') or 'nil')
+    end
+    return out`
+  const fields = await app.redis.eval(lua, 0, ...cases.flat()) as string[]
+  t.same(fields, cases.map(([secret, userId, claim, length]) => `${codeField(secret, userId, claim, length)} ${length === 12 ? 'nil' : ''}`), 'codeField in Lua = in Node')
+  const macs = cases.map(([secret, userId, claim, length]) => codeMac(secret, userId, claim, length))
+  const back = await app.redis.eval(readFileSync(new URL('../src/redis/scripts/includes/codes.lua', import.meta.url), 'utf8') + `
+    local out = {}
+    for i = 1, #ARGV do out[i] = fieldOfMac(ARGV[i]) end
+    return out`, 0, ...macs) as string[]
+  t.same(back, macs.map((mac) => fieldOfMac(mac)), 'fieldOfMac in Lua = in Node')
 })
 
 t.test('the 201 carries the code; Lua and Node agree; the consumer persists it; the secret is never shown', async (t) => {
@@ -85,11 +128,11 @@ t.test('a mac already taken skips to the next claim number: codes stay unique an
   const row = (await findCoupon(app.db, coupon.id))!
   const k = app.keys.coupon(coupon.id)
   // Pretend another unit already owns the mac carol's first claim would get.
-  await app.redis.hset(k.codes, codeMac(row.codeSecret, 'carol', 1, 12), 'someone|1')
+  await app.redis.hset(k.codes, codeField(row.codeSecret, 'carol', 1, 12), 'someone|1')
   const issued = (await issue(app, coupon.id, 'carol')).json()
   t.equal(issued.claim, 2, 'claim 1 skipped')
   t.equal(issued.code, codeOf({ couponId: coupon.id, ...row }, 'carol', 2))
-  t.equal(await app.redis.hget(k.codes, codeMac(row.codeSecret, 'carol', 2, 12)), `carol|2|${Date.parse(issued.issuedAt)}`)
+  t.equal(await app.redis.hget(k.codes, codeField(row.codeSecret, 'carol', 2, 12)), `carol|2|${Date.parse(issued.issuedAt)}`)
 })
 
 t.test('a counter rebuild brings every code back, revoked ones too; counters from before codes get the settings', async (t) => {
@@ -108,7 +151,7 @@ t.test('a counter rebuild brings every code back, revoked ones too; counters fro
   const e = (await issue(app, coupon.id, 'e')).json() // rebuilds first
   t.equal(e.code, codeOf({ couponId: coupon.id, ...row }, 'e', 1))
   const after = await app.redis.hgetall(k.codes)
-  t.same(after, { ...before, [codeMac(row.codeSecret, 'e', 1, 12)]: `e|1|${Date.parse(e.issuedAt)}` }, 'the same codes hash, plus e')
+  t.same(after, { ...before, [codeField(row.codeSecret, 'e', 1, 12)]: `e|1|${Date.parse(e.issuedAt)}` }, 'the same codes hash, plus e')
 
   // Counters installed before codes existed: no codeSecret in meta, no codes hash. The next issue
   // asks for a rebuild, which completes them and keeps the live counters.
@@ -433,4 +476,33 @@ t.test('a discarded parked issue: its unit back in stock, its code names nothing
   t.equal((await redeem(app, parked.code, 'o-1')).json().code, 'CODE_NOT_FOUND')
   t.equal((await lookup(app, kept.code)).json().status, 'active', 'the other unit keeps its code')
   t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}` })).json().remaining, 1)
+})
+
+t.test('counters written by a version that keyed codes by their characters: rebuilt on first use, nothing lost', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const k = app.keys.coupon(coupon.id)
+  const codes: Record<string, string> = {}
+  for (const u of ['a', 'b', 'c']) codes[u] = (await issue(app, coupon.id, u)).json().code
+  t.equal((await app.inject({ method: 'POST', url: `/codes/${codes.a}/redemptions`, payload: { orderId: 'order-1' } })).statusCode, 201)
+  // What an older version left: the same hashes under their old names, keyed by the mac's characters.
+  const asLegacy = (hash: Record<string, string>) => Object.entries(hash).flatMap(([field, value]) => [/^[0-9a-f]+$/.test(field) ? macOfField(field) : field, value])
+  const [unitsNow, redemptionsNow] = await Promise.all([app.redis.hgetall(k.codes), app.redis.hgetall(k.redemptions)])
+  const [legacyCodes, legacyRedemptions] = k.legacyCodeKeys as [string, string]
+  await app.redis.hset(legacyCodes, ...asLegacy(unitsNow))
+  await app.redis.hset(legacyRedemptions, ...asLegacy(redemptionsNow))
+  await app.redis.del(k.codes, k.redemptions)
+
+  const a = await app.inject({ method: 'GET', url: `/codes/${codes.a}` })
+  t.equal(a.statusCode, 200)
+  t.match(a.json(), { userId: 'a', status: 'redeemed', orderId: 'order-1' }, 'the redeemed code is still redeemed')
+  t.match((await app.inject({ method: 'GET', url: `/codes/${codes.b}` })).json(), { userId: 'b', status: 'active' })
+  t.equal((await app.inject({ method: 'POST', url: `/codes/${codes.a}/redemptions`, payload: { orderId: 'order-2' } })).json().code, 'ALREADY_REDEEMED', 'and still redeemable exactly once')
+  t.same(await app.redis.hgetall(k.codes), unitsNow, 'the codes hash rebuilt as it was')
+  t.same(await app.redis.hgetall(k.redemptions), redemptionsNow, 'the redemption state rebuilt as it was')
+  t.equal(await app.redis.exists(...k.legacyCodeKeys), 0, 'the old hashes dropped')
+  const d = await issue(app, coupon.id, 'd')
+  t.equal(d.statusCode, 201)
+  t.equal((await app.inject({ method: 'GET', url: `/codes/${d.json().code}` })).json().userId, 'd')
+  t.equal((await app.inject({ method: 'GET', url: `/coupons/${coupon.id}` })).json().remaining, 6, '10 units, 4 out: the stock survived the rebuild')
 })

@@ -1,13 +1,22 @@
 // Redeemable codes. A unit's code is derived, never stored as a secret of its own:
 //
 //   code = prefix + mac + tail
-//   mac  = the first `length` characters of sha1hex(secret ':' userId ':' claim), read 20 bits (5 hex digits)
-//          at a time and written as 4 characters of ALPHABET each, most significant first
+//   mac  = the first 5 * length bits of sha1(secret ':' userId ':' claim), written as `length` characters
+//          of ALPHABET (5 bits each, most significant first)
 //   tail = the coupon id in ALPHABET digits (no leading zero) + one character saying how many digits
 //
-// issue.lua computes the mac in the same script that hands the unit out (redis.sha1hex, no extra round
-// trip); the consumer and a counter rebuild compute the same characters here from (secret, user, claim),
-// so the stream entry need not carry the code. The tail lets GET /codes/:code find the coupon's keys
+// Redis keys a unit by the same bits written as hex, the mac's *field* (codeField): the first
+// floor(5 * length / 4) hex digits of the sha1, plus, when 5 * length is not a multiple of 4, one more
+// digit holding the remaining bits with the rest zeroed. issue.lua takes it straight from redis.sha1hex
+// (a substring): writing base32 in Lua cost 29,000 of the script's 247,000 instructions per call
+// (callgrind, docs/benchmarks.md), the largest part of what codes cost the hot path. The service writes
+// the characters (macOfField) from the field the script answers; GET /codes/:code and redemptions turn the
+// typed mac back into its field (fieldOfMac in includes/codes.lua, off the hot path). Field and mac carry
+// the same bits, so uniqueness and lookups are exactly those of the characters.
+//
+// issue.lua computes the field in the same script that hands the unit out (no extra round trip); the
+// consumer and a counter rebuild compute the same bits here from (secret, user, claim), so the stream
+// entry need not carry the code. The tail lets GET /codes/:code find the coupon's keys
 // from the code alone, read from the end, whatever the prefix: no global code -> coupon key, so every key
 // of a script stays under the coupon's hash tag (Redis Cluster). The secret is per coupon (32 random
 // bytes) and never leaves the service, so a code cannot be guessed from the user and claim. A mac already
@@ -45,17 +54,66 @@ export function codeTail (couponId: number): string {
   return digits + ALPHABET[digits.length]!
 }
 
-/** The unguessable part of a unit's code, exactly as issue.lua computes it. */
-export function codeMac (secret: string, userId: string, claim: number, length: number): string {
+/**
+ * The bits of a unit's mac as Redis keys them: the first 5 * length bits of the sha1 as lower-case hex,
+ * exactly as includes/codes.lua's codeField computes them (a trailing partial digit has its spare bits zero).
+ */
+export function codeField (secret: string, userId: string, claim: number, length: number): string {
   // The one-shot digest: 0.9 µs per code against 1.6 µs for createHash().update().digest() (Node 24),
   // paid once per persisted row by the consumer.
-  const hex = hash('sha1', `${secret}:${userId}:${claim}`, 'hex')
+  return fieldOfDigest(hash('sha1', `${secret}:${userId}:${claim}`, 'hex'), length)
+}
+
+const HEX = '0123456789abcdef'
+
+function fieldOfDigest (hex: string, length: number): string {
+  const bits = length * 5
+  const full = Math.floor(bits / 4)
+  const rest = bits % 4
+  if (rest === 0) return hex.slice(0, full)
+  const digit = parseInt(hex[full]!, 16)
+  return hex.slice(0, full) + HEX[digit - (digit % (1 << (4 - rest)))]
+}
+
+/** A field's bits as the mac's characters: 5 bits per character, an incomplete last group dropped. */
+export function macOfField (field: string): string {
   let out = ''
-  for (let group = 0; out.length < length; group++) {
-    const value = parseInt(hex.slice(group * 5, group * 5 + 5), 16)
-    for (let shift = 15; shift >= 0 && out.length < length; shift -= 5) out += ALPHABET[(value >> shift) & 31]
+  let acc = 0
+  let bits = 0
+  for (let i = 0; i < field.length; i++) {
+    acc = (acc << 4) | parseInt(field[i]!, 16)
+    bits += 4
+    if (bits >= 5) {
+      bits -= 5
+      out += ALPHABET[(acc >> bits) & 31]
+      acc &= (1 << bits) - 1
+    }
   }
   return out
+}
+
+/** The mac's characters as their field (the inverse of macOfField; null for a character not in ALPHABET). */
+export function fieldOfMac (mac: string): string | null {
+  let out = ''
+  let acc = 0
+  let bits = 0
+  for (let i = 0; i < mac.length; i++) {
+    const value = ALPHABET.indexOf(mac[i]!)
+    if (value < 0) return null
+    acc = (acc << 5) | value
+    bits += 5
+    while (bits >= 4) {
+      bits -= 4
+      out += HEX[(acc >> bits) & 15]
+      acc &= (1 << bits) - 1
+    }
+  }
+  return bits > 0 ? out + HEX[acc << (4 - bits)] : out
+}
+
+/** The unguessable part of a unit's code, the characters a customer types. */
+export function codeMac (secret: string, userId: string, claim: number, length: number): string {
+  return macOfField(codeField(secret, userId, claim, length))
 }
 
 export function codeOf (s: CodeSettings, userId: string, claim: number): string {

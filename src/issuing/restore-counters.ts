@@ -10,7 +10,7 @@ import { compareEntryIds } from '../redis/groups.js'
 import { RestoreCode, restoreCounters as installCounters, type CounterValues } from '../redis/scripts.js'
 import { decodeEntry, isEvent, isRedemption } from '../stream/events.js'
 import { databaseFailure, redisFailure, Restoring } from '../errors.js'
-import { codeMac, codeTail } from './codes.js'
+import { codeField, codeTail } from './codes.js'
 import { expiresAt, parseValidFor } from './validity.js'
 
 export type CounterState = Pick<CounterValues, 'stock' | 'users' | 'idempotency' | 'lastCancels' | 'codes' | 'redemptions' | 'expiring'>
@@ -30,7 +30,7 @@ const record = (userId: string, at: number, count: number, entryId: string) => `
  * revokes the user's claims numbered up to its `upTo`, whatever their moments; only a cancel written
  * before `upTo` existed (legacy) falls back to comparing moments. Order does not matter.
  * Idempotency records are rebuilt for issues and cancels made with a key within `idempotencyTtlMs` of `nowMs`.
- * With the coupon's codeSecret, every unit's code mac too (revoked ones included: their codes still answer),
+ * With the coupon's codeSecret, every unit's code field too (revoked ones included: their codes still answer),
  * and the redemption state: each unit's last redemption fact (by stream id) from Postgres and the stream,
  * and per user the units redeemed now (not revoked), as includes/units.lua keeps them.
  * A one-unit revoke (the expiry job returned that claim; a fact with `claim`, or an 'x' entry) revokes
@@ -116,13 +116,13 @@ export function computeCounters (coupon: Pick<Coupon, 'id' | 'totalQuantity'> & 
       if (number > last) last = number
       if (claim.idempotencyKey && fresh(claim.at)) idempotency.set(`issue:${claim.idempotencyKey}`, record(userId, claim.at, number, claim.entryId))
       if (codeSecret === undefined || codeLength === undefined) continue
-      const mac = codeMac(codeSecret, userId, number, codeLength)
-      codes.set(mac, `${userId}|${number}|${claim.at}${claim.returnedAt === undefined ? '' : `|${claim.returnedAt}`}`)
+      const field = codeField(codeSecret, userId, number, codeLength)
+      codes.set(field, `${userId}|${number}|${claim.at}${claim.returnedAt === undefined ? '' : `|${claim.returnedAt}`}`)
       const redemption = lastRedemption.get(`${userId}|${number}`)
       const expires = expiresAt(claim.at, validity)
       if (tracksExpiry && expires !== null && !claim.revoked && redemption?.kind !== 'd') expiring.set(`${userId}|${number}`, expires.getTime())
       if (!redemption) continue
-      redemptions.set(mac, `${redemption.kind}|${redemption.orderId}|${redemption.at}`)
+      redemptions.set(field, `${redemption.kind}|${redemption.orderId}|${redemption.at}`)
       if (redemption.kind === 'd' && !claim.revoked) redemptions.set(`@${userId}`, String(Number(redemptions.get(`@${userId}`) ?? 0) + 1))
     }
     held += active
@@ -218,6 +218,8 @@ async function rebuild ({ redis, db, keys, idempotencyTtlSeconds, stranded }: Re
     }).catch((err) => { throw databaseFailure(err) })
     if (code === null) return false
     if (code !== RestoreCode.STREAM_MOVED) {
+      // Best effort: the hashes of an older version are read by nothing any more (keys.ts).
+      await redis.unlink(...k.legacyCodeKeys).catch(() => {})
       await redis.sadd(keys.activeCoupons, String(couponId)).catch((err) => {
         if (!stranded) throw err
         stranded(couponId)

@@ -51,7 +51,7 @@ export interface CounterRoute {
 function counterKeysOf (keys: Keys, couponIds: string[]): string[] {
   return couponIds.flatMap((id) => {
     const k = keys.coupon(id)
-    return [k.meta, k.stock, k.holders, k.claims, k.revoked, k.discarded, k.codes, k.redemptions, k.expiring]
+    return [k.meta, k.stock, k.holders, k.claims, k.revoked, k.discarded, k.codes, k.redemptions, k.expiring, ...k.legacyCodeKeys]
   })
 }
 

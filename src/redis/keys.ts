@@ -34,15 +34,24 @@ export interface CouponKeys {
   /** set: ids of parked entries an admin discarded since the last rebuild */
   discarded: string
   /**
-   * hash: code mac -> "userId|claim|issuedAtMs" of every unit handed out (src/issuing/codes.ts), with
-   * "|returnedAtMs" appended once the expiry job returned the unit to stock; field '#' = complete
+   * hash: a code mac's field (its bits as hex, src/issuing/codes.ts) -> "userId|claim|issuedAtMs" of every
+   * unit handed out, with "|returnedAtMs" appended once the expiry job returned the unit to stock; field
+   * '#' = complete
    */
   codes: string
   /**
-   * hash: redemption state (src/redis/scripts/includes/units.lua): mac -> "d|orderId|atMs" (redeemed) or
-   * "u|orderId|atMs" (rolled back); '@userId' -> units of the user redeemed now; field '#' = complete
+   * hash: redemption state (src/redis/scripts/includes/units.lua): a mac's field -> "d|orderId|atMs"
+   * (redeemed) or "u|orderId|atMs" (rolled back); '@userId' -> units of the user redeemed now; field '#' =
+   * complete
    */
   redemptions: string
+  /**
+   * The two hashes above as versions before 2026-11-24 kept them, keyed by the mac's characters. The
+   * names changed with the keying: a coupon whose counters were written by an older version finds its
+   * hashes missing and rebuilds them from Postgres and the stream (restoreCounters.lua keeps the live
+   * counters when only these are lost); the rebuild then drops the old ones.
+   */
+  legacyCodeKeys: string[]
   /**
    * sorted set, only while the campaign has returnExpiredToStock (meta field returnExpired = '1'):
    * "userId|claim" scored by the unit's expiresAt (ms), the candidates of the expiry job
@@ -77,8 +86,9 @@ export function createKeys (prefix: string) {
         idempotency: couponKey(couponId, 'idempotency'),
         revoked: couponKey(couponId, 'revoked'),
         discarded: couponKey(couponId, 'discarded'),
-        codes: couponKey(couponId, 'codes'),
-        redemptions: couponKey(couponId, 'redemptions'),
+        codes: couponKey(couponId, 'codes-v2'),
+        redemptions: couponKey(couponId, 'redemptions-v2'),
+        legacyCodeKeys: [couponKey(couponId, 'codes'), couponKey(couponId, 'redemptions')],
         expiring: couponKey(couponId, 'expiring'),
         restoreLock: couponKey(couponId, 'restore-lock'),
         stats: couponKey(couponId, 'stats'),

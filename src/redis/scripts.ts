@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs'
 import type { Result } from 'ioredis'
 import type { RedisClient } from './client.js'
 import type { CouponKeys } from './keys.js'
+import { macOfField } from '../issuing/codes.js'
 
 const read = (path: string) => readFileSync(new URL(`./scripts/${path}`, import.meta.url), 'utf8')
 // `-- @include x.lua` lines are replaced by scripts/includes/x.lua, so scripts share helpers (as BullMQ does).
@@ -136,9 +137,12 @@ export function issue (redis: RedisClient, k: CouponKeys, a: IssueArgs): Promise
   return sendIssue(redis, keysThenArgs).then(unpackOutcome)
 }
 
-/** issue.lua's reply, "code|at|claim|entryId|replayed|reactivated[|unitCode|expiresAt]", as an Outcome. */
+/**
+ * issue.lua's reply, "code|at|claim|entryId|replayed|reactivated[|field|expiresAt|prefix|tail]", as an
+ * Outcome; the unit's code is written here from the mac's field (src/issuing/codes.ts).
+ */
 function unpackOutcome (reply: string): Outcome<IssueCode> {
-  const [code, at, count, entryId, replayed, reactivated, unitCode, expiresAt] = reply.split('|')
+  const [code, at, count, entryId, replayed, reactivated, field, expiresAt, prefix, tail] = reply.split('|')
   return {
     code: Number(code) as IssueCode,
     at: Number(at),
@@ -146,7 +150,7 @@ function unpackOutcome (reply: string): Outcome<IssueCode> {
     entryId: entryId!,
     replayed: replayed === '1',
     reactivated: reactivated === '1',
-    unitCode: unitCode ?? '',
+    unitCode: field === undefined ? '' : prefix! + macOfField(field) + tail!,
     expiresAt: expiresAt === undefined ? 0 : Number(expiresAt)
   }
 }
@@ -222,9 +226,9 @@ export interface CounterValues {
   /** the coupon's code settings (src/issuing/codes.ts), fixed at creation */
   /** with the codes' validity (src/issuing/validity.ts; null = none) */
   codeSettings: { secret: string, prefix: string, length: number, tail: string, validForMs: number | null, validUntilMs: number | null }
-  /** mac -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too ("|returnedAtMs" appended: returned at expiry) */
+  /** a mac's field (src/issuing/codes.ts) -> "userId|claim|issuedAtMs" of every unit handed out, revoked ones too ("|returnedAtMs" appended: returned at expiry) */
   codes: Map<string, string>
-  /** redemption state (includes/units.lua): mac -> "d|orderId|atMs" / "u|orderId|atMs", '@userId' -> units redeemed now */
+  /** redemption state (includes/units.lua): a mac's field -> "d|orderId|atMs" / "u|orderId|atMs", '@userId' -> units redeemed now */
   redemptions: Map<string, string>
   /** returnExpiredToStock */
   returnExpired: boolean
@@ -248,7 +252,7 @@ export async function restoreCounters (redis: RedisClient, k: CouponKeys, { grou
   for (const [userId, [held, last]] of v.users) args.push(userId, held, last)
   for (const [field, record] of v.idempotency) args.push(field, record)
   for (const [userId, [upTo, at]] of v.lastCancels) args.push(userId, `${upTo}|${at}`)
-  for (const [mac, unit] of v.codes) args.push(mac, unit)
+  for (const [field, unit] of v.codes) args.push(field, unit)
   for (const [field, value] of v.redemptions) args.push(field, value)
   if (v.returnExpired) for (const [member, expiresAt] of v.expiring) args.push(member, expiresAt)
   return await redis.restoreCounters(args) as RestoreCode

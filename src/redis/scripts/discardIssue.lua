@@ -11,7 +11,7 @@
   KEYS[4] revoked    hash   userId -> "upTo|revokedAtMs"
   KEYS[5] discarded  set    entry ids given back
   KEYS[6] stats      hash   discarded += 1 on RETURNED (best effort)
-  KEYS[7] codes      hash   the unit's mac is removed on RETURNED: a unit given back never reached Postgres
+  KEYS[7] codes      hash   the unit's field is removed on RETURNED: a unit given back never reached Postgres
                             and is not counted by a rebuild, so its code must stop naming anything at once
                             (not only after the next rebuild); GET /codes answers CODE_NOT_FOUND
 
@@ -44,7 +44,7 @@ redis.call('SADD', discarded, entryId)
 if upTo >= claim or held <= 0 then return 3 end
 if held == 1 then redis.call('HDEL', holders, userId) else redis.call('HSET', holders, userId, held - 1) end
 redis.call('INCR', stock)
-redis.call('HDEL', codes, codeMac(m[2], userId, claim, tonumber(m[3])))
+redis.call('HDEL', codes, codeField(m[2], userId, claim, tonumber(m[3])))
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 redis.pcall('HINCRBY', stats, 'discarded', 1)
 return 0

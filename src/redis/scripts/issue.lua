@@ -20,10 +20,11 @@
   KEYS[6] idempotency hash   remembered outcomes (see includes/outcomes.lua); touched only with a key
   KEYS[7] stats       hash   issued +1, firstIssuedAt (with the first unit) and soldOutAt (first time stock reaches 0) on ISSUED;
                              best effort (a wrong type there fails nothing)
-  KEYS[8] codes       hash   mac -> "userId|claim|issuedAtMs" of every unit ever handed out (revoked ones too); field '#'
-                             marks it complete. A mac already taken (another user and claim gave the same
-                             characters) makes the script skip to the next claim number, so each code names
-                             one unit and still follows from (secret, user, claim).
+  KEYS[8] codes       hash   the mac's field (includes/codes.lua: its bits as hex) -> "userId|claim|issuedAtMs" of
+                             every unit ever handed out (revoked ones too); field '#' marks it complete. A field
+                             already taken (another user and claim gave the same bits) makes the script skip to
+                             the next claim number, so each code names one unit and still follows from
+                             (secret, user, claim).
   KEYS[9] expiring    zset   "userId|claim" -> expiresAt ms, the expiry job's candidates; written only when
                              returnExpired is on and the unit expires; member '#' marks it complete (missing:
                              NEEDS_RESTORE, so the rebuild adds every unit out before this one)
@@ -34,12 +35,14 @@
   ARGV[4] idempotency ttl, seconds (only with a key)
   Only what the script uses: every argument is built by the client and parsed by Redis on each issue.
 
-  Returns "code|at|claim|entryId|replayed|reactivated[|unitCode|expiresAt]", the values of
-  { code, at, claim, entryId, replayed, reactivated [, unitCode, expiresAt] } as one string (none of them
-  contains '|'): an array reply of eight values costs the client about 1.8 µs more per call to read
-  (docs/benchmarks.md). src/redis/scripts.ts unpacks it.
-    code 0 ISSUED                  at = issuedAt ms; claim, entryId set; unitCode = the unit's redeemable code
-                                   (prefix .. mac .. tail), recomputed for a replay; expiresAt ms (0 = never)
+  Returns "code|at|claim|entryId|replayed|reactivated[|field|expiresAt|prefix|tail]", the values of
+  { code, at, claim, entryId, replayed, reactivated [, field, expiresAt, prefix, tail] } as one string (none
+  of them contains '|'): an array reply of eight values costs the client about 1.8 µs more per call to read
+  (docs/benchmarks.md). src/redis/scripts.ts unpacks it and writes the unit's code, prefix .. mac .. tail,
+  the mac's characters from its field (src/issuing/codes.ts: base32 in Lua was the dearest part of codes).
+    code 0 ISSUED                  at = issuedAt ms; claim, entryId set; field = the bits of the unit's mac,
+                                   recomputed for a replay; expiresAt ms (0 = never); the coupon's code prefix
+                                   and tail
     code 1 NEEDS_RESTORE           counters (or the idempotency hash, for a keyed call) missing: rebuild, call again
     code 2 ALREADY_ISSUED          user already holds perUserLimit units; at carries perUserLimit
     code 3 SOLD_OUT                at carries endsAt (0 = none), claim carries Redis now (ms): together they
@@ -50,7 +53,7 @@
     code 7 IDEMPOTENCY_KEY_REUSED  the key was used with another userId
     code 8 PAUSED                  the campaign is paused; nothing changed, nothing remembered (a retry after
                                    the resume may win)
-    code 9 CODE_EXHAUSTED          four claim numbers in a row gave macs already taken (never seen; the chance
+    code 9 CODE_EXHAUSTED          four claim numbers in a row gave fields already taken (never seen; the chance
                                    is below 2^-200 for a million units); nothing changed
   replayed is 1 when the outcome was remembered from an earlier call with the same key.
   reactivated is 1 when the stream had been marked dormant (dropped from the consumer's read list):
@@ -84,8 +87,10 @@ local replay = replayForKey(idem, field, userId, now, ARGV[4])
 if replay then
   -- The code is not remembered: it follows from the claim the record kept.
   if replay[1] == 0 then
-    replay[7] = prefix .. codeMac(secret, userId, replay[3], length) .. tail
+    replay[7] = codeField(secret, userId, replay[3], length)
     replay[8] = expiry(replay[2])
+    replay[9] = prefix
+    replay[10] = tail
   end
   return packed(replay)
 end
@@ -105,16 +110,16 @@ if left <= 0 then return packed(finish(3, endsAt or 0, now, '')) end
 local claimed = redis.call('HMGET', claims, userId, '#')
 if not claimed[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
 local claim = tonumber(claimed[1]) or 0
-local mac
+local field
 for _ = 1, 4 do
   claim = claim + 1
-  mac = codeMac(secret, userId, claim, length)
-  local taken = redis.call('HMGET', codes, mac, '#')
+  field = codeField(secret, userId, claim, length)
+  local taken = redis.call('HMGET', codes, field, '#')
   if not taken[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
   if not taken[1] then break end
-  mac = nil
+  field = nil
 end
-if not mac then return packed({ 9, 0, 0, '', 0, 0 }) end
+if not field then return packed({ 9, 0, 0, '', 0, 0 }) end
 local expiresAt = expiry(now)
 local tracked = m[12] == '1' and expiresAt > 0
 if tracked and not redis.call('ZSCORE', expiring, '#') then return packed({ 1, 0, 0, '', 0, 0 }) end
@@ -126,7 +131,7 @@ if cap > 0 and backlog >= cap then return packed({ 6, 0, 0, '', 0, 0 }) end
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held + 1)
 redis.call('HSET', claims, userId, claim)
-redis.call('HSET', codes, mac, userId .. '|' .. claim .. '|' .. now)
+redis.call('HSET', codes, field, userId .. '|' .. claim .. '|' .. now)
 if tracked then redis.call('ZADD', expiring, expiresAt, userId .. '|' .. claim) end
 local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
@@ -136,6 +141,8 @@ if redis.pcall('HINCRBY', stats, 'issued', 1) == 1 then redis.pcall('HSETNX', st
 if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
 local reactivated = wakeIfDormant(meta, m[4])
 local reply = finish(0, now, claim, entry, reactivated)
-reply[7] = prefix .. mac .. tail
+reply[7] = field
 reply[8] = expiresAt
+reply[9] = prefix
+reply[10] = tail
 return packed(reply)

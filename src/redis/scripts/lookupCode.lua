@@ -13,6 +13,7 @@
 ]]
 
 -- @include outcomes.lua
+-- @include codes.lua
 -- @include units.lua
 
 local code, unit = findUnit(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])

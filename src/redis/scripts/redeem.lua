@@ -24,6 +24,7 @@
 ]]
 
 -- @include outcomes.lua
+-- @include codes.lua
 -- @include units.lua
 
 local meta, codes, redemptions, revoked, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -41,7 +42,7 @@ local now = nowMs()
 if unit.expiresAt and now >= unit.expiresAt then return { 6, unit.expiresAt, unit.userId, unit.claim, '', 0, 0 } end
 redis.call('XLEN', events) -- type check before the first write
 
-redis.call('HSET', redemptions, unit.mac, 'd|' .. orderId .. '|' .. now)
+redis.call('HSET', redemptions, unit.field, 'd|' .. orderId .. '|' .. now)
 redis.call('HINCRBY', redemptions, '@' .. unit.userId, 1)
 local entry = appendEvent(events, { 'd', unit.userId, unit.claim, now, orderId })
 return { 0, now, unit.userId, unit.claim, entry, 0, wakeIfDormant(meta, unit.dormant) }

@@ -13,7 +13,7 @@
   KEYS[7] revoked     hash (likewise)
   KEYS[8] discarded   set of parked entry ids given back since the last rebuild (cleared: the
                       caller's state already leaves discarded entries out)
-  KEYS[9] codes       hash mac -> "userId|claim|issuedAtMs" (gets the marker '#'; see issue.lua)
+  KEYS[9] codes       hash field -> "userId|claim|issuedAtMs" (gets the marker '#'; see issue.lua)
   KEYS[10] redemptions hash (includes/units.lua; gets the marker '#')
   KEYS[11] expiring   zset "userId|claim" -> expiresAt ms (see issue.lua; gets the marker '#' while
                       returnExpired is on, deleted while it is off)
@@ -34,8 +34,8 @@
   then U triples  userId, units held now, last claim number
   then I pairs    idempotency field, record
   then R pairs    userId, "upTo|revokedAtMs"
-  then C pairs    mac, "userId|claim|issuedAtMs" (every unit the caller knows of, revoked ones too)
-  then D pairs    redemptions field, value: mac -> last "d|orderId|atMs" / "u|orderId|atMs" of the unit,
+  then C pairs    field, "userId|claim|issuedAtMs" (every unit the caller knows of, revoked ones too)
+  then D pairs    redemptions field, value: a unit's field -> last "d|orderId|atMs" / "u|orderId|atMs" of the unit,
                   '@userId' -> units of the user redeemed now (not revoked)
   then E pairs    member "userId|claim", expiresAt ms: every active, unredeemed unit that expires
                   (only with returnExpired on; a unit returned at expiry carries "|returnedAtMs" in its C pair)
@@ -65,12 +65,12 @@ local function eachPair (from, count, apply)
   end
 end
 
--- The code settings (fixed at creation) and every unit's mac. HSETNX: a mac already there names the
+-- The code settings (fixed at creation) and every unit's field. HSETNX: a field already there names the
 -- same unit (it follows from the unit), so adding is always safe.
 local function installCodes ()
   redis.call('HSET', meta, 'codeSecret', ARGV[14], 'codePrefix', ARGV[15], 'codeLength', ARGV[16], 'codeTail', ARGV[17],
     'validForMs', ARGV[20], 'validUntil', ARGV[21], 'returnExpired', returnExpired)
-  eachPair(codes_from, codeCount, function (mac, unit) redis.call('HSETNX', codes, mac, unit) end)
+  eachPair(codes_from, codeCount, function (field, unit) redis.call('HSETNX', codes, field, unit) end)
   redis.call('HSET', codes, '#', 1)
 end
 

@@ -64,15 +64,15 @@ for _, member in ipairs(due) do
   local claim = tonumber(claimText)
   local keep = false
   if claim then
-    local mac = codeMac(secret, userId, claim, length)
-    local unit = redis.call('HGET', codes, mac)
+    local field = codeField(secret, userId, claim, length)
+    local unit = redis.call('HGET', codes, field)
     -- "userId|claim|issuedAtMs" of this very unit; one already returned carries a fourth part and does not match
     local owner, number, issuedAt
     if unit then owner, number, issuedAt = string.match(unit, '^([^|]*)|(%d+)|(%d+)$') end
     if owner ~= userId or tonumber(number) ~= claim then issuedAt = nil else issuedAt = tonumber(issuedAt) end
     local cancel = redis.call('HGET', revoked, userId)
     local upTo = cancel and tonumber(string.match(cancel, '^(%d+)|')) or 0
-    local state = redis.call('HGET', redemptions, mac)
+    local state = redis.call('HGET', redemptions, field)
     local held = tonumber(redis.call('HGET', holders, userId)) or 0
     -- Not a unit any more (discarded, already returned: the suffix makes the match fail), cancelled,
     -- redeemed (a rollback puts it back), or nothing held: drop the candidate, return nothing.
@@ -84,7 +84,7 @@ for _, member in ipairs(due) do
       else
         redis.call('INCR', stock)
         if held == 1 then redis.call('HDEL', holders, userId) else redis.call('HSET', holders, userId, held - 1) end
-        redis.call('HSET', codes, mac, unit .. '|' .. now)
+        redis.call('HSET', codes, field, unit .. '|' .. now)
         entry = appendEvent(events, { 'x', userId, claim, now, 'expired' })
         returned = returned + 1
       end

@@ -18,6 +18,7 @@
 ]]
 
 -- @include outcomes.lua
+-- @include codes.lua
 -- @include units.lua
 
 local meta, codes, redemptions, revoked, events, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -32,7 +33,7 @@ if tracked and not redis.call('ZSCORE', expiring, '#') then return { 1, 0, '', 0
 redis.call('XLEN', events) -- type check before the first write
 local now = nowMs()
 
-redis.call('HSET', redemptions, unit.mac, 'u|' .. orderId .. '|' .. now)
+redis.call('HSET', redemptions, unit.field, 'u|' .. orderId .. '|' .. now)
 if redis.call('HINCRBY', redemptions, '@' .. unit.userId, -1) <= 0 then redis.call('HDEL', redemptions, '@' .. unit.userId) end
 if tracked then redis.call('ZADD', expiring, unit.expiresAt, unit.userId .. '|' .. unit.claim) end
 local entry = appendEvent(events, { 'u', unit.userId, unit.claim, now, orderId })
