@@ -285,3 +285,30 @@ t.test('code.expired reaches a webhook and the feed once per unit, through the c
   t.same(feed.filter((e) => e.type === 'code.expired').map((e) => e.id), [delivered[0]!.id], 'the feed has the same event')
   t.equal(feed.filter((e) => e.type === 'issue.revoked').length, 0, 'a return at expiry is not announced as a cancel')
 })
+
+t.test('a unit returned at expiry shows revoked in the user\'s holding at once, before the consumer writes the return', async (t) => {
+  const app = await testApp(t, QUIET)
+  const coupon = await expiringCoupon(app, { totalQuantity: 5, perUserLimit: 2 }, 3000)
+  const first = await issue(app, coupon.id, 'h')
+  const second = await issue(app, coupon.id, 'h')
+  t.equal((await redeem(app, second.code, 'order-h')).statusCode, 201, 'claim 2 redeemed: it stays')
+  await issuedInTime(t, app, coupon.validUntilMs)
+  await testConsumer(t, app, 'expiry-holding-before').drain() // both rows in Postgres, active
+  const holdingNow = async () => (await app.inject({ method: 'GET', url: `/coupons/${coupon.id}/issues/h` })).json()
+  t.same((await holdingNow()).issues.map((i: any) => [i.claim, i.revokedAt]), [[1, null], [2, null]], 'before expiry: both active')
+
+  await untilPast(app, coupon.validUntilMs)
+  t.same(await app.expiryJob.tick(), { [coupon.id]: 1 }, 'claim 1 returned; nothing persisted it yet')
+  t.equal((await rows(app, coupon.id)).find((r) => r.claim === 1)!.revoked_at, null, 'Postgres still says active')
+  const shown = await holdingNow()
+  t.equal(shown.units, 1)
+  const claim1 = shown.issues.find((i: any) => i.claim === 1)
+  t.type(claim1.revokedAt, 'string', 'claim 1 shows the return already')
+  t.equal(shown.issues.find((i: any) => i.claim === 2).revokedAt, null, 'the redeemed claim stays active')
+  const mine = (await app.inject({ method: 'GET', url: '/users/h/coupons' })).json().coupons.find((c: any) => c.couponId === coupon.id)
+  t.same(mine.issues.map((i: any) => [i.claim, i.revokedAt]), [[1, claim1.revokedAt], [2, null]], 'GET /users/:userId/coupons says the same')
+
+  await testConsumer(t, app, 'expiry-holding-after').drain()
+  t.equal((await rows(app, coupon.id)).find((r) => r.claim === 1)!.revoked_at?.toISOString(), claim1.revokedAt, 'the moment Postgres then records is the one shown')
+  t.equal(first.claim, 1)
+})

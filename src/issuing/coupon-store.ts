@@ -14,7 +14,7 @@ import { ClusterServerGuard, type CounterRoute, type ServerChangeGuard } from '.
 import type { Replication } from '../redis/replication-fence.js'
 import { keySlot } from '../redis/slots.js'
 import { issueRefusal, redemptionRefusal, revokeRefusal, soldOutFromMemory, type Refusal } from './refusals.js'
-import { parseCode } from './codes.js'
+import { codeField, parseCode } from './codes.js'
 import { SoldOutMarkers } from './sold-out-markers.js'
 
 export interface Issued {
@@ -319,6 +319,28 @@ export class CouponStore {
       const [held, cancel] = await Promise.all([this.#redis.hget(k.holders, userId), this.#redis.hget(k.revoked, userId)])
       const [upTo, at] = (cancel ?? '').split('|').map(Number)
       return { units: Number(held ?? 0), lastCancel: cancel ? { upTo: upTo!, at: new Date(at!) } : null }
+    } catch (err) {
+      throw redisFailure(err)
+    }
+  }
+
+  /**
+   * Which of these claims of the user the expiry job has returned to stock (claim -> when), as Redis
+   * knows it before the consumer writes it: the codes hash marks a returned unit (returnExpired.lua).
+   */
+  async returnedAtExpiry (couponId: number, userId: string, claims: number[]): Promise<Map<number, Date>> {
+    const returned = new Map<number, Date>()
+    if (claims.length === 0) return returned
+    const k = this.#keysOf(couponId)
+    try {
+      const [secret, length] = await this.#redis.hmget(k.meta, 'codeSecret', 'codeLength')
+      if (!secret || !length) return returned
+      const units = await this.#redis.hmget(k.codes, ...claims.map((claim) => codeField(secret, userId, claim, Number(length))))
+      claims.forEach((claim, i) => {
+        const returnedAt = units[i]?.split('|')[3]
+        if (returnedAt) returned.set(claim, new Date(Number(returnedAt)))
+      })
+      return returned
     } catch (err) {
       throw redisFailure(err)
     }

@@ -3,7 +3,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import { issuesOfUser } from '../db/queries/issues.js'
 import { findCoupon } from '../db/queries/coupons.js'
 import { CouponNotFound, IssueNotFound } from '../errors.js'
-import type { Holding, Issued } from '../issuing/coupon-store.js'
+import type { CouponStore, Holding, Issued } from '../issuing/coupon-store.js'
 import { couponParams, couponUserParams, dateTime, errors, idempotencyHeaders, userId } from './schemas.js'
 
 interface IssueRoute {
@@ -57,12 +57,15 @@ function issuedJson ({ couponId, userId, issuedAt, claim, code, expiresAt }: Iss
 type PersistedView = Awaited<ReturnType<typeof issuesOfUser>>[number]
 
 /**
- * Persisted rows as of now: a cancel the consumer has not written yet is known to Redis, so a row it
- * revoked shows that cancel's moment instead of looking active until the consumer catches up.
+ * Persisted rows as of now: a cancel, or a return to stock by the expiry job, that the consumer has not
+ * written yet is known to Redis, so a row it revoked shows that moment instead of looking active until
+ * the consumer catches up.
  */
-function withRedisCancel (rows: PersistedView[], { lastCancel }: Holding): PersistedView[] {
-  if (!lastCancel) return rows
-  return rows.map((row) => row.revokedAt === null && row.claim <= lastCancel.upTo ? { ...row, revokedAt: lastCancel.at } : row)
+async function asRedisKnowsThem (couponStore: CouponStore, couponId: number, userId: string, rows: PersistedView[], { lastCancel }: Holding): Promise<PersistedView[]> {
+  const cancelled = lastCancel ? rows.map((row) => row.revokedAt === null && row.claim <= lastCancel.upTo ? { ...row, revokedAt: lastCancel.at } : row) : rows
+  const returned = await couponStore.returnedAtExpiry(couponId, userId, cancelled.filter((row) => row.revokedAt === null).map((row) => row.claim))
+  if (returned.size === 0) return cancelled
+  return cancelled.map((row) => row.revokedAt === null && returned.has(row.claim) ? { ...row, revokedAt: returned.get(row.claim)! } : row)
 }
 
 const issueRoutes: FastifyPluginAsync = async (fastify) => {
@@ -176,7 +179,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     if (!await findCoupon(db, couponId)) throw new CouponNotFound(couponId)
     const [holding, issues] = await Promise.all([couponStore.holding(couponId, userId), issuesOfUser(db, userId, couponId)])
     if (holding.units === 0 && issues.length === 0) throw new IssueNotFound(userId, couponId)
-    return { couponId, userId, units: holding.units, issues: withRedisCancel(issues, holding) }
+    return { couponId, userId, units: holding.units, issues: await asRedisKnowsThem(couponStore, couponId, userId, issues, holding) }
   })
 
   fastify.get<{ Params: { userId: string } }>('/users/:userId/coupons', {
@@ -203,7 +206,7 @@ const issueRoutes: FastifyPluginAsync = async (fastify) => {
     for (const id of await couponStore.couponsHeldInRedis(userId)) couponIds.add(id)
     const coupons = await Promise.all([...couponIds].sort((a, b) => a - b).map(async (couponId) => {
       const holding = await couponStore.holding(couponId, userId)
-      return { couponId, userId, units: holding.units, issues: withRedisCancel(persisted.filter((row) => row.couponId === couponId), holding) }
+      return { couponId, userId, units: holding.units, issues: await asRedisKnowsThem(couponStore, couponId, userId, persisted.filter((row) => row.couponId === couponId), holding) }
     }))
     return { userId, coupons }
   })
