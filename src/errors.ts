@@ -45,6 +45,7 @@ export const CancelScriptFailed = createError('CANCEL_SCRIPT_FAILED', 'The coupo
 export const UpdateScriptFailed = createError('UPDATE_SCRIPT_FAILED', 'The coupon store rejected the change of stock or window; nothing was changed. Retry later or contact the operator.', 503)
 export const FailedEventNotFound = createError('FAILED_EVENT_NOT_FOUND', 'Failed event %s does not exist. List them with GET /admin/failed-events.', 404)
 export const FailedEventSettled = createError('FAILED_EVENT_SETTLED', 'Failed event %s was already %s; nothing changed.', 409)
+export const FailedEventNotDiscardable = createError('FAILED_EVENT_NOT_DISCARDABLE', 'Failed event %s is a %s: Redis applied it when it was answered, so giving it up would leave Redis and Postgres disagreeing (a rebuild would undo it, and a unit handed out again meanwhile would be counted twice). Retry it instead; until then it stays parked and every rebuild counts it.', 409)
 export const FailedEventStillFailing = createError('FAILED_EVENT_STILL_FAILING', 'Failed event %s still cannot be persisted: %s', 422)
 export const InvalidWebhookUrl = createError('INVALID_WEBHOOK_URL', 'url must be an absolute http:// or https:// URL with a host, without user:password@ and without a #fragment, at most 2048 characters (%s).', 400)
 export const EventsDisabled = createError('EVENTS_DISABLED', 'Events are not recorded on this service (EVENTS_ENABLED is off), so webhooks and the event feed would stay silent. Set EVENTS_ENABLED=true.', 409)

@@ -316,6 +316,41 @@ t.test('13: a parked issue can be discarded: its unit returns to stock, once, au
   t.equal((await app.inject({ method: 'POST', url: '/admin/failed-events/999999/discard', headers: admin })).json().code, 'FAILED_EVENT_NOT_FOUND')
 })
 
+t.test('13b: a parked cancel or redemption cannot be discarded (Redis applied it; nothing would undo it): 409, and it can still be retried', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 2 })
+  const k = app.keys.coupon(coupon.id)
+  const code = (await issue(app, coupon.id, 'buyer')).json().code
+  t.equal((await app.inject({ method: 'POST', url: `/codes/${code}/redemptions`, payload: { orderId: 'o-1' } })).statusCode, 201)
+  await issue(app, coupon.id, 'quitter')
+  t.equal((await cancel(app, coupon.id, 'quitter')).statusCode, 200)
+  // Park the redemption and the cancel as the consumer parks poison.
+  const parkedIds: string[] = []
+  for (const [id, fields] of await app.redis.xrange(k.events, '-', '+')) {
+    const event = decodeEntry(k.events, coupon.id, id, fields)
+    if (!isEvent(event) || event.type === 'issue') continue
+    await recordFailedEvents(app.db, [{ streamKey: k.events, id, payload: fieldsToObject(fields), error: 'test', deliveries: 6 }])
+    await app.redis.xdel(k.events, id)
+    parkedIds.push(id)
+  }
+  t.equal(parkedIds.length, 2, 'the redemption and the cancel parked')
+  const items = (await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items as { id: number, streamId: string }[]
+  const stockBefore = await app.redis.get(k.stock)
+  for (const item of items) {
+    const refused = await app.inject({ method: 'POST', url: `/admin/failed-events/${item.id}/discard`, headers: admin })
+    t.equal(refused.statusCode, 409)
+    t.equal(refused.json().code, 'FAILED_EVENT_NOT_DISCARDABLE')
+    t.match(refused.json().message, /redemption|cancel/)
+  }
+  t.equal(await app.redis.get(k.stock), stockBefore, 'nothing changed in Redis')
+  t.equal((await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items.length, 2, 'both still parked')
+  t.equal((await app.inject({ method: 'GET', url: `/codes/${code}` })).json().status, 'redeemed', 'and still counted: the code stays redeemed')
+  t.equal((await rebuild(app, coupon.id)).left, 1, 'a rebuild counts the parked cancel (quitter\'s unit back, buyer holds 1 of 2)')
+  t.equal((await app.inject({ method: 'GET', url: `/codes/${code}` })).json().status, 'redeemed', 'and the parked redemption')
+  for (const item of items) t.equal((await app.inject({ method: 'POST', url: `/admin/failed-events/${item.id}/retry`, headers: admin })).statusCode, 200, 'a retry writes it')
+  t.equal((await app.inject({ method: 'GET', url: '/admin/failed-events', headers: admin })).json().items.length, 0)
+})
+
 t.test('14: replays are not counted as issues, 429s are counted, replays do not use up the per-user limit; a fresh cancel shows', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false', RATE_LIMIT_PER_USER: '2', RATE_LIMIT_WINDOW_MS: '60000' })
   const coupon = await createCoupon(app, { totalQuantity: 5 })

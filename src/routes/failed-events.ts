@@ -1,9 +1,9 @@
 // Admin view of stream entries the consumer could not persist, and a way to retry one.
 import type { FastifyPluginAsync } from 'fastify'
 import { findFailedEvent, listFailedEvents, markFailedEventDiscarded, markFailedEventRetried } from '../db/queries/issues.js'
-import { decodeEntry, isEvent } from '../stream/events.js'
+import { decodeEntry, isEvent, type CouponEvent } from '../stream/events.js'
 import { PersistBatch } from '../persistence/persist-batch.js'
-import { databaseFailure, FailedEventNotFound, FailedEventSettled, FailedEventStillFailing } from '../errors.js'
+import { databaseFailure, FailedEventNotDiscardable, FailedEventNotFound, FailedEventSettled, FailedEventStillFailing } from '../errors.js'
 import type { Db } from '../db/client.js'
 import { errors } from './schemas.js'
 
@@ -24,6 +24,9 @@ const failedEvent = {
 } as const
 
 // Above the maximum the id reached Postgres as a bigint out of range (500).
+/** How a refused discard names the entry. */
+const ENTRY_KINDS: Record<CouponEvent['type'], string> = { issue: 'issue', revoke: 'cancel', revokeUnit: 'return to stock at expiry', redeem: 'redemption', rollback: 'redemption rollback' }
+
 const failedEventParams = { type: 'object', required: ['id'], additionalProperties: false, properties: { id: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER } } } as const
 
 const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
@@ -76,14 +79,14 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
   fastify.post<{ Params: { id: number }, Body: { reason?: string } | undefined }>('/admin/failed-events/:id/discard', {
     onRequest: fastify.requireAdmin,
     schema: {
-      summary: 'Give a parked issue up for good (admin): its unit returns to stock and its holder loses it, unless a cancel returned it already',
+      summary: 'Give a parked issue (or an entry that cannot be decoded) up for good (admin): its unit returns to stock and its holder loses it, unless a cancel returned it already',
       tags: ['admin'],
       security: [{ bearer: [] }],
       params: failedEventParams,
       body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', minLength: 1, maxLength: 500, pattern: '^[^\\u0000-\\u001f]*$' } } },
       response: {
         200: { type: 'object', properties: { id: { type: 'integer' }, unitReturned: { type: 'boolean' }, discardedAt: { type: 'string', format: 'date-time' } } },
-        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 409: ['FAILED_EVENT_SETTLED'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE', 'RESTORING'] })
+        ...errors({ 400: ['INVALID_REQUEST'], 401: ['UNAUTHORIZED'], 403: ['FORBIDDEN'], 404: ['FAILED_EVENT_NOT_FOUND'], 409: ['FAILED_EVENT_SETTLED', 'FAILED_EVENT_NOT_DISCARDABLE'], 503: ['REDIS_UNAVAILABLE', 'REDIS_RECONFIGURING', 'DATABASE_UNAVAILABLE', 'RESTORING'] })
       }
     }
   }, async (request) => {
@@ -96,6 +99,9 @@ const failedEventRoutes: FastifyPluginAsync = async (fastify) => {
       if (row.retriedAt) throw new FailedEventSettled(row.id, 'retried into a row')
       if (row.discardedAt) return { id: row.id, unitReturned: false, discardedAt: row.discardedAt }
       const entry = decodeEntry(row.streamKey, keys.couponIdOfStream(row.streamKey), row.streamId, Object.entries(row.payload as Record<string, string>).flat())
+      // Only an issue can be given up: discardIssue.lua undoes it in Redis. A cancel, a return at expiry,
+      // a redemption or a rollback changed Redis when it was answered and nothing undoes that here.
+      if (isEvent(entry) && entry.type !== 'issue') throw new FailedEventNotDiscardable(row.id, ENTRY_KINDS[entry.type])
       let unitReturned = false
       if (isEvent(entry) && entry.type === 'issue') {
         unitReturned = await couponStore.discardParkedIssue(entry.couponId, { userId: entry.userId, claim: entry.claim, entryId: entry.id }) === 'returned'
