@@ -3,7 +3,7 @@
 // counter rebuild, idempotency across a rebuild, and the smaller defects around them.
 import t from 'tap'
 import pg from 'pg'
-import { eq } from 'drizzle-orm'
+import { eq, sql } from 'drizzle-orm'
 import { couponIssues } from '../src/db/schema.js'
 import { persistEvents, recordFailedEvents } from '../src/db/queries/issues.js'
 import { computeCounters } from '../src/issuing/restore-counters.js'
@@ -458,4 +458,28 @@ t.test('a rebuild whose read-list SADD fails still answers; a maintenance tick p
   t.same(app.couponStore.takeStranded(), [], 'and forgot it')
   await consumer.drain()
   t.equal((await rowsOf(app, coupon.id)).length, 1, 'its issue was persisted')
+})
+
+t.test('an issue row always names an existing coupon (checked per statement since migration 0009), and coupons are never deleted', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const at = 1_800_000_000_000
+  const issueOf = (couponId: number, userId: string, seq: number): IssueEvent =>
+    ({ type: 'issue', streamKey: app.keys.coupon(couponId).events, id: `${at + seq}-0`, couponId, userId, claim: 1, at })
+  const sqlState = async (work: Promise<unknown>) => {
+    try {
+      await work
+      return 'no error'
+    } catch (err: any) {
+      return err.code ?? err.cause?.code
+    }
+  }
+  t.equal(await persistEvents(app.db, [issueOf(coupon.id, 'real', 1)], []), 1, 'a batch of a real coupon is written')
+  t.equal(await sqlState(persistEvents(app.db, [issueOf(coupon.id, 'mixed', 2), issueOf(coupon.id + 1000, 'ghost', 3)], [])), '23503',
+    'a batch naming a missing coupon fails whole, with the foreign key\'s SQLSTATE')
+  t.equal(await sqlState(app.db.execute(sql`UPDATE coupon_issues SET coupon_id = ${coupon.id + 1000} WHERE user_id = 'real'`)), '23503', 'so does moving a row to a missing coupon')
+  t.equal(await sqlState(app.db.execute(sql`DELETE FROM coupons WHERE id = ${coupon.id}`)), '23503', 'a coupon cannot be deleted')
+  t.equal(await sqlState(app.db.execute(sql`TRUNCATE coupons CASCADE`)), '23503', 'nor truncated')
+  const rows = ((await app.db.execute(sql`SELECT user_id, coupon_id FROM coupon_issues ORDER BY user_id`)) as any).rows
+  t.same(rows.map((r: any) => [r.user_id, Number(r.coupon_id)]), [['real', coupon.id]], 'only the real issue is there, unmoved')
 })

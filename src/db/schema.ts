@@ -64,7 +64,13 @@ export const coupons = pgTable('coupons', {
  */
 export const couponIssues = pgTable('coupon_issues', {
   id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
-  couponId: bigint('coupon_id', { mode: 'number' }).notNull().references(() => coupons.id),
+  /**
+   * Always a coupon's id, but not by a foreign key: its per-row check (a look-up and a row lock on the
+   * coupon for every inserted issue) cost Postgres 3-6 µs per persisted issue. Migration 0009 checks each
+   * INSERT or UPDATE statement's rows at once (a trigger on the statement's new rows) and refuses deleting
+   * or truncating coupons, which nothing does; so no issue can name a missing coupon, as before.
+   */
+  couponId: bigint('coupon_id', { mode: 'number' }).notNull(),
   userId: text('user_id').notNull(),
   claim: integer('claim').notNull().default(1),
   /** The moment of issue, taken from Redis TIME inside the issue script. */
