@@ -2,12 +2,13 @@
 // replicated entries, and a replica that stops answering turns into fast 503 REPLICATION_TIMEOUTs (outcome
 // unknown, settled by a retry with the same Idempotency-Key), not a stalled service. A primary and one
 // replica of our own (REPLICAOF), the app in this process.
-import { once } from 'node:events'
+import { EventEmitter, once } from 'node:events'
 import t, { type Test } from 'tap'
-import type { Redis } from 'ioredis'
-import { admin, createCoupon, inParallel, uniquePrefix, waitFor } from './helpers/env.js'
+import { Redis, type Cluster } from 'ioredis'
+import { admin, createCoupon, inParallel, REDIS_URL, uniquePrefix, waitFor } from './helpers/env.js'
 import { redisDurabilityRisks } from '../src/redis/client.js'
-import { ReplicasTooSlow, ReplicationFence } from '../src/redis/replication-fence.js'
+import { ReplicasTooSlow, ReplicationFence, ShardFences } from '../src/redis/replication-fence.js'
+import { createKeys } from '../src/redis/keys.js'
 import { issue, rowsOf, type Call } from './faults/helpers/invariants.js'
 import { inProcessScenario } from './faults/helpers/inprocess.js'
 import { throwawayRedis, type ThrowawayRedis } from './faults/helpers/procs.js'
@@ -124,4 +125,34 @@ t.test('the fence: concurrent callers share fences; a caller never joins a fence
   await waitFor(async () => /master_link_status:up/.test(await secondReplica.client.info('replication')), { what: 'the second replica\'s first sync' })
   t.match(await redisDurabilityRisks(primary.client, { waitReplicas: 1 }), [/REDIS_WAIT_REPLICAS=1 but the master has 2 connected replicas: a failover may promote one that did not acknowledge/],
     'and when a failover could promote a replica it does not wait for')
+})
+
+t.test('cluster fences: a node the slot map no longer names as a primary has its fence connection closed at the next refresh', async (t) => {
+  // A stand-in for the ioredis Cluster: ShardFences reads only its slot map and its 'refresh' event.
+  const node = `${new URL(REDIS_URL).hostname}:${new URL(REDIS_URL).port || 6379}`
+  const cluster = Object.assign(new EventEmitter(), { slots: [] as string[][] })
+  const name = `fence-test-${process.pid}-${Date.now()}`
+  const fences = new ShardFences(cluster as unknown as Cluster, createKeys(uniquePrefix(t)), { replicas: 1, timeoutMs: 200, commandTimeoutMs: 1000, name, onError: () => {} })
+  t.teardown(() => fences.close())
+  const observer = new Redis(REDIS_URL)
+  t.teardown(() => observer.disconnect())
+  const open = async () => (await observer.client('LIST') as string).split('\n').filter((line) => line.includes(` name=${name}`)).length
+
+  cluster.slots = Array.from({ length: 16384 }, () => [node])
+  const first = await fences.fenceOf(node)
+  t.equal(await open(), 1, 'one connection for the primary')
+  cluster.emit('refresh')
+  t.equal(await fences.fenceOf(node), first, 'still a primary: the fence stays')
+  cluster.slots = []
+  cluster.emit('refresh')
+  t.equal(await fences.fenceOf(node), first, 'an empty slot map (a refresh that found no node) closes nothing')
+
+  cluster.slots = Array.from({ length: 16384 }, () => ['10.255.255.1:6379', node])
+  cluster.emit('refresh')
+  await waitFor(async () => await open() === 0, { what: 'the demoted node\'s fence connection to close' })
+  t.pass('demoted to a replica: its fence connection is closed')
+  cluster.slots = Array.from({ length: 16384 }, () => [node])
+  const again = await fences.fenceOf(node)
+  t.not(again, first, 'primary again: a new fence on first use')
+  t.equal(await open(), 1)
 })

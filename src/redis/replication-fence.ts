@@ -230,6 +230,26 @@ export class ShardFences implements Replication {
     this.#cluster = cluster
     this.#keys = keys
     this.#o = options
+    cluster.on('refresh', this.#closeFormerPrimaries)
+  }
+
+  /**
+   * After each slot-map refresh: a node the map no longer names as a primary (demoted by a failover, or
+   * gone) takes no more coupon writes, so its fence's connection is closed rather than kept until
+   * shutdown. A sync in flight on it fails (ReplicationNotConfirmed: its confirmation would speak for a
+   * replica); a node that becomes primary again gets a new fence on first use. An empty map (a refresh
+   * that found no node) closes nothing.
+   */
+  readonly #closeFormerPrimaries = (): void => {
+    if (this.#closed || this.#fences.size === 0) return
+    const primaries = new Set<string>()
+    for (const owners of this.#cluster.slots) if (owners?.[0] !== undefined) primaries.add(owners[0])
+    if (primaries.size === 0) return
+    for (const [node, fence] of this.#fences) {
+      if (primaries.has(node)) continue
+      this.#fences.delete(node)
+      fence.then((f) => f.close(), () => {}).catch(() => {})
+    }
   }
 
   get replicas (): number {
@@ -315,6 +335,7 @@ export class ShardFences implements Replication {
 
   async close (): Promise<void> {
     this.#closed = true
+    this.#cluster.off('refresh', this.#closeFormerPrimaries)
     const fences = await Promise.allSettled(this.#fences.values())
     await Promise.all(fences.map((f) => f.status === 'fulfilled' ? f.value.close() : undefined))
   }
