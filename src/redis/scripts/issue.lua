@@ -70,7 +70,7 @@ end
 
 local meta, stock, holders, claims, events, idem, stats, codes, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local userId, idemKey = ARGV[1], ARGV[3] or ''
-local field = idemKey == '' and '' or 'issue:' .. idemKey
+local idemField = idemKey == '' and '' or 'issue:' .. idemKey
 local now = nowMs()
 
 local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil', 'returnExpired')
@@ -83,7 +83,7 @@ local function expiry (issuedAt)
   if validFor then return issuedAt + validFor end
   return validUntil or 0
 end
-local replay = replayForKey(idem, field, userId, now, ARGV[4])
+local replay = replayForKey(idem, idemField, userId, now, ARGV[4])
 if replay then
   -- The code is not remembered: it follows from the claim the record kept.
   if replay[1] == 0 then
@@ -95,7 +95,7 @@ if replay then
   return packed(replay)
 end
 local function finish (code, at, claim, entry, reactivated)
-  return rememberOutcome(idem, field, userId, now, code, at, claim, entry, reactivated or 0)
+  return rememberOutcome(idem, idemField, userId, now, code, at, claim, entry, reactivated or 0)
 end
 
 if m[5] then return packed({ 8, 0, 0, '', 0, 0 }) end
