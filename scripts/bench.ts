@@ -15,7 +15,7 @@
 //            both started for the run: REDIS_WAIT_REPLICAS=0 and =1 (src/redis/replication-fence.ts), to
 //            show what waiting for the replica costs
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -122,9 +122,31 @@ function othersCpuMicros (): number {
   return (user! + nice! + system! + irq! + softirq! + steal!) * 10_000 - (own.user + own.system)
 }
 
+/**
+ * CPU time of every process whose name starts with `name` (redis-server, postgres), µs: what each live one
+ * spent plus what its exited, waited-for children spent (Postgres backends that closed). Splits the
+ * machine CPU of a winning request into Redis, Postgres and the rest, so a difference between two
+ * trees can be placed.
+ */
+function processCpuMicros (name: string): number {
+  let ticks = 0
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    let stat: string
+    try { stat = readFileSync(`/proc/${pid}/stat`, 'latin1') } catch { continue } // exited meanwhile
+    if (!stat.slice(stat.indexOf('(') + 1).startsWith(name)) continue
+    const fields = stat.slice(stat.lastIndexOf(') ') + 2).split(' ')
+    ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]) // utime stime cutime cstime
+  }
+  return ticks * 10_000
+}
+
 interface Slice {
   /** every process but the bench's own (service, consumer, Redis, Postgres) per request, µs, up to Postgres complete for winning runs */
   machineCpuUsPerRequest: number
+  /** of which every redis-server, and every postgres process, per request, µs */
+  redisCpuUsPerRequest: number
+  postgresCpuUsPerRequest: number
   rps: number
   /** server process CPU (user + system) per request, µs: far less disturbed by other load than req/s */
   cpuUsPerRequest: number
@@ -147,6 +169,9 @@ interface HttpRun {
   cpuUsPerRequest: number
   /** the same for the CPU of every process but the bench's own (Slice.machineCpuUsPerRequest) */
   machineCpuUsPerRequest: number
+  /** of which Redis, and Postgres (Slice.redisCpuUsPerRequest) */
+  redisCpuUsPerRequest: number
+  postgresCpuUsPerRequest: number
   /**
    * winning runs only: total requests / (total seconds + the time Postgres needed after each slice's last
    * response to hold every issue) — the rate at which issues are answered AND persisted
@@ -279,13 +304,17 @@ try {
           const sampler = store ? sampleBacklog(store[0], store[1].coupon(store[2]).events) : null
           const cpu0 = await serverOf[target]().cpuMicros()
           const machineCpu0 = othersCpuMicros()
+          const redisCpu0 = processCpuMicros('redis-server')
+          const postgresCpu0 = processCpuMicros('postgres')
           const consumerCpu0 = target === 'split' ? await consumerProcess!.cpuMicros() : 0
           const r = await runCannon({ url, path, connections, duration, userOf: (i) => `r${round}${target}-${i}`, progress: !f.json })
           // For the winning run this includes the consumer persisting the slice, which is part of its cost.
           const lag = sampler ? await persisted(r.endedAt, target) : undefined
           const machineCpu = othersCpuMicros() - machineCpu0
+          const redisCpu = processCpuMicros('redis-server') - redisCpu0
+          const postgresCpu = processCpuMicros('postgres') - postgresCpu0
           const cpu = await serverOf[target]().cpuMicros() - cpu0
-          const slice: Slice = { machineCpuUsPerRequest: machineCpu / r.requests, rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
+          const slice: Slice = { machineCpuUsPerRequest: machineCpu / r.requests, redisCpuUsPerRequest: redisCpu / r.requests, postgresCpuUsPerRequest: postgresCpu / r.requests, rps: r.rps, cpuUsPerRequest: cpu / r.requests, requests: r.requests, seconds: r.seconds, latencyMs: r.latencyMs, statuses: r.statuses, errors: r.errors, timeouts: r.timeouts }
           if (sampler) {
             slice.persistenceLagMs = lag
             slice.maxBacklog = sampler.stop().max
@@ -308,6 +337,8 @@ try {
           ...(catchUpS === null ? {} : { rpsWithCatchUp: requests / (seconds + catchUpS) }),
           cpuUsPerRequest: list.reduce((n, s) => n + s.cpuUsPerRequest * s.requests, 0) / requests,
           machineCpuUsPerRequest: list.reduce((n, s) => n + s.machineCpuUsPerRequest * s.requests, 0) / requests,
+          redisCpuUsPerRequest: list.reduce((n, s) => n + s.redisCpuUsPerRequest * s.requests, 0) / requests,
+          postgresCpuUsPerRequest: list.reduce((n, s) => n + s.postgresCpuUsPerRequest * s.requests, 0) / requests,
           latencyMs: { p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), max: Math.max(...list.map((s) => s.latencyMs.max)), mean: pick('mean') },
           statuses,
           errors: list.reduce((n, s) => n + s.errors + s.timeouts, 0),
@@ -403,11 +434,13 @@ if (f.json) {
   console.log(`${connections} connections, ${warmup} s warm-up, then ${rounds} rounds x ${duration} s per target in rotating order; LOG_LEVEL ${config.logLevel}`)
   console.log('req/s = all requests / all seconds over the rounds; incl. catch-up = all requests / (all seconds + the time Postgres took after each slice to hold every issue);')
   console.log('CPU µs/req = server process CPU / requests; machine CPU µs/req = CPU of every process but the bench\'s own (service, consumer, Redis,')
-  console.log('Postgres; for winning targets until Postgres is complete) / requests; latency = median over the rounds (max = overall)\n')
+  console.log('Postgres; for winning targets until Postgres is complete) / requests, of which Redis (every redis-server) and Postgres (every postgres')
+  console.log('process); latency = median over the rounds (max = overall)\n')
   console.log(table([
-    ['target', 'req/s', 'incl. catch-up', 'per round', 'CPU µs/req', 'machine CPU µs/req', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
+    ['target', 'req/s', 'incl. catch-up', 'per round', 'CPU µs/req', 'machine CPU µs/req', 'of it Redis', 'of it Postgres', 'p50', 'p90', 'p99', 'max', 'non-2xx', 'errors'],
     ...(Object.entries(http) as [Target, HttpRun][]).map(([k, v]) => [LABELS[k], int(v.rps), v.rpsWithCatchUp === undefined ? '' : int(v.rpsWithCatchUp),
       v.slices.map((s) => int(s.rps)).join(' / '), int(v.cpuUsPerRequest), int(v.machineCpuUsPerRequest),
+      v.redisCpuUsPerRequest.toFixed(1), v.postgresCpuUsPerRequest.toFixed(1),
       ms(v.latencyMs.p50), ms(v.latencyMs.p90), ms(v.latencyMs.p99), ms(v.latencyMs.max),
       int(Object.entries(v.statuses).filter(([s]) => !s.startsWith('2')).reduce((n, [, c]) => n + c, 0)), int(v.errors)])
   ]))

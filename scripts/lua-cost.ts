@@ -1,4 +1,4 @@
-// `npx tsx scripts/lua-cost.ts [--base DIR] [--calls N]`: what one issue.lua call costs Redis, counted in
+// `npx tsx scripts/lua-cost.ts [--base DIR] [--calls N] [--keep DIR]`: what one issue.lua call costs Redis, counted in
 // instructions (valgrind's callgrind), which repeat to a fraction of a per cent whatever else the machine
 // does; on two shared cores a timed run cannot resolve a few per cent (docs/benchmarks.md). For this tree,
 // and with --base for another checkout's issue.lua too, plus B's PING for scale: a throwaway redis-server
@@ -6,14 +6,14 @@
 // call (start-up, setup and shutdown cancel out). Each call issues a unit to a new user of a coupon with
 // stock that never runs out, 50 in flight on one auto-pipelined connection, as the service sends them.
 import { spawn, spawnSync } from 'node:child_process'
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync, readFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { freePort } from './lib/ports.js'
 
-const { values: f } = parseArgs({ options: { base: { type: 'string' }, calls: { type: 'string', default: '3000' } } })
+const { values: f } = parseArgs({ options: { base: { type: 'string' }, calls: { type: 'string', default: '3000' }, keep: { type: 'string' } } })
 const CALLS = Number(f.calls)
 const WARM = 1000
 const IN_FLIGHT = 50
@@ -35,8 +35,9 @@ const KEYS = ['meta', 'stock', 'holders', 'claims', 'events', 'idempotency', 'st
 
 const issues = (source: string): Workload => async (redis, calls) => {
   const sha = await redis.script('LOAD', source) as string
-  // The counters a rebuild installs for a coupon of 10^9 units with codes (12 characters, no prefix).
-  await redis.hset(KEYS[0]!, { total: 1e9, perUserLimit: 1, startsAt: 0, codeSecret: 'a'.repeat(64), codePrefix: '', codeLength: 12, codeTail: '11' })
+  // The counters a rebuild installs for a coupon of 10^9 units with codes (12 characters, no prefix), its
+  // secret as long as the ones Postgres draws (32 hex digits, src/db/schema.ts): one sha1 block per code.
+  await redis.hset(KEYS[0]!, { total: 1e9, perUserLimit: 1, startsAt: 0, codeSecret: '0123456789abcdef'.repeat(2), codePrefix: '', codeLength: 12, codeTail: '11' })
   await redis.set(KEYS[1]!, 1e9)
   for (const hash of [KEYS[2]!, KEYS[3]!, KEYS[7]!]) await redis.hset(hash, '#', 1)
   let next = 0
@@ -54,13 +55,13 @@ const pings: Workload = async (redis, calls) => {
 }
 
 /** Instructions a redis-server under callgrind executed from start to shutdown, with `calls` calls in between. */
-async function instructions (workload: Workload, calls: number): Promise<number> {
+async function instructions (workload: Workload, calls: number, keepAs?: string): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'lua-cost-'))
   const port = await freePort()
   const server = spawn('valgrind', ['--tool=callgrind', `--callgrind-out-file=${dir}/out`, 'redis-server', '--port', String(port), '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
   const exited = new Promise((resolve) => server.once('exit', resolve))
   // Under valgrind the server takes a few seconds to listen: ioredis retries until it does.
-  const redis = new Redis({ port, enableAutoPipelining: true, retryStrategy: (times) => times > 300 ? null : 100 })
+  const redis = new Redis({ port, enableAutoPipelining: true, maxRetriesPerRequest: null, retryStrategy: (times) => times > 300 ? null : 100 })
   redis.on('error', () => {})
   try {
     await redis.ping()
@@ -71,13 +72,14 @@ async function instructions (workload: Workload, calls: number): Promise<number>
   }
   await exited
   const summary = /^(?:summary|totals): (\d+)/m.exec(readFileSync(`${dir}/out`, 'utf8'))
+  if (keepAs) copyFileSync(`${dir}/out`, keepAs)
   rmSync(dir, { recursive: true, force: true })
   if (!summary) throw new Error('no totals in the callgrind output')
   return Number(summary[1])
 }
 
-async function perCall (workload: Workload): Promise<number> {
-  const [warm, more] = [await instructions(workload, WARM), await instructions(workload, WARM + CALLS)]
+async function perCall (workload: Workload, keepAs?: string): Promise<number> {
+  const [warm, more] = [await instructions(workload, WARM), await instructions(workload, WARM + CALLS, keepAs)]
   return Math.round((more - warm) / CALLS)
 }
 
@@ -86,8 +88,9 @@ if (f.base) targets.push([`issue.lua, --base ${f.base}`, issues(issueSource(reso
 
 console.log(`instructions per call in redis-server (callgrind; (${WARM} + ${CALLS} calls) - (${WARM} calls), ${IN_FLIGHT} in flight)`)
 const results: number[] = []
-for (const [name, workload] of targets) {
-  const count = await perCall(workload)
+for (const [[name, workload], i] of targets.map((t, i) => [t, i] as const)) {
+  // --keep DIR: the larger run's callgrind file of each target, for callgrind_annotate (where the instructions go)
+  const count = await perCall(workload, f.keep ? join(f.keep, `target-${i}.callgrind`) : undefined)
   results.push(count)
   console.log(`${name.padEnd(60)} ${count.toLocaleString('en-US').padStart(10)}`)
 }
