@@ -71,7 +71,7 @@ end
 local meta, stock, holders, claims, events, idem, stats, codes, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local userId, idemKey = ARGV[1], ARGV[3] or ''
 local idemField = idemKey == '' and '' or 'issue:' .. idemKey
-local now = nowMs()
+local now, nowText = clock()
 
 local m = redis.call('HMGET', meta, 'perUserLimit', 'startsAt', 'endsAt', 'dormant', 'paused', 'codeSecret', 'codePrefix', 'codeLength', 'codeTail', 'validForMs', 'validUntil', 'returnExpired')
 local left = tonumber(redis.call('GET', stock))
@@ -109,11 +109,13 @@ if left <= 0 then return packed(finish(3, endsAt or 0, now, '')) end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
 if not claimed[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
+-- claimText and nowText: each number is printed once (see clock() in includes/outcomes.lua).
 local claim = tonumber(claimed[1]) or 0
-local field
+local claimText, field
 for _ = 1, 4 do
   claim = claim + 1
-  field = codeField(secret, userId, claim, length)
+  claimText = tostring(claim)
+  field = codeField(secret, userId, claimText, length)
   local taken = redis.call('HMGET', codes, field, '#')
   if not taken[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
   if not taken[1] then break end
@@ -129,20 +131,24 @@ if cap > 0 and backlog >= cap then return packed({ 6, 0, 0, '', 0, 0 }) end
 
 -- All checks passed and every key has the right type: from here on nothing can fail halfway.
 redis.call('DECR', stock)
-redis.call('HSET', holders, userId, held + 1)
-redis.call('HSET', claims, userId, claim)
-redis.call('HSET', codes, field, userId .. '|' .. claim .. '|' .. now)
-if tracked then redis.call('ZADD', expiring, expiresAt, userId .. '|' .. claim) end
-local entry = appendEvent(events, { 'i', userId, claim, now, idemKey })
+redis.call('HSET', holders, userId, held == 0 and '1' or held + 1) -- HSET, not HINCRBY: it cannot fail on a damaged value
+redis.call('HSET', claims, userId, claimText)
+-- "userId|claim|issuedAtMs": the codes hash's value, and the middle of the event's e1
+local unit = userId .. '|' .. claimText .. '|' .. nowText
+redis.call('HSET', codes, field, unit)
+if tracked then redis.call('ZADD', expiring, expiresAt, userId .. '|' .. claimText) end
+local entry = appendEvent(events, { 'i', unit, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.
 -- 'issued' only ever grows (nothing else writes it), so its first unit is the first issue: one call per
 -- issue instead of an HSETNX of firstIssuedAt on every one (a pcall error reply is a table, never 1).
-if redis.pcall('HINCRBY', stats, 'issued', 1) == 1 then redis.pcall('HSETNX', stats, 'firstIssuedAt', now) end
-if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', now) end
-local reactivated = wakeIfDormant(meta, m[4])
-local reply = finish(0, now, claim, entry, reactivated)
+if redis.pcall('HINCRBY', stats, 'issued', '1') == 1 then redis.pcall('HSETNX', stats, 'firstIssuedAt', nowText) end
+if left == 1 then redis.pcall('HSETNX', stats, 'soldOutAt', nowText) end
+local reactivated = wakeIfDormant(meta, m[4]) == 1 and '1' or '0'
+-- Every value of the reply as text already, so packing it prints no number.
+local reply = finish('0', nowText, claimText, entry, reactivated)
+reply[5] = '0'
 reply[7] = field
-reply[8] = expiresAt
+reply[8] = expiresAt == 0 and '0' or expiresAt
 reply[9] = prefix
 reply[10] = tail
 return packed(reply)
