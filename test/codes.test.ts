@@ -135,6 +135,22 @@ t.test('a mac already taken skips to the next claim number: codes stay unique an
   t.equal(await app.redis.hget(k.codes, codeField(row.codeSecret, 'carol', 2, 12)), `carol|2|${Date.parse(issued.issuedAt)}`)
 })
 
+t.test('four taken macs in a row: CODE_EXHAUSTED changes nothing (each HSETNX that found its field wrote nothing)', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 5 })
+  const row = (await findCoupon(app.db, coupon.id))!
+  const k = app.keys.coupon(coupon.id)
+  for (const claim of [1, 2, 3, 4]) await app.redis.hset(k.codes, codeField(row.codeSecret, 'zoe', claim, 12), `someone|${claim}|1`)
+  const before = await app.redis.hgetall(k.codes)
+  const r = await issue(app, coupon.id, 'zoe')
+  t.equal(r.statusCode, 503)
+  t.equal(r.json().code, 'ISSUE_SCRIPT_FAILED')
+  t.same(await app.redis.hgetall(k.codes), before, 'no field written or overwritten')
+  t.equal(await app.redis.get(k.stock), '5', 'no unit taken')
+  t.equal(await app.redis.xlen(k.events), 0, 'no event')
+  t.equal(await app.redis.hget(k.claims, 'zoe'), null, 'no claim number used')
+})
+
 t.test('a counter rebuild brings every code back, revoked ones too; counters from before codes get the settings', async (t) => {
   const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
   const coupon = await createCoupon(app, { totalQuantity: 10 })
@@ -169,6 +185,29 @@ const rollback = (app: TestApp, code: string, orderId: string, headers: Record<s
   app.inject({ method: 'DELETE', url: `/codes/${encodeURIComponent(code)}/redemptions/${encodeURIComponent(orderId)}`, headers })
 const lookup = (app: TestApp, code: string, headers: Record<string, string> = {}) =>
   app.inject({ method: 'GET', url: `/codes/${encodeURIComponent(code)}`, headers })
+
+t.test('the codes hash lost alone: issuing goes on, the first reader rebuilds it, every code is found', async (t) => {
+  const app = await testApp(t, { CONSUMER_ENABLED: 'false' })
+  const coupon = await createCoupon(app, { totalQuantity: 10 })
+  const k = app.keys.coupon(coupon.id)
+  const dField = codeField((await findCoupon(app.db, coupon.id))!.codeSecret, 'd', 1, 12)
+  const codes = new Map<string, string>()
+  for (const u of ['a', 'b']) codes.set(u, (await issue(app, coupon.id, u)).json().code)
+  await testConsumer(t, app, 'codes-lost-drain').drain() // a and b only in Postgres
+  codes.set('c', (await issue(app, coupon.id, 'c')).json().code) // c only in the stream
+  const before = await app.redis.hgetall(k.codes)
+
+  await app.redis.del(k.codes)
+  // issue.lua adds its unit without looking for the marker (HSETNX is its collision check)...
+  const d = await issue(app, coupon.id, 'd')
+  t.equal(d.statusCode, 201, 'the issue is not held up by the lost hash')
+  codes.set('d', d.json().code)
+  t.same(Object.keys(await app.redis.hgetall(k.codes)), [dField], 'only d is there, no marker')
+  // ...and every reader waits for the rebuild, which keeps d and brings back a, b and c.
+  for (const [user, code] of codes) t.match((await lookup(app, code)).json(), { userId: user, status: 'active' }, `${user}'s code found`)
+  t.same(await app.redis.hgetall(k.codes), { ...before, [dField]: `d|1|${Date.parse(d.json().issuedAt)}` }, 'the hash as before, plus d')
+  t.equal(await app.redis.get(k.stock), '6', 'the stock untouched by the rebuild')
+})
 
 t.test('checkout: look up, redeem exactly once, replay, roll back, redeem again; paused still redeemable', async (t) => {
   const app = await testApp(t, { API_KEYS: 'shop-key-0123456789' })

@@ -24,7 +24,13 @@
                              every unit ever handed out (revoked ones too); field '#' marks it complete. A field
                              already taken (another user and claim gave the same bits) makes the script skip to
                              the next claim number, so each code names one unit and still follows from
-                             (secret, user, claim).
+                             (secret, user, claim). This script only adds its unit (HSETNX, the check and the
+                             write in one command) and does not look for '#': a hash that lost it still gets
+                             the unit, which the rebuild keeps (it adds with HSETNX too), and every reader of
+                             the hash (lookups, redemptions, cancels, the expiry job) answers NEEDS_RESTORE
+                             until that rebuild. The one thing given up while the hash is lost is the check
+                             against the lost fields: a new unit's mac equal to one of n lost ones, chance
+                             n / 2^(5 * length) per issue (below 10^-12 for a million units of 12 characters).
   KEYS[9] expiring    zset   "userId|claim" -> expiresAt ms, the expiry job's candidates; written only when
                              returnExpired is on and the unit expires; member '#' marks it complete (missing:
                              NEEDS_RESTORE, so the rebuild adds every unit out before this one)
@@ -54,7 +60,7 @@
     code 8 PAUSED                  the campaign is paused; nothing changed, nothing remembered (a retry after
                                    the resume may win)
     code 9 CODE_EXHAUSTED          four claim numbers in a row gave fields already taken (never seen; the chance
-                                   is below 2^-200 for a million units); nothing changed
+                                   is below 2^-200 for a million units); nothing changed (HSETNX wrote nothing)
   replayed is 1 when the outcome was remembered from an earlier call with the same key.
   reactivated is 1 when the stream had been marked dormant (dropped from the consumer's read list):
   the caller must put the coupon back on that list.
@@ -109,19 +115,7 @@ if left <= 0 then return packed(finish(3, endsAt or 0, now, '')) end
 
 local claimed = redis.call('HMGET', claims, userId, '#')
 if not claimed[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
--- claimText and nowText: each number is printed once (see clock() in includes/outcomes.lua).
 local claim = tonumber(claimed[1]) or 0
-local claimText, field
-for _ = 1, 4 do
-  claim = claim + 1
-  claimText = tostring(claim)
-  field = codeField(secret, userId, claimText, length)
-  local taken = redis.call('HMGET', codes, field, '#')
-  if not taken[2] then return packed({ 1, 0, 0, '', 0, 0 }) end
-  if not taken[1] then break end
-  field = nil
-end
-if not field then return packed({ 9, 0, 0, '', 0, 0 }) end
 local expiresAt = expiry(now)
 local tracked = m[12] == '1' and expiresAt > 0
 if tracked and not redis.call('ZSCORE', expiring, '#') then return packed({ 1, 0, 0, '', 0, 0 }) end
@@ -129,13 +123,25 @@ local backlog = redis.call('XLEN', events)
 local cap = tonumber(ARGV[2])
 if cap > 0 and backlog >= cap then return packed({ 6, 0, 0, '', 0, 0 }) end
 
+-- The first write claims the unit's field: HSETNX writes nothing when another unit has it (or fails on a
+-- codes key of the wrong type, before anything changed), and then the next claim number is tried. The
+-- value "userId|claim|issuedAtMs" is also the middle of the event's e1; claimText and nowText print each
+-- number once (see clock() in includes/outcomes.lua).
+local claimText, field, unit
+for _ = 1, 4 do
+  claim = claim + 1
+  claimText = tostring(claim)
+  field = codeField(secret, userId, claimText, length)
+  unit = userId .. '|' .. claimText .. '|' .. nowText
+  if redis.call('HSETNX', codes, field, unit) == 1 then break end
+  field = nil
+end
+if not field then return packed({ 9, 0, 0, '', 0, 0 }) end
+
 -- All checks passed and every key has the right type: from here on nothing can fail halfway.
 redis.call('DECR', stock)
 redis.call('HSET', holders, userId, held == 0 and '1' or held + 1) -- HSET, not HINCRBY: it cannot fail on a damaged value
 redis.call('HSET', claims, userId, claimText)
--- "userId|claim|issuedAtMs": the codes hash's value, and the middle of the event's e1
-local unit = userId .. '|' .. claimText .. '|' .. nowText
-redis.call('HSET', codes, field, unit)
 if tracked then redis.call('ZADD', expiring, expiresAt, userId .. '|' .. claimText) end
 local entry = appendEvent(events, { 'i', unit, idemKey })
 -- Statistics are best effort (redis.pcall): a damaged stats key must never fail an issue halfway.

@@ -113,8 +113,10 @@ if redis.call('HEXISTS', meta, 'perUserLimit') == 1 and redis.call('EXISTS', sto
   -- Only the idempotency, the last-cancel or the codes hash (or the meta's code settings: counters
   -- installed before codes existed) was lost: add what the caller computed, keep the live counters. No
   -- check of the stream is needed: while a hash lacks its marker, every keyed call (the only writer of
-  -- idempotency records), every cancel (the only writer of the last-cancel hash), every issue and the
-  -- expiry job (the writers of codes, which also need codeSecret), every redeem, rollback and cancel (the
+  -- idempotency records), every cancel (the only writer of the last-cancel hash), the expiry job (a writer
+  -- of codes; issue.lua, the other, adds only its own unit with HSETNX even to a hash without the marker,
+  -- so a unit issued meanwhile is there as well as every unit the caller computed; issue.lua's header says
+  -- which check that gives up), every redeem, rollback and cancel (the
   -- writers of redemptions) and, while returnExpired is on, every issue, rollback and expiry job (the
   -- writers of the expiring zset) answers NEEDS_RESTORE, so nothing the caller's read missed can be there.
   redis.call('HLEN', codes) -- type checks before the first write
