@@ -1,7 +1,7 @@
 // GET /admin/coupons/:id/stats: counted where the outcome is decided (scripts for units, each instance
 // for rejections), added up across instances, and kept through a counter rebuild.
 import t from 'tap'
-import { admin, createCoupon, testApp, waitFor, type TestApp } from './helpers/env.js'
+import { admin, createCoupon, soldOutMarkerDropped, testApp, waitFor, type TestApp } from './helpers/env.js'
 
 const issue = (app: TestApp, couponId: number, userId: string) =>
   app.inject({ method: 'POST', url: `/coupons/${couponId}/issues`, payload: { userId } })
@@ -39,6 +39,7 @@ t.test('a small rush: units, rejections by code, sell-out moment, peak rate, per
   t.ok(worst < 10_000, `worst persistence lag recorded by the consumer: ${worst} ms`)
 
   t.equal((await a.inject({ method: 'DELETE', url: `/coupons/${coupon.id}/issues/u1` })).statusCode, 200)
+  await soldOutMarkerDropped(b, coupon.id) // b answered SOLD_OUT above; a's cancel reaches it by message
   t.equal((await issue(b, coupon.id, 'u4')).statusCode, 201, 'the returned unit goes to the next user')
   s = await stats(a, coupon.id)
   t.match(s, { issued: 4, revoked: 1, remaining: 0 }, 'a re-claim counts again; the cancel is counted')

@@ -96,6 +96,16 @@ export async function waitFor<T> (check: () => Promise<T | null | undefined | fa
 }
 
 /**
+ * Waits until this instance no longer answers SOLD_OUT for the coupon from memory. Stock returned
+ * through ANOTHER instance (a cancel, a PATCH) ends this one's marker by a pub/sub message that travels
+ * beside that instance's answer and may land a moment after it (src/issuing/sold-out-markers.ts): a
+ * test that asks this instance next waits for it instead of racing it.
+ */
+export async function soldOutMarkerDropped (app: TestApp, couponId: number): Promise<void> {
+  await waitFor(async () => !app.couponStore.soldOutMarkers.soldOut(couponId), { what: `the stock-returned message to drop coupon ${couponId}'s sold-out marker` })
+}
+
+/**
  * A consumer of the app's group for a test (drain, reclaim, or a second loop). With `blocking` it gets
  * its own connection for the blocking read and can run start(); stopped at teardown.
  */
